@@ -1,0 +1,204 @@
+"""How many heads and channels each layer loses for a target ratio: uniform per layer or global ranking.
+
+Pure arithmetic on `ModelGeometry` and score vectors; `planning.build_plan` turns the counts into kept indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minillm_core.errors import PlanError
+from minillm_core.groups import heads_to_keep
+from minillm_core.modeling.base import LayerPlanIndices, LayerShape
+from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan, default_provenance
+from minillm_core.scoring.base import GroupScores
+
+
+@dataclass(frozen=True)
+class HeadUnit:
+    """The smallest removable piece of attention in a layer under a granularity."""
+
+    granularity: str  # effective: "q-heads" (one head from every KV group) or "kv-groups"
+    total: int  # units in the layer
+    cost: int  # parameters per unit
+
+    @property
+    def max_remove(self) -> int:
+        return self.total - 1  # never the last head
+
+
+@dataclass(frozen=True)
+class LayerCut:
+    """What one layer loses: head units (in `granularity`) and how many channels it keeps."""
+
+    head_units: int
+    granularity: str
+    keep_channels: int
+
+
+def head_unit(shape: LayerShape, geometry: ModelGeometry, granularity: str) -> HeadUnit:
+    if granularity == "kv-groups" or shape.n_rep == 1:
+        return HeadUnit("kv-groups", shape.num_kv_heads, shape.n_rep * geometry.cost_q + geometry.cost_kv)
+    return HeadUnit("q-heads", shape.n_rep, shape.num_kv_heads * geometry.cost_q)
+
+
+def min_channels(shape: LayerShape, round_to: int) -> int:
+    return min(round_to, shape.intermediate) if shape.intermediate >= 1 else 1
+
+
+def round_channels(keep: float, shape: LayerShape, round_to: int) -> int:
+    """Nearest multiple of `round_to` (hardware-friendly), within [min_channels, intermediate]."""
+    rounded = int(round(keep / round_to)) * round_to
+    return max(min_channels(shape, round_to), min(shape.intermediate, rounded))
+
+
+def _too_far(config: PlanConfig, geometry: ModelGeometry, protected: tuple[int, ...], max_removed: int) -> PlanError:
+    top = max_removed / geometry.total_params
+    return PlanError(
+        f"cannot remove {config.ratio:.1%} of parameters: with target {config.target!r}, protected layers "
+        f"{list(protected)} and at least one head and {config.round_to} channels per layer, at most {top:.1%} can go "
+        f"without removing a whole layer; allowed ratio range: (0, {top:.3f}]"
+    )
+
+
+def uniform_cuts(geometry: ModelGeometry, config: PlanConfig) -> list[LayerCut]:
+    """The same head-unit count and channel fraction in every unprotected layer.
+
+    Heads are removed in the proportion of the target (LLM-Pruner's uniform rule); channels, being fine-grained,
+    absorb the rest so the total lands on the target.
+    """
+    protected = config.protected(geometry.num_layers)
+    prunable = [i for i in range(geometry.num_layers) if i not in protected]
+    if not prunable:
+        raise PlanError("every layer is protected; unprotect some layers to prune")
+    shape = geometry.layers[prunable[0]]
+    if any(geometry.layers[i] != shape for i in prunable):
+        raise PlanError("uniform allocation needs equal layer widths; use allocation 'global' for this model")
+    unit = head_unit(shape, geometry, config.head_granularity)
+    target = config.ratio * geometry.total_params
+    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    max_units = unit.max_remove if use_heads else 0
+    min_keep = min_channels(shape, config.round_to) if use_channels else shape.intermediate
+    max_removed = len(prunable) * (max_units * unit.cost + (shape.intermediate - min_keep) * geometry.cost_channel)
+    if target > max_removed:
+        raise _too_far(config, geometry, protected, max_removed)
+
+    if not use_channels:  # heads only: the unit count whose total is closest to the target
+        k = min(range(1, max_units + 1), key=lambda u: abs(len(prunable) * u * unit.cost - target))
+        keep = shape.intermediate
+    else:
+        frac = target / (len(prunable) * geometry.layer_params(shape))
+        k = min(max_units, int(round(frac * unit.total))) if use_heads else 0
+        while True:
+            need = target - len(prunable) * k * unit.cost
+            keep_exact = shape.intermediate - need / (len(prunable) * geometry.cost_channel)
+            if keep_exact >= min_keep - config.round_to / 2 or k >= max_units:
+                break
+            k += 1  # channels alone cannot reach the target: take one more head unit everywhere
+        keep = round_channels(keep_exact, shape, config.round_to)
+    cut = LayerCut(k, unit.granularity, keep)
+    none = LayerCut(0, unit.granularity, shape.intermediate)
+    return [none if i in protected else cut for i in range(geometry.num_layers)]
+
+
+def _zscore(x: torch.Tensor) -> torch.Tensor:
+    """Per-layer standardisation (FLAP's global ranking): scores become comparable across layers."""
+    x = x.double()
+    std = x.std() if x.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+    return (x - x.mean()) / (std if std > 0 else 1.0)
+
+
+def _head_round_scores(z: torch.Tensor, shape: LayerShape, unit: HeadUnit) -> torch.Tensor:
+    """Score of removing 1, 2, ... head units (nondecreasing), from standardised per-head scores."""
+    per_group = z.reshape(shape.num_kv_heads, shape.n_rep)
+    if unit.granularity == "q-heads":
+        return per_group.sort(dim=1).values.mean(dim=0)[: unit.max_remove]
+    return per_group.mean(dim=1).sort().values[: unit.max_remove]
+
+
+def global_cuts(geometry: ModelGeometry, config: PlanConfig, scores: GroupScores) -> list[LayerCut]:
+    """Remove the globally least important units (z-scored within each layer) until the target is met."""
+    protected = config.protected(geometry.num_layers)
+    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    z_all, cost_all, layer_all, kind_all = [], [], [], []
+    units = [head_unit(s, geometry, config.head_granularity) for s in geometry.layers]
+    for i, shape in enumerate(geometry.layers):
+        if i in protected:
+            continue
+        if use_heads and units[i].max_remove > 0:
+            rounds = _head_round_scores(_zscore(scores.heads[i]), shape, units[i])
+            z_all.append(rounds)
+            cost_all.append(torch.full_like(rounds, float(units[i].cost)))
+            layer_all.append(torch.full((len(rounds),), i))
+            kind_all.append(torch.zeros(len(rounds), dtype=torch.long))
+        n_ch = shape.intermediate - min_channels(shape, config.round_to) if use_channels else 0
+        if n_ch > 0:
+            ch = _zscore(scores.channels[i]).sort().values[:n_ch]
+            z_all.append(ch)
+            cost_all.append(torch.full_like(ch, float(geometry.cost_channel)))
+            layer_all.append(torch.full((n_ch,), i))
+            kind_all.append(torch.ones(n_ch, dtype=torch.long))
+    if not z_all:
+        raise _too_far(config, geometry, protected, 0)
+    z, cost = torch.cat(z_all), torch.cat(cost_all)
+    layer, kind = torch.cat(layer_all), torch.cat(kind_all)
+    order = torch.argsort(z, stable=True)
+    removed = torch.cumsum(cost[order], 0)
+    target = config.ratio * geometry.total_params
+    if removed[-1] < target:
+        raise _too_far(config, geometry, protected, int(removed[-1]))
+    taken = order[: int(torch.searchsorted(removed, torch.tensor(target, dtype=removed.dtype))) + 1]
+    head_counts = torch.bincount(layer[taken][kind[taken] == 0], minlength=geometry.num_layers)
+    ch_counts = torch.bincount(layer[taken][kind[taken] == 1], minlength=geometry.num_layers)
+    return [
+        LayerCut(
+            int(head_counts[i]),
+            units[i].granularity,
+            shape.intermediate if ch_counts[i] == 0
+            else round_channels(shape.intermediate - int(ch_counts[i]), shape, config.round_to),
+        )
+        for i, shape in enumerate(geometry.layers)
+    ]
+
+
+def _kept_channels(scores: torch.Tensor, keep: int) -> tuple[int, ...]:
+    top = torch.argsort(scores.float(), descending=True, stable=True)[:keep]
+    return tuple(sorted(int(i) for i in top))
+
+
+def build_plan(
+    geometry: ModelGeometry,
+    scores: GroupScores,
+    config: PlanConfig,
+    model_name: str = "",
+    provenance: dict | None = None,
+) -> PruningPlan:
+    """Turn group scores into kept heads/channels per layer for `config` (no weights are touched)."""
+    if scores.num_layers != geometry.num_layers:
+        raise PlanError(f"scores cover {scores.num_layers} layers, the model has {geometry.num_layers}")
+    for i, shape in enumerate(geometry.layers):
+        if scores.heads[i].numel() != shape.num_heads or scores.channels[i].numel() != shape.intermediate:
+            raise PlanError(f"scores for layer {i} do not match its widths; were they computed on another model?")
+    if config.allocation == "uniform":
+        cuts = uniform_cuts(geometry, config)
+    else:
+        cuts = global_cuts(geometry, config, scores)
+    layers = []
+    for i, (shape, cut) in enumerate(zip(geometry.layers, cuts, strict=True)):
+        heads, kv = heads_to_keep(scores.heads[i], shape, cut.head_units, cut.granularity)
+        channels = _kept_channels(scores.channels[i], cut.keep_channels)
+        layers.append(LayerPlanIndices(tuple(heads), tuple(kv), channels))
+    shapes = [LayerShape(len(k.heads), len(k.kv_heads), len(k.channels)) for k in layers]
+    return PruningPlan(
+        model=model_name,
+        model_type=geometry.model_type,
+        layers=layers,
+        original=list(geometry.layers),
+        config=config,
+        scorer=scores.scorer,
+        original_params=geometry.total_params,
+        predicted_params=geometry.params_for(shapes),
+        provenance={**default_provenance(), "scorer_options": scores.options, **(provenance or {})},
+    )

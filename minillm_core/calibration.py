@@ -1,0 +1,174 @@
+"""Calibration batches: seeded token windows from a named text dataset or a user's file.
+
+`build_calibration` follows the Wanda/SparseGPT/LLM-Pruner recipe and returns a `[n_samples, seq_len]` LongTensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minillm_core.data import dataset_names, read_jsonl_texts, source_rows
+from minillm_core.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+FILE_SOURCE = "file"
+FILE_SUFFIXES = (".txt", ".jsonl")
+STREAM_JOIN = "\n\n"  # the paper-protocol join (see data.perplexity_text), also used for paragraphs of a .txt
+_TOKENIZE_CHUNK = 32  # documents per tokenizer call while searching for long-enough documents
+
+
+def calibration_sources() -> list[str]:
+    """Every value `CalibrationConfig.source` accepts."""
+    return [*dataset_names(), FILE_SOURCE]
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What to calibrate on: a registered dataset name, or `"file"` with `path` to a `.txt` or `.jsonl` file."""
+
+    source: str = "c4"
+    n_samples: int = 32
+    seq_len: int = 128
+    seed: int = 0
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        allowed = calibration_sources()
+        if self.source not in allowed:
+            raise DataError(f"unknown calibration source {self.source!r}; allowed: {', '.join(allowed)}")
+        _check_positive_int("n_samples", self.n_samples)
+        _check_positive_int("seq_len", self.seq_len)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise DataError(f"seed must be an integer, got {self.seed!r}")
+        if self.source == FILE_SOURCE:
+            if not self.path:
+                raise DataError(f"calibration source 'file' needs path= a {' or '.join(FILE_SUFFIXES)} file")
+            if Path(self.path).suffix.lower() not in FILE_SUFFIXES:
+                raise DataError(
+                    f"calibration file {self.path} must end in one of: {', '.join(FILE_SUFFIXES)}"
+                )
+        elif self.path is not None:
+            raise DataError(f"path is only used with source='file', not with source={self.source!r}")
+
+
+def read_calibration_file(path: str | os.PathLike) -> list[str]:
+    """A user's documents: `.jsonl` -> each line's `text`; `.txt` -> paragraphs split on blank lines.
+
+    A `.txt` without any blank line is read one document per line. Blank documents are dropped.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"calibration file {path} does not exist")
+    try:
+        if path.suffix.lower() == ".jsonl":
+            docs = read_jsonl_texts(path)
+        else:
+            text = path.read_text(encoding="utf-8")
+            blank_line = re.compile(r"\n\s*\n")
+            docs = blank_line.split(text) if blank_line.search(text) else text.splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"calibration file {path} is not UTF-8 text: {exc}") from exc
+    docs = [doc.strip() for doc in docs if doc.strip()]
+    if not docs:
+        raise DataError(f"calibration file {path} is empty (no text to calibrate on)")
+    return docs
+
+
+def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    # Default encoding (special tokens included), as Wanda/LLM-Pruner tokenize each document; verbose=False
+    # silences the "longer than the model's maximum length" warning, since we only keep seq_len-token windows.
+    return [list(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
+
+
+def _windows_from_documents(
+    tokenizer: Any, docs: Sequence[str], config: CalibrationConfig
+) -> list[list[int]] | None:
+    """One random window from each of `n_samples` distinct documents of >= seq_len tokens, or None if too few.
+
+    LLM-Pruner's `get_examples` (and Wanda's `get_c4`) draw random documents until one is long enough; we shuffle
+    the document order once and tokenize in that order, so only as many documents as needed are tokenized.
+    """
+    rng = random.Random(config.seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    windows: list[list[int]] = []
+    for start in range(0, len(order), _TOKENIZE_CHUNK):
+        texts = [docs[i] for i in order[start : start + _TOKENIZE_CHUNK]]
+        for ids in _encode_many(tokenizer, [t for t in texts if t.strip()]):
+            if len(ids) < config.seq_len:
+                continue
+            begin = rng.randint(0, len(ids) - config.seq_len)
+            windows.append(ids[begin : begin + config.seq_len])
+            if len(windows) == config.n_samples:
+                logger.info("calibration: %d windows from documents (%d tokenized)", len(windows), start + len(texts))
+                return windows
+    logger.info(
+        "calibration: only %d of %d documents reach %d tokens; sampling from the joined text instead",
+        len(windows), len(docs), config.seq_len,
+    )
+    return None
+
+
+def _windows_from_stream(
+    tokenizer: Any, docs: Sequence[str], config: CalibrationConfig, label: str
+) -> list[list[int]]:
+    """`n_samples` distinct, non-overlapping seq_len windows at seeded positions of the joined token stream.
+
+    For short documents (PTB sentences, lines of a user file), as SparseGPT/Wanda calibrate on joined text. The
+    stream is cut into `N // seq_len` chunks after a random offset and `n_samples` of them are drawn.
+    """
+    ids = _encode_many(tokenizer, [STREAM_JOIN.join(docs)])[0]
+    n_chunks = len(ids) // config.seq_len
+    if n_chunks < config.n_samples:
+        need = config.n_samples * config.seq_len
+        raise DataError(
+            f"{label} has {len(ids)} tokens; {config.n_samples} samples x {config.seq_len} tokens need {need}. "
+            "Use more text, or lower n_samples or seq_len."
+        )
+    rng = random.Random(config.seed)
+    offset = rng.randint(0, len(ids) - n_chunks * config.seq_len)
+    picks = rng.sample(range(n_chunks), config.n_samples)
+    return [ids[offset + k * config.seq_len : offset + (k + 1) * config.seq_len] for k in picks]
+
+
+def build_calibration(
+    tokenizer: Any,
+    config: CalibrationConfig,
+    data_dir: str | os.PathLike | None = None,
+    max_length: int | None = None,
+) -> torch.LongTensor:
+    """Calibration token ids, `[n_samples, seq_len]` int64, deterministic for `config.seed`.
+
+    Documents of at least `seq_len` tokens give one random window each (distinct documents, LLM-Pruner style);
+    when fewer than `n_samples` documents are that long, windows come from the joined text instead.
+    `max_length` is the model's context length; a longer `seq_len` is an error.
+    """
+    if max_length is not None and config.seq_len > max_length:
+        raise DataError(
+            f"seq_len {config.seq_len} exceeds the model's maximum context of {max_length} tokens"
+        )
+    if config.source == FILE_SOURCE:
+        docs: Sequence[str] = read_calibration_file(config.path)
+        label = f"calibration file {config.path}"
+    else:
+        docs = source_rows(config.source, data_dir=data_dir)
+        label = f"calibration source {config.source!r}"
+    windows = _windows_from_documents(tokenizer, docs, config)
+    if windows is None:
+        windows = _windows_from_stream(tokenizer, docs, config, label)
+    return torch.tensor(windows, dtype=torch.long)

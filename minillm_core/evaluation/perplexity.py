@@ -1,0 +1,136 @@
+"""Perplexity with the pruning-paper protocol: non-overlapping windows over one tokenized text.
+
+`perplexity` scores any text; `perplexity_on` fetches a registered benchmark (wikitext2, ptb) through `data`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from minillm_core.data import perplexity_text
+from minillm_core.errors import DataError
+from minillm_core.progress import Progress, no_progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """exp(nll_sum / n_tokens); n_tokens = n_windows * (seq_len - 1) predicted tokens."""
+
+    ppl: float
+    nll_sum: float
+    n_tokens: int
+    n_windows: int
+    seq_len: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def token_windows(input_ids: torch.Tensor, seq_len: int, limit: int | None = None) -> torch.Tensor:
+    """`[n]` token ids -> `[n_windows, seq_len]` non-overlapping windows; the final partial window is dropped.
+
+    `limit` keeps at most that many windows (the first ones). A text shorter than one window is a `DataError`.
+    """
+    n_windows = input_ids.numel() // seq_len
+    if n_windows == 0:
+        raise DataError(f"the text has {input_ids.numel()} tokens, fewer than one window of seq_len={seq_len}")
+    if limit is not None:
+        n_windows = min(n_windows, limit)
+    return input_ids[: n_windows * seq_len].reshape(n_windows, seq_len)
+
+
+def _check_args(seq_len: int, batch_size: int, limit: int | None) -> None:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise DataError(f"seq_len must be an integer >= 2 (one token to predict from), got {seq_len!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be None (all windows) or an integer >= 1, got {limit!r}")
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off while scoring; the caller's train/eval mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _batch_nll(model: Any, batch: torch.Tensor) -> float:
+    """Summed next-token NLL of `[b, seq_len]` windows; each window predicts its tokens 1..seq_len-1."""
+    logits = model(input_ids=batch, use_cache=False).logits  # [b, seq_len, vocab]
+    total = 0.0
+    for row_logits, row_ids in zip(logits, batch, strict=True):  # upcast one window at a time to bound memory
+        total += F.cross_entropy(row_logits[:-1].float(), row_ids[1:], reduction="sum").item()
+    return total
+
+
+@torch.inference_mode()
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: Progress = no_progress,
+    device: torch.device | str | None = None,
+) -> PerplexityResult:
+    """Perplexity of `model` on `text` with the LLM-Pruner / Wanda protocol.
+
+    The whole text is tokenized once with the tokenizer's default encoding, `tokenizer(text).input_ids`, exactly as
+    LLM-Pruner's `process_data` does: special tokens are whatever the tokenizer adds by default (for Llama one BOS
+    at the start of the text, so only the first window begins with it). The ids are cut into non-overlapping
+    `seq_len` windows (`[n_windows, seq_len]`), the final partial window is dropped, `limit` keeps the first
+    windows. Each window is scored on its own: tokens 1..seq_len-1 are predicted from the window's prefix, and
+    ppl = exp(sum of NLL / (n_windows * (seq_len - 1))), i.e. LLM-Pruner's mean over every predicted token.
+    Runs on `device` (default: the device of the model's first parameter); `progress(windows_done, n_windows,
+    "perplexity")` is called after each batch.
+    """
+    _check_args(seq_len, batch_size, limit)
+    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+    windows = token_windows(ids, seq_len, limit)
+    n_windows = windows.shape[0]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    logger.info("perplexity: %d windows of %d tokens (%d tokens in the text)", n_windows, seq_len, ids.numel())
+    nll_sum = 0.0
+    with _eval_mode(model):
+        for start in range(0, n_windows, batch_size):
+            nll_sum += _batch_nll(model, windows[start : start + batch_size].to(device))
+            progress(min(start + batch_size, n_windows), n_windows, "perplexity")
+    n_tokens = n_windows * (seq_len - 1)
+    return PerplexityResult(
+        ppl=math.exp(nll_sum / n_tokens), nll_sum=nll_sum, n_tokens=n_tokens, n_windows=n_windows, seq_len=seq_len
+    )
+
+
+def perplexity_on(
+    model: Any,
+    tokenizer: Any,
+    dataset: str,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: Progress = no_progress,
+    device: torch.device | str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split: str | None = None,
+) -> PerplexityResult:
+    """`perplexity` on a registered benchmark's `data.perplexity_text` (`"\\n\\n".join(rows)`; ptb: validation)."""
+    text = perplexity_text(dataset, data_dir=data_dir, split=split)
+    return perplexity(model, tokenizer, text, seq_len, batch_size, limit, progress, device)
