@@ -160,20 +160,25 @@ class ArchAdapter(ABC):
 
     def sync_config(self, shapes: Sequence[LayerShape]) -> bool:
         """Write uniform shapes into the config; return whether plain `from_pretrained` can rebuild the model."""
-        if not config_can_express(self.original_shape(), shapes, self.config_expresses):
+        if not config_can_express(self.original_shape(), shapes, self.config_expresses, self.config.hidden_size):
             return False
         for key, value in self.config_fields(shapes[0]).items():
             setattr(self.config, key, value)
         return True
 
 
-def config_can_express(original: LayerShape, shapes: Sequence[LayerShape], expresses: frozenset[str]) -> bool:
-    """Whether a config describing one width for all layers can rebuild `shapes` (see `config_expresses`)."""
+def config_can_express(
+    original: LayerShape, shapes: Sequence[LayerShape], expresses: frozenset[str], hidden_size: int
+) -> bool:
+    """Whether a config describing one width for all layers can rebuild `shapes` (see `config_expresses`).
+
+    transformers 5 configs also insist that hidden_size be a multiple of the head count, even with explicit head_dim.
+    """
     if len(set(shapes)) != 1:
         return False
     shape = shapes[0]
     heads_changed = (shape.num_heads, shape.num_kv_heads) != (original.num_heads, original.num_kv_heads)
-    if heads_changed and "heads" not in expresses:
+    if heads_changed and ("heads" not in expresses or hidden_size % shape.num_heads):
         return False
     return shape.intermediate == original.intermediate or "channels" in expresses
 
