@@ -59,9 +59,7 @@ class CalibrationConfig:
             if not self.path:
                 raise DataError(f"calibration source 'file' needs path= a {' or '.join(FILE_SUFFIXES)} file")
             if Path(self.path).suffix.lower() not in FILE_SUFFIXES:
-                raise DataError(
-                    f"calibration file {self.path} must end in one of: {', '.join(FILE_SUFFIXES)}"
-                )
+                raise DataError(f"calibration file {self.path} must end in one of: {', '.join(FILE_SUFFIXES)}")
         elif self.path is not None:
             raise DataError(f"path is only used with source='file', not with source={self.source!r}")
 
@@ -95,9 +93,7 @@ def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]]
 
 
-def _windows_from_documents(
-    tokenizer: Any, docs: Sequence[str], config: CalibrationConfig
-) -> list[list[int]] | None:
+def _windows_from_documents(tokenizer: Any, docs: Sequence[str], config: CalibrationConfig) -> list[list[int]] | None:
     """One random window from each of `n_samples` distinct documents of >= seq_len tokens, or None if too few.
 
     LLM-Pruner's `get_examples` (and Wanda's `get_c4`) draw random documents until one is long enough; we shuffle
@@ -119,14 +115,14 @@ def _windows_from_documents(
                 return windows
     logger.info(
         "calibration: only %d of %d documents reach %d tokens; sampling from the joined text instead",
-        len(windows), len(docs), config.seq_len,
+        len(windows),
+        len(docs),
+        config.seq_len,
     )
     return None
 
 
-def _windows_from_stream(
-    tokenizer: Any, docs: Sequence[str], config: CalibrationConfig, label: str
-) -> list[list[int]]:
+def _windows_from_stream(tokenizer: Any, docs: Sequence[str], config: CalibrationConfig, label: str) -> list[list[int]]:
     """`n_samples` distinct, non-overlapping seq_len windows at seeded positions of the joined token stream.
 
     For short documents (PTB sentences, lines of a user file), as SparseGPT/Wanda calibrate on joined text. The
@@ -159,9 +155,7 @@ def build_calibration(
     `max_length` is the model's context length; a longer `seq_len` is an error.
     """
     if max_length is not None and config.seq_len > max_length:
-        raise DataError(
-            f"seq_len {config.seq_len} exceeds the model's maximum context of {max_length} tokens"
-        )
+        raise DataError(f"seq_len {config.seq_len} exceeds the model's maximum context of {max_length} tokens")
     if config.source == FILE_SOURCE:
         docs: Sequence[str] = read_calibration_file(config.path)
         label = f"calibration file {config.path}"

@@ -15,7 +15,8 @@ from typing import Any
 
 from minillm_core.errors import DataError
 from minillm_core.registry import Registry
-from minillm_core.settings import DATA_DIR_ENV, data_dir as resolve_data_dir
+from minillm_core.settings import DATA_DIR_ENV
+from minillm_core.settings import data_dir as resolve_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -230,9 +231,7 @@ def _hub_rows(source: TextSource, split: str) -> Sequence[str]:
     return source.hub_rows(ds)
 
 
-def source_rows(
-    name: str, split: str | None = None, data_dir: str | os.PathLike | None = None
-) -> Sequence[str]:
+def source_rows(name: str, split: str | None = None, data_dir: str | os.PathLike | None = None) -> Sequence[str]:
     """Rows as a sequence that may be lazy (a Hub `Column`), for callers that only index a few of them."""
     source = TEXT_DATASETS.get(name)
     split = source.check_split(split)

@@ -127,7 +127,7 @@ class ModelGeometry:
         """Whether plain `AutoModelForCausalLM.from_pretrained` can rebuild a model of these shapes."""
         if list(shapes) == list(self.layers) and len(set(self.layers)) == 1:
             return True
-        return config_can_express(self.config_shape, shapes, frozenset(self.config_expresses))
+        return config_can_express(self.config_shape, shapes, frozenset(self.config_expresses), self.hidden_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,6 +22,8 @@ from minillm_core.progress import Progress, no_progress
 
 logger = logging.getLogger(__name__)
 
+_MAX_EXP_ARG = math.log(torch.finfo(torch.float64).max)
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -99,7 +101,8 @@ def perplexity(
     `seq_len` windows (`[n_windows, seq_len]`), the final partial window is dropped, `limit` keeps the first
     windows. Each window is scored on its own: tokens 1..seq_len-1 are predicted from the window's prefix, and
     ppl = exp(sum of NLL / (n_windows * (seq_len - 1))), i.e. LLM-Pruner's mean over every predicted token.
-    Runs on `device` (default: the device of the model's first parameter); `progress(windows_done, n_windows,
+    Windows are moved to `device` (default: the device of the model's first parameter; the model is not moved),
+    the model scores in eval mode and gets its train/eval mode back, and `progress(windows_done, n_windows,
     "perplexity")` is called after each batch.
     """
     _check_args(seq_len, batch_size, limit)
@@ -114,9 +117,10 @@ def perplexity(
             nll_sum += _batch_nll(model, windows[start : start + batch_size].to(device))
             progress(min(start + batch_size, n_windows), n_windows, "perplexity")
     n_tokens = n_windows * (seq_len - 1)
-    return PerplexityResult(
-        ppl=math.exp(nll_sum / n_tokens), nll_sum=nll_sum, n_tokens=n_tokens, n_windows=n_windows, seq_len=seq_len
-    )
+    mean_nll = nll_sum / n_tokens
+    # A badly broken model can exceed exp()'s float range; that is an infinite perplexity, not a crash.
+    ppl = math.exp(mean_nll) if mean_nll < _MAX_EXP_ARG else math.inf
+    return PerplexityResult(ppl=ppl, nll_sum=nll_sum, n_tokens=n_tokens, n_windows=n_windows, seq_len=seq_len)
 
 
 def perplexity_on(

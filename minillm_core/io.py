@@ -1,0 +1,152 @@
+"""Save and load pruned models: safetensors + config + tokenizer + plan + a shape manifest, never a pickle.
+
+Uniform plans load with plain `from_pretrained`; any plan loads with `load_pruned`, which rebuilds per-layer widths.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from minillm_core.errors import MiniLLMError, ModelLoadError
+from minillm_core.modeling import LayerPlanIndices, LayerShape, get_adapter
+from minillm_core.planning import PruningPlan
+from minillm_core.surgery import prune_layer
+
+MANIFEST = "minillm_manifest.json"
+PLAN_FILE = "pruning_plan.json"
+MANIFEST_FORMAT = 1
+
+
+def manifest_for(model: nn.Module) -> dict[str, Any]:
+    """Per-layer widths and adapter state: what `load_pruned` needs to rebuild the module tree."""
+    adapter = get_adapter(model)
+    layers = adapter.layers()
+    shapes = adapter.layer_shapes()
+    return {
+        "format": MANIFEST_FORMAT,
+        "model_type": model.config.model_type,
+        "layers": [vars(s) for s in shapes],
+        "layer_state": [adapter.layer_state(layer) for layer in layers],
+        "loads_with_from_pretrained": all(
+            s == adapter.original_shape() for s in shapes
+        ),
+    }
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def save_pruned(
+    model: nn.Module, tokenizer: Any, out_dir: str | Path, plan: PruningPlan | None = None, overwrite: bool = False
+) -> Path:
+    """Write a pruned model to `out_dir` atomically: everything goes to a temporary sibling, then one rename.
+
+    Refuses a non-empty `out_dir` unless `overwrite`; on any failure (disk full included) `out_dir` is untouched.
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not (overwrite or _is_empty_dir(out)):
+        raise MiniLLMError(f"{out} exists and is not empty; choose another directory or pass overwrite")
+    if out.exists() and not out.is_dir():
+        raise MiniLLMError(f"{out} exists and is a file, not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)  # safetensors; transformers 5 never pickles here
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if plan is not None:
+            plan.save(tmp / PLAN_FILE)
+        (tmp / MANIFEST).write_text(json.dumps(manifest_for(model), indent=1), encoding="utf-8")
+        _swap_in(tmp, out)
+    except OSError as exc:
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise MiniLLMError(f"could not save the pruned model to {out}: {reason}; nothing was changed there") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` so that a reader sees either the old or the new directory, never a mix."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path / MANIFEST} is missing or not valid JSON ({exc})") from exc
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ModelLoadError(f"{path / MANIFEST}: unsupported format {data.get('format')!r}")
+    return data
+
+
+def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> tuple[nn.Module, Any]:
+    """Load any pruned directory: rebuild the module tree at the saved widths, then read the safetensors weights."""
+    from accelerate import init_empty_weights
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from minillm_core.loading import check_supported, resolve_device, resolve_dtype
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"pruned model directory {path} does not exist")
+    manifest = read_manifest(path)
+    check_supported(manifest.get("model_type"))
+    config = AutoConfig.from_pretrained(path)
+    # Parameters on the meta device (no allocation); buffers such as rotary inv_freq are real.
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+    adapter = get_adapter(model)
+    for i, (shape, state) in enumerate(zip(manifest["layers"], manifest["layer_state"], strict=True)):
+        shape = LayerShape(**shape)
+        if adapter.layer_shape(i) != shape:  # only the widths matter: the weights are read next
+            prune_layer(adapter, i, LayerPlanIndices(
+                tuple(range(shape.num_heads)), tuple(range(shape.num_kv_heads)), tuple(range(shape.intermediate))))
+        adapter.restore_state(adapter.layers()[i], state)
+    state_dict = {}
+    try:
+        for file in sorted(path.glob("*.safetensors")):
+            state_dict.update(load_file(str(file)))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"cannot read weights in {path}: corrupt or truncated safetensors file ({exc})") from exc
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta or unexpected:
+        raise ModelLoadError(f"weights in {path} do not match its manifest (missing {still_meta[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+    dev = resolve_device(device)
+    model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
+    return model, tokenizer
+
+
+def load_plan(path: str | Path) -> PruningPlan | None:
+    """The plan saved beside a pruned model, if any."""
+    file = Path(path) / PLAN_FILE
+    return PruningPlan.load(file) if file.is_file() else None
+
+
+__all__ = ["MANIFEST", "PLAN_FILE", "load_plan", "load_pruned", "manifest_for", "save_pruned"]

@@ -1,0 +1,141 @@
+"""Tests for minillm_core.evaluation.perplexity against a hand computation on a tiny random Llama.
+
+The model (vocab 64) and a character-level HF tokenizer are built in-process; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from minillm_core.data import perplexity_text
+from minillm_core.errors import DataError
+from minillm_core.evaluation.perplexity import PerplexityResult, perplexity, perplexity_on, token_windows
+from minillm_core.settings import DATA_DIR_ENV
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'<>"  # 44 characters + BOS + unk < vocab_size 64
+TEXT = "the quick brown fox jumps over the lazy dog.\n\n" * 6  # 276 characters -> 277 ids with BOS
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: BOS=0 prepended like Llama's, unk=1, then one id per ALPHABET character."""
+    vocab = {"<s>": 0, "<unk>": 1} | {ch: i + 2 for i, ch in enumerate(ALPHABET)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def hand_perplexity(model, ids: torch.Tensor, seq_len: int, n_windows: int) -> tuple[float, float]:
+    """Window by window, with nothing shared with the library code: (ppl, nll_sum)."""
+    nll = 0.0
+    with torch.no_grad():
+        for w in range(n_windows):
+            window = ids[w * seq_len : (w + 1) * seq_len]
+            logits = model(window.unsqueeze(0)).logits[0]
+            nll += F.cross_entropy(logits[:-1], window[1:], reduction="sum").item()
+    return math.exp(nll / (n_windows * (seq_len - 1))), nll
+
+
+def test_matches_the_hand_computation_and_drops_the_partial_window(model, tokenizer):
+    ids = torch.tensor(tokenizer(TEXT)["input_ids"])
+    assert ids.numel() == 277 and ids[0] == 0  # BOS once, at the start of the whole text
+    result = perplexity(model, tokenizer, TEXT, seq_len=32, batch_size=4)
+    assert result.n_windows == 277 // 32 == 8
+    assert result.n_tokens == 8 * 31 and result.seq_len == 32
+    expected_ppl, expected_nll = hand_perplexity(model, ids, 32, 8)
+    assert math.isclose(result.nll_sum, expected_nll, rel_tol=1e-5)
+    assert math.isclose(result.ppl, expected_ppl, rel_tol=1e-5)
+    # The 21 tokens after the last full window never reach the model.
+    assert perplexity(model, tokenizer, TEXT[:-21] + "zzzzzzzzzzzzzzzzzzzzz", seq_len=32) == result
+
+
+def test_limit_keeps_the_first_windows(model, tokenizer):
+    ids = torch.tensor(tokenizer(TEXT)["input_ids"])
+    result = perplexity(model, tokenizer, TEXT, seq_len=32, batch_size=4, limit=3)
+    assert result.n_windows == 3 and result.n_tokens == 3 * 31
+    assert math.isclose(result.ppl, hand_perplexity(model, ids, 32, 3)[0], rel_tol=1e-5)
+    assert perplexity(model, tokenizer, TEXT, seq_len=32, limit=100).n_windows == 8
+
+
+def test_batch_size_does_not_change_the_result(model, tokenizer):
+    results = [perplexity(model, tokenizer, TEXT, seq_len=16, batch_size=b).ppl for b in (1, 3, 8, 64)]
+    assert all(math.isclose(r, results[0], rel_tol=1e-5) for r in results)
+
+
+def test_progress_after_each_batch(model, tokenizer):
+    calls = []
+    perplexity(model, tokenizer, TEXT, seq_len=32, batch_size=3, progress=lambda *a: calls.append(a))
+    assert calls == [(3, 8, "perplexity"), (6, 8, "perplexity"), (8, 8, "perplexity")]
+
+
+def test_training_mode_is_restored(model, tokenizer):
+    model.train()
+    try:
+        perplexity(model, tokenizer, TEXT, seq_len=32, limit=1)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_text_shorter_than_one_window(model, tokenizer):
+    with pytest.raises(DataError, match="the text has 10 tokens, fewer than one window of seq_len=32"):
+        perplexity(model, tokenizer, "too short", seq_len=32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seq_len": 1}, "seq_len must be an integer >= 2"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"limit": 0}, "limit must be None"),
+    ],
+)
+def test_argument_errors(model, tokenizer, kwargs, message):
+    with pytest.raises(DataError, match=message):
+        perplexity(model, tokenizer, TEXT, **kwargs)
+
+
+def test_token_windows_shapes():
+    windows = token_windows(torch.arange(10), 4)
+    assert windows.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert token_windows(torch.arange(10), 4, limit=1).shape == (1, 4)
+
+
+def test_result_to_dict():
+    result = PerplexityResult(ppl=2.0, nll_sum=1.5, n_tokens=3, n_windows=1, seq_len=4)
+    assert result.to_dict() == {"ppl": 2.0, "nll_sum": 1.5, "n_tokens": 3, "n_windows": 1, "seq_len": 4}
+
+
+def test_perplexity_on_a_registered_dataset(model, tokenizer, monkeypatch):
+    root = Path(os.environ.get(DATA_DIR_ENV) or SHARED_DATA)
+    if not root.is_dir():
+        pytest.skip(f"offline data mirror not found at {root} (set {DATA_DIR_ENV} to it)")
+    monkeypatch.setenv(DATA_DIR_ENV, str(root))
+    result = perplexity_on(model, tokenizer, "ptb", seq_len=64, batch_size=4, limit=4)
+    expected = perplexity(model, tokenizer, perplexity_text("ptb"), seq_len=64, batch_size=4, limit=4)
+    assert result == expected and result.n_windows == 4
