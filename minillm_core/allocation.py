@@ -50,7 +50,7 @@ def min_channels(shape: LayerShape, round_to: int) -> int:
 
 def round_channels(keep: float, shape: LayerShape, round_to: int) -> int:
     """Nearest multiple of `round_to` (hardware-friendly), within [min_channels, intermediate]."""
-    rounded = int(round(keep / round_to)) * round_to
+    rounded = round(keep / round_to) * round_to
     return max(min_channels(shape, round_to), min(shape.intermediate, rounded))
 
 
@@ -90,7 +90,7 @@ def uniform_cuts(geometry: ModelGeometry, config: PlanConfig) -> list[LayerCut]:
         keep = shape.intermediate
     else:
         frac = target / (len(prunable) * geometry.layer_params(shape))
-        k = min(max_units, int(round(frac * unit.total))) if use_heads else 0
+        k = min(max_units, round(frac * unit.total)) if use_heads else 0
         while True:
             need = target - len(prunable) * k * unit.cost
             keep_exact = shape.intermediate - need / (len(prunable) * geometry.cost_channel)
@@ -181,10 +181,8 @@ def build_plan(
     for i, shape in enumerate(geometry.layers):
         if scores.heads[i].numel() != shape.num_heads or scores.channels[i].numel() != shape.intermediate:
             raise PlanError(f"scores for layer {i} do not match its widths; were they computed on another model?")
-    if config.allocation == "uniform":
-        cuts = uniform_cuts(geometry, config)
-    else:
-        cuts = global_cuts(geometry, config, scores)
+    uniform = config.allocation == "uniform"
+    cuts = uniform_cuts(geometry, config) if uniform else global_cuts(geometry, config, scores)
     layers = []
     for i, (shape, cut) in enumerate(zip(geometry.layers, cuts, strict=True)):
         heads, kv = heads_to_keep(scores.heads[i], shape, cut.head_units, cut.granularity)

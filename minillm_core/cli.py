@@ -247,12 +247,14 @@ def prune(
 @app.command("eval")
 def eval_cmd(
     model: ModelOpt = "smollm2-135m",
-    ppl: Annotated[list[str] | None, typer.Option(help="Perplexity benchmark(s): wikitext2 (test), ptb (validation, "
-                                                       "the LLM-Pruner protocol). Repeat the option for several.")] = None,
+    ppl: Annotated[list[str] | None, typer.Option(
+        help="Perplexity benchmark(s): wikitext2 (test), ptb (validation, the LLM-Pruner protocol). Repeatable."
+    )] = None,
     seq_len: Annotated[int, typer.Option(help="Window length: 128 (LLM-Pruner/FLAP/MINI-LLM tables) or 2048 "
                                               "(Wanda/SliceGPT).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     limit: Annotated[int | None, typer.Option(help="Score only the first N windows (quick runs).")] = None,
+    text: Annotated[Path | None, typer.Option(help="Also measure perplexity on this UTF-8 text file.")] = None,
     data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON to this file.")] = None,
     dtype: DtypeOpt = "auto",
@@ -260,24 +262,34 @@ def eval_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure perplexity with the pruning-paper protocol (joined rows, non-overlapping windows)."""
-    from minillm_core.evaluation.perplexity import perplexity_on
+    from minillm_core.evaluation.perplexity import perplexity, perplexity_on
     from minillm_core.pipeline import count_params
 
     with _user_errors():
         loaded = _load(model, dtype, device)
         results: dict[str, Any] = {}
+        names = ppl if ppl is not None else ([] if text is not None else ["wikitext2"])
         with _Bar(not as_json) as bar:
-            for name in ppl or ["wikitext2"]:
+            for name in names:
                 r = perplexity_on(loaded.model, loaded.tokenizer, name, seq_len=seq_len, batch_size=batch_size,
                                   limit=limit, progress=lambda d, t, _l, n=name: bar(d, t, f"ppl {n}"),
                                   data_dir=data_dir)
                 results[name] = r.to_dict()
+            if text is not None:
+                try:
+                    content = text.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise MiniLLMError(f"cannot read --text {text}: {exc}") from None
+                r = perplexity(loaded.model, loaded.tokenizer, content, seq_len=seq_len, batch_size=batch_size,
+                               limit=limit, progress=lambda d, t, _l: bar(d, t, "ppl text"))
+                results["text"] = r.to_dict()
         payload = {"model": model, "parameters": count_params(loaded.model), "perplexity": results}
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         _emit(as_json, payload, lambda: typer.echo("\n".join(
-            f"{n}: ppl {r['ppl']:.3f} ({r['n_windows']} windows of {r['seq_len']} tokens)" for n, r in results.items())))
+            f"{n}: ppl {r['ppl']:.3f} ({r['n_windows']} windows of {r['seq_len']} tokens)"
+            for n, r in results.items())))
 
 
 @app.command()

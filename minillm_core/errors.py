@@ -1,6 +1,6 @@
 """Error types of minillm_core.
 
-Every error a user can cause derives from `MiniLLMError`, so the CLI and the app can show its message instead of a traceback.
+Every error a user can cause derives from `MiniLLMError`; the CLI and the app show its message, not a traceback.
 """
 
 from __future__ import annotations

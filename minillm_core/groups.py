@@ -1,6 +1,6 @@
 """Pruning groups: how per-weight quantities reduce to heads and channels, and the GQA rules.
 
-A head owns its q rows and o columns (plus a 1/n_rep share of its KV head); a channel owns gate/up rows and a down column.
+A head owns its q rows and o columns (plus 1/n_rep of its KV head); a channel owns gate/up rows and a down column.
 """
 
 from __future__ import annotations

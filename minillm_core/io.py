@@ -131,7 +131,7 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> 
             state_dict.update(load_file(str(file)))
     except (SafetensorError, OSError) as exc:
         raise ModelLoadError(f"cannot read weights in {path}: corrupt or truncated safetensors file ({exc})") from exc
-    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    _, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if still_meta or unexpected:

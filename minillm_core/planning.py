@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ import torch
 from torch import nn
 
 from minillm_core.errors import PlanError
-from minillm_core.groups import HEAD_GRANULARITIES, heads_to_keep, validate_heads
+from minillm_core.groups import HEAD_GRANULARITIES, validate_heads
 from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
-from minillm_core.scoring.base import GroupScores
 
 ALLOCATIONS = ("uniform", "global")
 TARGETS = ("heads", "channels", "both")
@@ -116,7 +114,8 @@ class ModelGeometry:
 
     def layer_params(self, shape: LayerShape) -> int:
         """Parameters of a layer's prunable linears at `shape`."""
-        return shape.num_heads * self.cost_q + shape.num_kv_heads * self.cost_kv + shape.intermediate * self.cost_channel
+        heads = shape.num_heads * self.cost_q + shape.num_kv_heads * self.cost_kv
+        return heads + shape.intermediate * self.cost_channel
 
     def params_for(self, shapes: Sequence[LayerShape]) -> int:
         """Total parameters of the model with layer widths `shapes` (exact: every other tensor is unchanged)."""
@@ -222,7 +221,8 @@ class PruningPlan:
                 raise PlanError(f"layer {i}: {exc}") from None
             ch = kept.channels
             if not ch or list(ch) != sorted(set(ch)) or ch[0] < 0 or ch[-1] >= shape.intermediate:
-                raise PlanError(f"layer {i}: kept channels must be non-empty, sorted, unique, within 0..{shape.intermediate - 1}")
+                raise PlanError(f"layer {i}: kept channels must be non-empty, sorted, unique, "
+                                f"within 0..{shape.intermediate - 1}")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

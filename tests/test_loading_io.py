@@ -60,7 +60,7 @@ def test_corrupt_gguf(tmp_path):
 
 def test_missing_config(tmp_path):
     (tmp_path / "m").mkdir()
-    with pytest.raises(ModelLoadError, match="missing or invalid config.json"):
+    with pytest.raises(ModelLoadError, match=r"missing or invalid config\.json"):
         load_model(str(tmp_path / "m"), device="cpu")
 
 

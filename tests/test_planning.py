@@ -110,7 +110,7 @@ def test_kv_group_granularity_removes_whole_groups():
 
 def test_never_the_last_head():
     shape = LayerShape(num_heads=6, num_kv_heads=2, intermediate=8)
-    with pytest.raises(PlanError, match="can remove 0..2 query heads per KV group, not 3"):
+    with pytest.raises(PlanError, match=r"can remove 0\.\.2 query heads per KV group, not 3"):
         heads_to_keep(torch.arange(6.0), shape, 3, "q-heads")
 
 

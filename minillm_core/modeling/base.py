@@ -151,7 +151,7 @@ class ArchAdapter(ABC):
         """Extra per-layer state that shapes alone do not capture (saved beside the weights)."""
         return {}
 
-    def restore_state(self, layer: nn.Module, state: dict[str, Any]) -> None:
+    def restore_state(self, layer: nn.Module, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Re-apply `layer_state` after loading."""
 
     @abstractmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +22,7 @@ from minillm_core.progress import Progress, no_progress
 from minillm_core.registry import Registry
 
 
-class Need(str, Enum):
+class Need(StrEnum):
     """Calibration work a scorer needs; the pipeline runs only what is declared."""
 
     WEIGHTS = "weights"  # weights only, no data

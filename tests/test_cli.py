@@ -1,0 +1,82 @@
+"""The CLI end to end on a tiny model: plan, prune, eval, info, scorers, and errors as one-line messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from minillm_core.cli import app
+from minillm_core.io import MANIFEST
+from minillm_core.planning import PruningPlan
+from tests.conftest import save_tiny
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny("llama-gqa", tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_plan_json_and_plan_file(model_dir, tmp_path):
+    out = _json(runner.invoke(app, ["plan", "--model", str(model_dir), "--ratio", "0.2", "--protect", "",
+                                    "--out", str(tmp_path / "plan.json"), "--json", "--device", "cpu"]))
+    assert 0.15 < out["summary"]["removed_fraction"] < 0.25
+    assert PruningPlan.load(tmp_path / "plan.json").config.ratio == 0.2
+
+
+def test_prune_then_eval(model_dir, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i % 90}" for i in range(2000)))
+    pruned = tmp_path / "pruned"
+    out = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "random", "--ratio", "0.3",
+                                    "--allocation", "global", "--protect", "0", "--out", str(pruned), "--json"]))
+    assert out["params_after"] < out["params_before"] and (pruned / MANIFEST).is_file()
+    replay = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--plan", str(pruned / "pruning_plan.json"),
+                                       "--out", str(tmp_path / "again"), "--json"]))
+    assert replay["params_after"] == out["params_after"]
+    ev = _json(runner.invoke(app, ["eval", "--model", str(pruned), "--text", str(text), "--seq-len", "16",
+                                   "--limit", "5", "--json", "--out", str(tmp_path / "m.json")]))
+    assert ev["perplexity"]["text"]["n_windows"] == 5 and ev["perplexity"]["text"]["ppl"] > 1
+    assert json.loads((tmp_path / "m.json").read_text()) == ev
+
+
+def test_info_and_scorers(model_dir):
+    info = _json(runner.invoke(app, ["info", "--model", str(model_dir), "--json"]))
+    assert (info["layers"], info["heads"], info["kv_heads"]) == (4, 6, 2)
+    scorers = _json(runner.invoke(app, ["scorers", "--json"]))
+    assert scorers["magnitude"]["needs"] == ["weights"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "--model", "./nowhere", "--out", "x"], "error: model path ./nowhere does not exist"),
+        (["plan", "--ratio", "1.5"], "error: ratio must be a fraction of parameters in (0, 1), got 1.5"),
+        (["plan", "--allocation", "best"], "error: unknown allocation 'best'; allowed: uniform, global"),
+        (["plan", "--protect", "a,b"], "error: --protect must be comma-separated layer indices"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_unknown_scorer(model_dir):
+    result = runner.invoke(app, ["plan", "--model", str(model_dir), "--scorer", "psychic"])
+    assert result.exit_code == 2 and "unknown scorer 'psychic'; supported:" in result.stderr
+
+
+def test_prune_refuses_non_empty_out_before_loading(tmp_path):
+    (tmp_path / "f").write_text("x")
+    result = runner.invoke(app, ["prune", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not empty" in result.stderr and "loading" not in result.stderr

@@ -1,0 +1,44 @@
+"""The bundled SmolLM2-135M end to end: GGUF -> cache, prune 20%, exact parameter count, save, reload, perplexity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minillm_core.evaluation.perplexity import perplexity_on
+from minillm_core.io import load_pruned, save_pruned
+from minillm_core.loading import load_model
+from minillm_core.pipeline import apply_plan, count_params, plan, score
+from minillm_core.planning import PlanConfig
+
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    pytest.importorskip("gguf")
+    return load_model("smollm2-135m", device="cpu")
+
+
+def test_bundled_model_geometry(smollm):
+    cfg = smollm.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        "llama", 30, 9, 3)
+    assert count_params(smollm.model) == 134_515_008
+
+
+def test_prune_20_percent_save_reload_and_evaluate(smollm, tmp_path, data_dir):
+    p = plan(smollm.model, score(smollm.model, "magnitude"), PlanConfig(ratio=0.2), model_name="smollm2-135m")
+    pruned = apply_plan(smollm.model, p)
+    assert count_params(pruned) == p.predicted_params
+    assert abs(p.removed_fraction - 0.2) < 0.005
+    assert count_params(smollm.model) == 134_515_008  # the original is untouched
+    out = save_pruned(pruned, smollm.tokenizer, tmp_path / "pruned", plan=p)
+    reloaded, tokenizer = load_pruned(out, device="cpu")
+    ids = smollm.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, pruned(ids).logits)
+    dense = perplexity_on(smollm.model, smollm.tokenizer, "wikitext2", limit=4)
+    small = perplexity_on(reloaded, tokenizer, "wikitext2", limit=4)
+    assert 10 < dense.ppl < 200 and dense.n_windows == 4
+    assert small.ppl > dense.ppl  # removing 20% without recovery costs quality
