@@ -1,0 +1,96 @@
+"""Model & data: pick the model (bundled, Hub id, local directory or GGUF), see its architecture, pick calibration."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from minillm_core.calibration import FILE_SOURCE, CalibrationConfig, calibration_sources, read_calibration_file
+from minillm_core.loading import BUNDLED, DTYPES
+from ui import state
+from ui.models import model_handle
+
+MAX_UPLOAD_MB = 20
+SOURCES = ("Bundled", "Hugging Face Hub id", "Local directory or .gguf file")
+
+st.title("Model & data")
+
+# --- model ------------------------------------------------------------------------------------------------------
+current = st.session_state[state.MODEL]
+with st.form("model_form"):
+    kind = st.radio("Model source", SOURCES, index=0 if current in BUNDLED else 2, horizontal=True)
+    bundled = st.selectbox("Bundled model", list(BUNDLED), help="Shipped with the app; no download needed.")
+    typed = st.text_input("Hub id or local path", value="" if current in BUNDLED else current,
+                          placeholder="HuggingFaceTB/SmolLM2-135M or /path/to/model_dir or model.gguf")
+    col1, col2 = st.columns(2)
+    dtype = col1.selectbox("dtype", DTYPES, index=DTYPES.index(st.session_state[state.DTYPE]))
+    device = col2.selectbox("device", ("auto", "cpu", "cuda"),
+                            index=("auto", "cpu", "cuda").index(st.session_state[state.DEVICE]))
+    if st.form_submit_button("Use this model", type="primary"):
+        name = bundled if kind == SOURCES[0] else typed.strip()
+        if not name:
+            st.error("Type a Hub id or a local path first.")
+        else:
+            st.session_state[state.MODEL], st.session_state[state.DTYPE] = name, dtype
+            st.session_state[state.DEVICE] = device
+            st.session_state[state.PLAN] = st.session_state[state.UPLOADED_PLAN] = None
+            st.rerun()
+
+with state.user_errors():
+    handle = model_handle(*state.model_key())
+g = handle.geometry
+shape = g.layers[0]
+st.success(f"Loaded **{handle.loaded.name}** ({g.model_type}) from `{handle.loaded.source}` on "
+           f"{handle.loaded.device} in {handle.load_seconds:.1f} s")
+mb = {dt: g.total_params * n / 2**20 for dt, n in (("float32", 4), ("float16/bfloat16", 2))}
+summary = pd.DataFrame([
+    ("architecture", g.model_type), ("layers", g.num_layers), ("attention heads", shape.num_heads),
+    ("KV heads", shape.num_kv_heads), ("head dim", g.head_dim), ("hidden size", g.hidden_size),
+    ("MLP channels", shape.intermediate), ("parameters", f"{g.total_params:,}"),
+    ("embedding parameters", f"{g.embedding_params:,}"), ("weights dtype", g.dtype),
+    *((f"size {dt}", f"{v:,.1f} MB") for dt, v in mb.items()),
+], columns=["property", "value"]).astype(str)
+st.subheader("Architecture")
+st.dataframe(summary, hide_index=True, key="arch_table")
+if len(set(g.layers)) > 1:
+    st.info("This model's layers have different widths (it was pruned before).")
+
+# --- calibration ------------------------------------------------------------------------------------------------
+st.subheader("Calibration data")
+st.caption("Used by scorers that look at activations or losses; weights-only scorers ignore it.")
+calib = st.session_state[state.CALIBRATION]
+sources = calibration_sources()
+source = st.selectbox("Source", sources, index=sources.index(calib["source"]) if calib["source"] in sources else 0,
+                      format_func=lambda s: "uploaded file (.txt / .jsonl)" if s == FILE_SOURCE else s,
+                      key="calib_source")
+c1, c2, c3 = st.columns(3)
+n_samples = int(c1.number_input("samples", 1, 1024, int(calib["n_samples"])))
+seq_len = int(c2.number_input("tokens per sample", 8, 4096, int(calib["seq_len"])))
+seed = int(c3.number_input("seed", 0, 2**31 - 1, int(calib["seed"])))
+path = calib.get("path") if source == FILE_SOURCE else None
+if source == FILE_SOURCE:
+    upload = st.file_uploader("Calibration file", type=["txt", "jsonl"], max_upload_size=MAX_UPLOAD_MB,
+                              key="calib_file",
+                              help=".txt: paragraphs split on blank lines; .jsonl: one {\"text\": ...} per line. "
+                                   f"At most {MAX_UPLOAD_MB} MB.")
+    if upload is not None:
+        data = upload.getvalue()
+        suffix = ".jsonl" if upload.name.lower().endswith(".jsonl") else ".txt"
+        if len(data) > MAX_UPLOAD_MB * 2**20:
+            st.error(f"{upload.name} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+        else:
+            # Our own file name in this session's private directory: the user's name never becomes a path.
+            target = state.upload_dir() / f"calibration{suffix}"
+            target.write_bytes(data)
+            with state.user_errors():
+                docs = read_calibration_file(target)
+            st.success(f"{upload.name}: {len(docs):,} documents, {len(data) / 1024:,.1f} KB")
+            path = str(target)
+    if path is None:
+        st.info("Upload a file to use it for calibration.")
+with state.user_errors():
+    if source != FILE_SOURCE or path is not None:
+        config = CalibrationConfig(source=source, n_samples=n_samples, seq_len=seq_len, seed=seed, path=path)
+        st.session_state[state.CALIBRATION] = {"source": source, "n_samples": n_samples, "seq_len": seq_len,
+                                               "seed": seed, "path": path}
+        st.caption(f"Calibration: {config.n_samples} x {config.seq_len} tokens from **{config.source}**.")

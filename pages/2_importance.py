@@ -1,0 +1,89 @@
+"""Importance: run a scorer on the current model and explore its head and channel scores as heatmaps."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from minillm_core.calibration import CalibrationConfig, build_calibration
+from minillm_core.pipeline import score
+from minillm_core.scoring import SCORERS, make_scorer
+from ui import figures, state
+from ui.models import model_handle
+from ui.widgets import estimate, scorer_options
+
+st.title("Importance")
+with state.user_errors():
+    handle = model_handle(*state.model_key())
+g = handle.geometry
+
+# --- choose and run a scorer ------------------------------------------------------------------------------------
+names = SCORERS.names()
+name = st.selectbox("Scorer", names, index=names.index("magnitude") if "magnitude" in names else 0)
+cls = SCORERS.get(name)
+st.caption(f"{cls.description}  \nNeeds: {', '.join(sorted(n.value for n in cls.needs))}")
+with st.expander("Scorer options", expanded=False):
+    options = scorer_options(cls, key=f"opt.{name}")
+with state.user_errors():
+    needs_data = make_scorer(name, **options).needs_calibration
+calib = st.session_state[state.CALIBRATION]
+tokens = calib["n_samples"] * calib["seq_len"] if needs_data else 0
+seconds, extra_mb = estimate(cls, g.total_params, tokens, str(handle.loaded.device))
+st.caption(f"Estimate: about {seconds:,.0f} s and {extra_mb:,.0f} MB beyond the model"
+           + (f", on {calib['n_samples']} x {calib['seq_len']} calibration tokens from {calib['source']}"
+              if needs_data else " (weights only, no data)"))
+
+if st.button("Compute scores", type="primary"):
+    bar = st.progress(0.0, text="starting")
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{label}: {done}/{total}")
+
+    with state.user_errors():
+        calibration = None
+        if needs_data:
+            bar.progress(0.0, text="building calibration batch")
+            calibration = build_calibration(handle.loaded.tokenizer, CalibrationConfig(**calib),
+                                            max_length=getattr(handle.loaded.model.config, "max_position_embeddings",
+                                                               None))
+        t0 = time.perf_counter()
+        with handle.lock:  # the cached model is shared: scorers that hook it take turns
+            result = score(handle.loaded.model, name, calibration=calibration, progress=progress, **options)
+    label = name + (f" {options}" if options else "")
+    state.scores_for_model()[label] = result
+    st.session_state[state.ACTIVE_SCORER] = label
+    st.session_state[state.PLAN] = None
+    bar.progress(1.0, text=f"{label} done in {time.perf_counter() - t0:.1f} s")
+
+# --- explore computed scores ------------------------------------------------------------------------------------
+computed = state.scores_for_model()
+if not computed:
+    st.info("No scores yet for this model. Choose a scorer and press **Compute scores**.")
+    st.stop()
+
+labels = list(computed)
+active = st.session_state.get(state.ACTIVE_SCORER)
+shown = st.radio("Scores computed in this session (the plan uses the selected one)", labels,
+                 index=labels.index(active) if active in labels else len(labels) - 1, horizontal=True)
+st.session_state[state.ACTIVE_SCORER] = shown
+scores = computed[shown]
+
+st.plotly_chart(figures.heads_heatmap(scores), key="heads_heatmap")
+mode = st.radio("MLP channels", ("binned", "sorted"), horizontal=True,
+                format_func=lambda m: f"sorted, {figures.CHANNEL_BINS} rank bins" if m == "binned"
+                else "sorted, every channel")
+st.plotly_chart(figures.channels_heatmap(scores, mode), key="channels_heatmap")
+st.plotly_chart(figures.layer_bars(scores), key="layer_bars")
+
+if len(labels) >= 2:
+    st.subheader("Do two scorers agree?")
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Scorer A", labels, index=0)
+    b = c2.selectbox("Scorer B", labels, index=1)
+    if a != b:
+        table = figures.rank_agreement(computed[a], computed[b])
+        st.plotly_chart(figures.agreement_figure(table, a, b), key="agreement")
+        st.dataframe(table, hide_index=True, key="agreement_table")
+else:
+    st.caption("Compute a second scorer to see how their rankings agree layer by layer.")

@@ -1,0 +1,93 @@
+"""Plan: a ratio slider and plan options previewed from cached scores (no weights touched); plan JSON in and out."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from minillm_core.allocation import build_plan
+from minillm_core.groups import HEAD_GRANULARITIES
+from minillm_core.planning import ALLOCATIONS, TARGETS, PlanConfig, PruningPlan, default_protected_layers, summarize
+from minillm_core.runs import widths_figure
+from ui import state
+from ui.models import model_handle
+
+P = "plan."  # widget key prefix
+
+
+def _toggle_clicked_layers() -> None:
+    """Click a layer's bar to protect it (or to unprotect it); runs before the script, so it may set the widget."""
+    points = st.session_state["widths_chart"].selection.get("points", [])
+    clicked = {int(p["x"]) for p in points if "x" in p}
+    st.session_state[P + "protected"] = sorted(set(st.session_state.get(P + "protected", [])) ^ clicked)
+
+
+st.title("Plan")
+with state.user_errors():
+    handle = model_handle(*state.model_key())
+g = handle.geometry
+scores = state.active_scores()
+uploaded: PruningPlan | None = st.session_state.get(state.UPLOADED_PLAN)
+
+# --- upload a plan ----------------------------------------------------------------------------------------------
+with st.expander("Upload a plan JSON", expanded=uploaded is not None):
+    file = st.file_uploader("Plan file", type=["json"], key="plan_upload")
+    if file is not None and st.button("Use the uploaded plan"):
+        with state.user_errors():
+            plan = PruningPlan.from_json(file.getvalue().decode("utf-8", errors="replace"))
+            plan.validate(g)
+        st.session_state[state.UPLOADED_PLAN] = uploaded = plan
+    if uploaded is not None:
+        st.info(f"Using the uploaded plan ({uploaded.scorer}, ratio {uploaded.config.ratio:.0%}).")
+        if st.button("Back to the slider"):
+            st.session_state[state.UPLOADED_PLAN] = uploaded = None
+
+# --- or build one from the slider -------------------------------------------------------------------------------
+if uploaded is not None:
+    plan = uploaded
+elif scores is None:
+    st.info("Compute importance scores first (page **Importance**); the plan ranks heads and channels by them.")
+    st.stop()
+else:
+    st.caption(f"Ranking by **{st.session_state.get(state.ACTIVE_SCORER) or scores.scorer}** scores.")
+    defaults = {"ratio": 0.2, "allocation": ALLOCATIONS[0], "target": "both", "granularity": HEAD_GRANULARITIES[0],
+                "round_to": 8, "protected": list(default_protected_layers(g.num_layers))}
+    state.restore_widgets(state.PLAN_OPTIONS, defaults, P)
+    st.session_state[P + "protected"] = [i for i in st.session_state[P + "protected"] if i < g.num_layers]
+    ratio = st.slider("Fraction of parameters to remove", 0.01, 0.90, step=0.01, key=P + "ratio")
+    c1, c2, c3 = st.columns(3)
+    allocation = c1.radio("Allocation", ALLOCATIONS, horizontal=True, key=P + "allocation",
+                          help="uniform: the same widths in every unprotected layer; global: rank across layers.")
+    target = c2.radio("Prune", TARGETS, horizontal=True, key=P + "target")
+    granularity = c3.radio("Head granularity", HEAD_GRANULARITIES, horizontal=True, key=P + "granularity")
+    c4, c5 = st.columns([3, 1])
+    protected = c4.multiselect("Protected layers (never pruned)", list(range(g.num_layers)), key=P + "protected")
+    round_to = int(c5.number_input("Round channels to", 1, 256, step=1, key=P + "round_to"))
+    state.remember_widgets(state.PLAN_OPTIONS, {"ratio": ratio, "allocation": allocation, "target": target,
+                                                "granularity": granularity, "round_to": round_to,
+                                                "protected": protected})
+    with state.user_errors():
+        config = PlanConfig(ratio=ratio, allocation=allocation, protected_layers=tuple(protected), target=target,
+                            head_granularity=granularity, round_to=round_to)
+        plan = build_plan(g, scores, config, handle.loaded.name)
+st.session_state[state.PLAN] = plan
+
+# --- preview ----------------------------------------------------------------------------------------------------
+s = summarize(plan, g)
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Parameters after", f"{s.params_after:,}", f"-{s.removed_fraction:.1%}", delta_color="off")
+m2.metric("Non-embedding removed", f"{s.removed_fraction_non_embedding:.1%}")
+m3.metric("Ideal speed-up", f"x{s.ideal_speedup:.2f}")
+m4.metric("Loads with plain from_pretrained", "yes" if s.loads_with_from_pretrained else "no")
+sizes = pd.DataFrame({"before (MB)": s.size_mb_before, "after (MB)": s.size_mb_after}).rename_axis("dtype")
+st.dataframe(sizes.round(1), key="sizes_table")
+if not s.loads_with_from_pretrained:
+    st.caption("Layers end up with different widths: load the result with `minillm_core.load_pruned(dir)`.")
+clickable = uploaded is None
+st.plotly_chart(widths_figure(s.rows), key="widths_chart", on_select=_toggle_clicked_layers if clickable else "ignore",
+                selection_mode="points")
+if clickable:
+    st.caption("Click a layer's bar to protect it, or to unprotect it.")
+st.dataframe(pd.DataFrame(s.rows).set_index("layer"), key="plan_table")
+st.download_button("Download plan JSON", plan.to_json(), file_name=f"plan-{plan.scorer}-{plan.config.ratio:.2f}.json",
+                   mime="application/json")

@@ -1,0 +1,96 @@
+"""Prune & evaluate: run the current plan as a background job (its own process), poll it, cancel it, record it."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from minillm_core import jobs
+from minillm_core.errors import MiniLLMError
+from minillm_core.runs import RunStore
+from ui import state
+
+st.title("Prune & evaluate")
+store = RunStore()
+plan = st.session_state.get(state.PLAN)
+
+# --- start a job ------------------------------------------------------------------------------------------------
+if plan is None:
+    st.info("Make a plan first (page **Plan**); its pruning and evaluations run here in the background.")
+else:
+    with st.form("job_form"):
+        st.caption(f"Plan: {plan.scorer}, remove {plan.removed_fraction:.1%} of {plan.original_params:,} parameters "
+                   f"of **{st.session_state[state.MODEL]}**.")
+        name = st.text_input("Run name", value=f"{plan.scorer} {plan.config.ratio:.0%}")
+        datasets = st.multiselect("Perplexity on", jobs.PPL_DATASETS, default=["wikitext2"])
+        c1, c2, c3 = st.columns(3)
+        limit = int(c1.number_input("Windows per dataset (0 = all)", 0, 100_000, 16))
+        seq_len = int(c2.number_input("Window length (tokens)", 16, 4096, 128))
+        original = c3.checkbox("Also evaluate the original", value=True)
+        submitted = st.form_submit_button("Start", type="primary")
+    if submitted:
+        try:
+            spec = jobs.JobSpec(model=st.session_state[state.MODEL], plan=plan.to_dict(), perplexity=tuple(datasets),
+                                limit=limit or None, seq_len=seq_len, evaluate_original=original,
+                                dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE],
+                                data_dir=os.environ.get("MINILLM_DATA_DIR"), name=name)
+            job_id = jobs.submit(spec, store.root)
+            store.add_job(job_id, name)
+        except MiniLLMError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state[state.JOBS].append(job_id)
+            st.query_params["job"] = job_id
+
+# --- attach to a job (URL first, so a refresh or a second tab re-attaches) --------------------------------------
+mine = st.session_state[state.JOBS]
+job_id = st.query_params.get("job") or (mine[-1] if mine else None)
+if job_id is None:
+    st.stop()
+try:
+    first = jobs.status(job_id, store.root)
+except MiniLLMError as exc:
+    st.error(str(exc))
+    st.stop()
+if job_id not in mine:
+    mine.append(job_id)  # re-attached from the URL: this session now follows it
+if len(mine) > 1:
+    picked = st.selectbox("Jobs of this session", list(reversed(mine)), index=list(reversed(mine)).index(job_id))
+    if picked != job_id:
+        st.query_params["job"] = picked
+        st.rerun()
+
+st.subheader(f"Job `{job_id}`")
+
+
+@st.fragment(run_every=None if first.terminal else 1.0)
+def job_panel(job_id: str, was_running: bool) -> None:
+    st_ = jobs.status(job_id, store.root)
+    if st_.state in ("queued", "running"):
+        label = f"step {st_.step_index}/{st_.steps}: {st_.step}" if st_.step else st_.state
+        if st_.total:
+            label += f" ({st_.done}/{st_.total})"
+        st.progress(st_.fraction, text=label)
+        if st.button("Cancel", key="cancel"):
+            jobs.cancel(job_id, store.root)
+            st.rerun(scope="app")
+        return
+    if was_running:  # just finished: refresh the whole page once (stops the polling, updates the store)
+        st.rerun(scope="app")
+    try:
+        run = store.get(job_id)
+    except MiniLLMError as exc:
+        st.error(str(exc))
+        return
+    if st_.state == "done":
+        st.success(f"Done in {run.metrics.get('seconds', 0):.1f} s: {run.params_before:,} -> "
+                   f"{run.params_after:,} parameters. See **Compare** and **Runs & report**.")
+        st.page_link("pages/5_compare.py", label="Compare original and pruned", icon="⚖️")
+    elif st_.state == "cancelled":
+        st.warning("Cancelled. Earlier runs are kept.")
+    else:
+        st.error(f"Failed: {st_.error}")
+
+
+job_panel(job_id, not first.terminal)

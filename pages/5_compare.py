@@ -1,0 +1,50 @@
+"""Compare: original vs pruned metrics of a run, size vs quality across runs, and both models' generations."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from minillm_core.runs import RunStore, comparison_figure, comparison_rows, pareto_figure
+from ui import state
+from ui.models import greedy_generate, model_handle, pruned_handle
+
+st.title("Compare")
+store = RunStore()
+done = store.list(states=("done",))
+if not done:
+    st.info("No finished run yet. Start one on **Prune & evaluate**.")
+    st.stop()
+
+ids = [r.id for r in done]
+wanted = st.query_params.get("job")
+run = st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
+                   format_func=lambda r: f"{r.name} · {r.model} · {r.id}")
+
+# --- one run: original vs pruned --------------------------------------------------------------------------------
+table = pd.DataFrame(comparison_rows(run))
+st.dataframe(table, hide_index=True, key="comparison_table",
+             column_config={"retained %": st.column_config.NumberColumn(format="%.1f %%")})
+st.plotly_chart(comparison_figure(run), key="comparison_chart")
+
+# --- across runs ------------------------------------------------------------------------------------------------
+datasets = sorted({ds for r in done for ds in ((r.metrics.get("pruned") or {}).get("perplexity") or {})})
+if datasets:
+    ds = st.selectbox("Quality measure for the scatter", datasets)
+    st.plotly_chart(pareto_figure(done, ds), key="pareto_chart")
+
+# --- generations ------------------------------------------------------------------------------------------------
+st.subheader("Same prompt, both models")
+with st.form("generate"):
+    prompt = st.text_area("Prompt", "The capital of France is")
+    max_new = int(st.number_input("New tokens", 1, 256, 32))
+    go = st.form_submit_button("Generate")
+if go:
+    with state.user_errors():
+        original = model_handle(run.model, st.session_state[state.DTYPE], st.session_state[state.DEVICE])
+        pruned = pruned_handle(run.model_dir, st.session_state[state.DTYPE], st.session_state[state.DEVICE])
+    for col, (label, handle) in zip(st.columns(2), (("original", original), ("pruned", pruned)), strict=True):
+        with col, st.spinner(f"{label} is generating..."):
+            out = greedy_generate(handle, prompt, max_new)
+            st.markdown(f"**{label}** · {out.new_tokens} tokens, {out.tokens_per_s:,.1f} tokens/s")
+            st.text(prompt + out.text)

@@ -1,0 +1,76 @@
+"""Runs & report: every recorded run (shared by all sessions), rename/delete, exports, and how to load the model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.io import read_manifest
+from minillm_core.runs import RunStore
+
+st.title("Runs & report")
+store = RunStore()
+runs = store.list()
+st.caption(f"Run store: `{store.root}` (shared by every session of this server).")
+if not runs:
+    st.info("No runs recorded yet. Start one on **Prune & evaluate**.")
+    st.stop()
+
+table = pd.DataFrame([{
+    "id": r.id, "name": r.name, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
+    "model": r.model, "scorer": r.scorer, "ratio": r.ratio, "state": r.state,
+    "params before": r.params_before, "params after": r.params_after, "error": r.error,
+} for r in runs])
+st.dataframe(table, hide_index=True, key="runs_table",
+             column_config={"ratio": st.column_config.NumberColumn(format="percent")})
+
+by_id = {r.id: r for r in runs}
+run_id = st.selectbox("Run", list(by_id), format_func=lambda i: f"{by_id[i].name} · {i} · {by_id[i].state}")
+run = by_id[run_id]
+
+c1, c2 = st.columns(2)
+with c1.form("rename"):
+    new_name = st.text_input("Name", value=run.name)
+    if st.form_submit_button("Rename"):
+        try:
+            store.rename(run.id, new_name)
+        except MiniLLMError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
+with c2:
+    sure = st.checkbox("Yes, delete this run and its files", key="confirm_delete")
+    if st.button("Delete run", disabled=not sure, key="delete_run"):
+        store.delete(run.id)
+        st.rerun()
+
+st.subheader("Exports")
+d1, d2 = st.columns(2)
+d1.download_button("Metrics CSV", store.metrics_csv([run.id]), file_name=f"{run.id}-metrics.csv", mime="text/csv")
+d2.download_button("Metrics JSON", store.metrics_json([run.id]), file_name=f"{run.id}-metrics.json",
+                   mime="application/json")
+chosen = st.multiselect("Runs in the HTML report", list(by_id), default=[run.id],
+                        format_func=lambda i: f"{by_id[i].name} · {i}")
+if chosen:
+    st.download_button("HTML report (works offline)", store.report_html(chosen), file_name="minillm-report.html",
+                       mime="text/html")
+
+if run.state == "done" and run.model_dir:
+    st.subheader("The pruned model")
+    st.markdown(f"Saved in `{run.model_dir}`.")
+    try:
+        plain = read_manifest(Path(run.model_dir)).get("loads_with_from_pretrained", False)
+    except MiniLLMError as exc:
+        st.error(str(exc))
+        st.stop()
+    code = f"import minillm_core\nmodel, tokenizer = minillm_core.load_pruned({run.model_dir!r})"
+    if plain:
+        code += ("\n\n# or, since every layer kept the same widths:\nfrom transformers import AutoModelForCausalLM\n"
+                 f"model = AutoModelForCausalLM.from_pretrained({run.model_dir!r})")
+    st.code(code, language="python")
+elif run.error:
+    st.error(run.error)

@@ -1,0 +1,243 @@
+"""AppTest of every dashboard page on a tiny random Llama saved to a directory (no downloads, real core calls).
+
+One module-scoped app session walks model -> importance -> plan -> run (a real background job) -> compare -> runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from minillm_core import jobs
+from minillm_core.runs import RunStore
+from tests.test_jobs import runs_dir, tiny_model_dir  # noqa: F401  (fixtures)
+from ui import state
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def new_app(model_dir: Path) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state[state.MODEL] = str(model_dir)
+    at.session_state[state.DEVICE] = "cpu"
+    return ok(at.run())
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    return ok(at.switch_page(f"pages/{page}").run())
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def frame(at: AppTest, column: str):
+    """The first table with `column` (st.dataframe keys are not exposed for read-only tables)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+@pytest.fixture
+def app(tiny_model_dir, runs_dir):  # noqa: F811
+    return new_app(tiny_model_dir)
+
+
+def with_scores(at: AppTest, scorer: str = "magnitude") -> AppTest:
+    goto(at, "2_importance.py")
+    at.selectbox[0].set_value(scorer)
+    return ok(at.button[0].click().run())
+
+
+def test_model_page_shows_the_architecture(app, tiny_model_dir):  # noqa: F811
+    assert any("Loaded" in s.value for s in app.success)
+    arch = frame(app, "property")
+    values = dict(zip(arch["property"], arch["value"], strict=True))
+    assert values["layers"] == "4" and values["attention heads"] == "6" and values["KV heads"] == "2"
+    assert app.sidebar.caption[0].value.startswith("Device: **CPU")
+    assert str(tiny_model_dir) in app.sidebar.caption[1].value
+
+
+def test_model_page_bad_path_shows_an_error(tiny_model_dir, runs_dir):  # noqa: F811
+    at = new_app(tiny_model_dir.parent / "missing")
+    assert at.error and "does not exist" in at.error[0].value
+
+
+def test_calibration_upload_is_validated_and_private(app):
+    app.selectbox(key="calib_source").set_value("file")
+    ok(app.run())
+    up = app.file_uploader(key="calib_file")
+    up.set_value(("notes.jsonl", b'{"nope": 1}\n', "application/json"))
+    ok(app.run())
+    assert app.error and "no 'text' field" in app.error[0].value
+    up = app.file_uploader(key="calib_file")
+    up.set_value(("../../evil.txt", b"first paragraph\n\nsecond paragraph\n", "text/plain"))
+    ok(app.run())
+    assert any("2 documents" in s.value for s in app.success)
+    path = Path(app.session_state[state.CALIBRATION]["path"])
+    assert path.name == "calibration.txt" and path.parent == Path(app.session_state[state.UPLOAD_DIR])
+
+
+def test_importance_page_computes_and_compares_scorers(app):
+    goto(app, "2_importance.py")
+    assert app.info and "No scores yet" in app.info[0].value
+    with_scores(app, "magnitude")
+    assert len(charts(app)) == 3  # heads, channels, per-layer bars
+    with_scores(app, "random")
+    assert len(app.radio[0].options) == 2
+    assert frame(app, "heads ρ").shape == (4, 3)
+    app.radio[1].set_value("sorted")
+    ok(app.run())
+
+
+def test_plan_page_slider_updates_the_preview(app):
+    goto(app, "3_plan.py")
+    assert "Compute importance scores first" in app.info[0].value
+    with_scores(app)
+    goto(app, "3_plan.py")
+    before = metric(app, "Parameters after")
+    assert frame(app, "heads_after").shape[0] == 4
+    app.slider(key="plan.ratio").set_value(0.4)
+    ok(app.run())
+    after = metric(app, "Parameters after")
+    assert int(after.replace(",", "")) < int(before.replace(",", ""))
+    plan = app.session_state[state.PLAN]
+    assert 0.35 < plan.removed_fraction < 0.45
+    assert len(app.get("download_button")) == 1
+    app.slider(key="plan.ratio").set_value(0.2)
+    app.multiselect(key="plan.protected").set_value([0, 1])
+    app.radio(key="plan.allocation").set_value("global")
+    ok(app.run())
+    assert not app.error
+    assert app.session_state[state.PLAN].config.protected_layers == (0, 1)
+    goto(app, "4_run.py")
+    goto(app, "3_plan.py")  # the options survive a visit to another page
+    assert app.slider(key="plan.ratio").value == 0.2 and app.multiselect(key="plan.protected").value == [0, 1]
+    assert app.session_state[state.PLAN].config.allocation == "global"
+
+
+def test_plan_page_reports_an_impossible_ratio(app):
+    with_scores(app)
+    goto(app, "3_plan.py")
+    app.slider(key="plan.ratio").set_value(0.9)
+    ok(app.run())
+    assert app.error and "allowed ratio range" in app.error[0].value
+
+
+def test_sessions_do_not_share_scores_jobs_or_uploads(app, tiny_model_dir):  # noqa: F811
+    with_scores(app)
+    other = new_app(tiny_model_dir)
+    assert any(app.session_state[state.SCORES].values())  # same process, separate st.session_state
+    assert not any(other.session_state[state.SCORES].values()) and other.session_state[state.JOBS] == []
+    goto(other, "2_importance.py")
+    assert "No scores yet" in other.info[0].value
+
+
+def test_plan_upload_validates(app):
+    with_scores(app)
+    goto(app, "3_plan.py")
+    good = app.session_state[state.PLAN].to_json()
+    app.file_uploader(key="plan_upload").set_value(("plan.json", b"{not json", "application/json"))
+    ok(app.run())
+    ok(app.button[0].click().run())
+    assert app.error and "not valid JSON" in app.error[0].value
+    data = json.loads(good)
+    data["config"]["ratio"] = 0.5
+    data["config"]["round_to"] = 4
+    app.file_uploader(key="plan_upload").set_value(("plan.json", json.dumps(data).encode(), "application/json"))
+    ok(app.run())
+    ok(app.button[0].click().run())
+    assert app.session_state[state.UPLOADED_PLAN].config.round_to == 4
+
+
+def wait_done(job_id: str, root: Path, timeout: float = 120) -> jobs.JobStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = jobs.status(job_id, root)
+        if st.terminal:
+            return st
+        time.sleep(0.3)
+    raise AssertionError("job did not finish")
+
+
+def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):  # noqa: F811
+    goto(app, "4_run.py")
+    assert "Make a plan first" in app.info[0].value
+    with_scores(app)
+    goto(app, "3_plan.py")
+    goto(app, "4_run.py")
+    app.number_input[0].set_value(2)  # windows
+    app.number_input[1].set_value(16)  # window length
+    ok(app.get("form_submit_button")[0].click().run())
+    job_id = app.query_params["job"]
+    assert app.session_state[state.JOBS] == [job_id]
+    assert wait_done(job_id, runs_dir).state == "done"
+    ok(app.run())
+    assert any("Done in" in s.value for s in app.success)
+
+    # a second tab with the URL re-attaches to the same job
+    other = new_app(tiny_model_dir)
+    other.query_params["job"] = job_id
+    goto(other, "4_run.py")
+    assert any("Done in" in s.value for s in other.success)
+
+    goto(app, "5_compare.py")
+    table = frame(app, "metric")
+    assert {"parameters", "perplexity wikitext2"} <= set(table["metric"])
+    assert table.loc[table["metric"] == "parameters", "retained %"].iloc[0] < 100
+    assert len(charts(app)) == 2
+    app.text_area[0].set_value("the cat")
+    app.number_input[0].set_value(4)
+    ok(app.get("form_submit_button")[0].click().run())
+    assert len(app.text) == 2 and all(t.value.startswith("the cat") for t in app.text)
+
+    goto(app, "6_runs.py")
+    assert frame(app, "state").shape[0] == 1
+    assert len(app.get("download_button")) == 3
+    assert any("load_pruned" in c.value for c in app.code)
+    app.text_input[0].set_value("renamed run")
+    ok(app.get("form_submit_button")[0].click().run())
+    assert RunStore(runs_dir).get(job_id).name == "renamed run"
+    app.checkbox(key="confirm_delete").check()
+    ok(app.run())
+    ok(app.button(key="delete_run").click().run())
+    assert RunStore(runs_dir).list() == [] and not (runs_dir / job_id).exists()
+    assert "No runs recorded yet" in app.info[0].value
+
+
+def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):  # noqa: F811
+    store = RunStore(runs_dir)
+    from tests.test_jobs import spec_for
+
+    job_id = jobs.submit(spec_for(tiny_model_dir, model=str(tiny_model_dir.parent / "gone")), runs_dir)
+    store.add_job(job_id)
+    wait_done(job_id, runs_dir)
+    app.query_params["job"] = job_id
+    goto(app, "4_run.py")
+    assert app.error and "does not exist" in app.error[0].value
+    goto(app, "5_compare.py")
+    assert "No finished run yet" in app.info[0].value
+
+
+def test_importance_with_a_calibration_scorer(app, data_dir):
+    from minillm_core.scoring import SCORERS, Need
+
+    names = [n for n in SCORERS.names() if SCORERS.get(n).needs == frozenset({Need.ACTIVATIONS})]
+    if not names:
+        pytest.skip("no activations-only scorer is registered yet")
+    app.session_state[state.CALIBRATION] = {"source": "wikitext2", "n_samples": 2, "seq_len": 32, "seed": 0,
+                                            "path": None}
+    with_scores(app, names[0])
+    assert app.session_state[state.ACTIVE_SCORER].startswith(names[0])
+    assert len(charts(app)) == 3

@@ -1,0 +1,138 @@
+"""Background jobs: a real prune+eval job on a tiny model directory, cancel, and detection of a killed worker.
+
+`tiny_model_dir` (also used by the run-store and app tests) saves a tiny random Llama with a character tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from minillm_core import jobs
+from minillm_core.errors import MiniLLMError
+from tests.conftest import SHARED_DATA, tiny_model
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'=-@()"  # + BOS + unk, well under the tiny vocab of 96
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<s>": 0, "<unk>": 1} | {ch: i + 2 for i, ch in enumerate(ALPHABET)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>", eos_token="<s>")
+
+
+def save_tiny_model_dir(path: Path, kind: str = "llama-gqa") -> Path:
+    """A loadable model directory (config, safetensors, tokenizer) of a tiny random model."""
+    tiny_model(kind).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    monkeypatch.setenv(jobs.RUNS_DIR_ENV, str(root))
+    data = Path(os.environ.get("MINILLM_DATA_DIR", SHARED_DATA))
+    if not data.is_dir():
+        pytest.skip(f"offline data mirror not found at {data}")
+    monkeypatch.setenv("MINILLM_DATA_DIR", str(data))
+    return root
+
+
+def tiny_plan(model_dir: Path, ratio: float = 0.2) -> dict:
+    from minillm_core.loading import load_model
+    from minillm_core.pipeline import plan, score
+    from minillm_core.planning import PlanConfig
+
+    loaded = load_model(str(model_dir), device="cpu")
+    scores = score(loaded.model, "magnitude")
+    return plan(loaded.model, scores, PlanConfig(ratio=ratio, protected_layers=()), str(model_dir)).to_dict()
+
+
+def wait_for(job_id: str, root: Path, states=jobs.TERMINAL, timeout: float = 120) -> jobs.JobStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = jobs.status(job_id, root)
+        if st.state in states:
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {jobs.status(job_id, root).state} after {timeout} s")
+
+
+def spec_for(model_dir: Path, **kw) -> jobs.JobSpec:
+    base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "perplexity": ("wikitext2",), "limit": 2,
+            "seq_len": 16, "device": "cpu"}
+    return jobs.JobSpec(**(base | kw))
+
+
+def test_job_runs_to_the_end_and_writes_results(tiny_model_dir, runs_dir):
+    job_id = jobs.submit(spec_for(tiny_model_dir), runs_dir)
+    st = wait_for(job_id, runs_dir)
+    folder = runs_dir / job_id
+    assert st.state == "done", (st.error, (folder / jobs.LOG_FILE).read_text())
+    assert st.fraction == 1.0 and st.started and st.finished
+    metrics = jobs.read_metrics(job_id, runs_dir)
+    assert metrics["pruned"]["params"] < metrics["original"]["params"]
+    assert metrics["pruned"]["params"] == metrics["summary"]["params_after"]
+    assert metrics["pruned"]["perplexity"]["wikitext2"]["n_windows"] == 2
+    assert metrics["pruned"]["speed"]["tokens_per_s"] > 0
+    assert (folder / jobs.PLAN_FILE).is_file() and (folder / jobs.MODEL_SUBDIR / "config.json").is_file()
+    from minillm_core.loading import load_model
+
+    reloaded = load_model(metrics["model_dir"], device="cpu")
+    assert sum(p.numel() for p in reloaded.model.parameters()) > 0
+
+
+def test_failing_job_records_the_error(tiny_model_dir, runs_dir):
+    missing = tiny_model_dir.parent / "no-such-model"  # a user error: shown as its message, not a traceback
+    job_id = jobs.submit(spec_for(tiny_model_dir, model=str(missing)), runs_dir)
+    st = wait_for(job_id, runs_dir)
+    assert st.state == "failed"
+    assert st.error == f"model path {missing} does not exist"
+
+
+def test_cancel_kills_the_process_group(tiny_model_dir, runs_dir):
+    job_id = jobs.submit(spec_for(tiny_model_dir, limit=None, perplexity=("wikitext2", "ptb")), runs_dir)
+    wait_for(job_id, runs_dir, states={"running", *jobs.TERMINAL})
+    pid = jobs.status(job_id, runs_dir).pid
+    st = jobs.cancel(job_id, runs_dir)
+    assert st.state == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    assert jobs.status(job_id, runs_dir).state == "cancelled"  # stays cancelled
+
+
+def test_killed_process_is_detected_as_failed(tiny_model_dir, runs_dir):
+    job_id = jobs.submit(spec_for(tiny_model_dir, limit=None, perplexity=("wikitext2", "ptb")), runs_dir)
+    st = wait_for(job_id, runs_dir, states={"running", *jobs.TERMINAL})
+    assert st.state == "running"
+    os.killpg(st.pid, signal.SIGKILL)
+    st = wait_for(job_id, runs_dir, timeout=10)
+    assert st.state == "failed"
+    assert "process ended unexpectedly" in st.error
+    assert json.loads((runs_dir / job_id / jobs.STATUS_FILE).read_text())["state"] == "failed"
+
+
+def test_spec_and_id_validation(runs_dir):
+    with pytest.raises(MiniLLMError, match="allowed: wikitext2, ptb"):
+        jobs.JobSpec(model="x", plan={}, perplexity=("lambada",))
+    with pytest.raises(MiniLLMError, match="limit"):
+        jobs.JobSpec(model="x", plan={}, limit=0)
+    with pytest.raises(MiniLLMError, match="invalid job id"):
+        jobs.status("../etc", runs_dir)
+    with pytest.raises(MiniLLMError, match="no job"):
+        jobs.status("abcdefghij", runs_dir)

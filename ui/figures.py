@@ -1,0 +1,100 @@
+"""Plotly figure builders for importance scores, plus the per-layer rank agreement of two scorers.
+
+Inputs are `GroupScores` (heads[i]: [num_heads], channels[i]: [intermediate]); outputs are plotly Figures/DataFrames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from scipy.stats import spearmanr
+
+from minillm_core.scoring import GroupScores
+
+CHANNEL_BINS = 64
+
+
+def heads_heatmap(scores: GroupScores) -> go.Figure:
+    """Layers x query heads, exact score on hover (layers may differ in width: missing cells stay empty)."""
+    width = max(h.numel() for h in scores.heads)
+    z = np.full((scores.num_layers, width), np.nan)
+    for i, h in enumerate(scores.heads):
+        z[i, : h.numel()] = h.float().numpy()
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar={"title": "score"},
+                               hovertemplate="layer %{y}, head %{x}<br>score %{z:.6g}<extra></extra>"))
+    fig.update_layout(title=f"{scores.scorer}: attention heads", xaxis_title="head", yaxis_title="layer")
+    return fig
+
+
+def binned_channels(channels: list, bins: int = CHANNEL_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each layer's channel scores sorted high -> low and averaged in `bins` equal rank bins.
+
+    Returns (mean, min, max), each [num_layers, bins]; a layer narrower than `bins` fills its first columns.
+    """
+    n = len(channels)
+    mean, lo, hi = (np.full((n, bins), np.nan) for _ in range(3))
+    for i, c in enumerate(channels):
+        ordered = np.sort(c.float().numpy())[::-1]
+        for j, part in enumerate(np.array_split(ordered, min(bins, len(ordered)))):
+            mean[i, j], lo[i, j], hi[i, j] = part.mean(), part.min(), part.max()
+    return mean, lo, hi
+
+
+def channels_heatmap(scores: GroupScores, mode: str = "binned") -> go.Figure:
+    """Layers x MLP channels, sorted per layer; `binned` averages 64 rank bins so thousands stay readable."""
+    if mode == "binned":
+        mean, lo, hi = binned_channels(scores.channels)
+        fig = go.Figure(go.Heatmap(
+            z=mean, customdata=np.stack([lo, hi], axis=-1), colorscale="Viridis", colorbar={"title": "score"},
+            hovertemplate="layer %{y}, rank bin %{x}<br>mean %{z:.6g}<br>min %{customdata[0]:.6g}, "
+                          "max %{customdata[1]:.6g}<extra></extra>"))
+        xtitle = f"channel rank bin (1/{CHANNEL_BINS} of the layer each, most important first)"
+    else:
+        width = max(c.numel() for c in scores.channels)
+        z = np.full((scores.num_layers, width), np.nan)
+        for i, c in enumerate(scores.channels):
+            z[i, : c.numel()] = np.sort(c.float().numpy())[::-1]
+        fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar={"title": "score"},
+                                   hovertemplate="layer %{y}, rank %{x}<br>score %{z:.6g}<extra></extra>"))
+        xtitle = "channel rank within the layer (most important first)"
+    fig.update_layout(title=f"{scores.scorer}: MLP channels", xaxis_title=xtitle, yaxis_title="layer")
+    return fig
+
+
+def layer_bars(scores: GroupScores) -> go.Figure:
+    """Mean head and channel score per layer."""
+    layers = list(range(scores.num_layers))
+    fig = go.Figure([
+        go.Bar(x=layers, y=[float(h.float().mean()) for h in scores.heads], name="mean head score",
+               hovertemplate="layer %{x}: %{y:.6g}<extra>heads</extra>"),
+        go.Bar(x=layers, y=[float(c.float().mean()) for c in scores.channels], name="mean channel score",
+               hovertemplate="layer %{x}: %{y:.6g}<extra>channels</extra>", yaxis="y2"),
+    ])
+    fig.update_layout(title=f"{scores.scorer}: importance per layer", xaxis_title="layer", barmode="group",
+                      yaxis={"title": "heads"}, yaxis2={"title": "channels", "overlaying": "y", "side": "right"})
+    return fig
+
+
+def _spearman(a, b) -> float:
+    a, b = a.float().numpy(), b.float().numpy()
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def rank_agreement(a: GroupScores, b: GroupScores) -> pd.DataFrame:
+    """Spearman rank correlation of two scorers per layer, for heads and for channels."""
+    return pd.DataFrame({
+        "layer": range(a.num_layers),
+        "heads ρ": [_spearman(x, y) for x, y in zip(a.heads, b.heads, strict=True)],
+        "channels ρ": [_spearman(x, y) for x, y in zip(a.channels, b.channels, strict=True)],
+    })
+
+
+def agreement_figure(table: pd.DataFrame, a: str, b: str) -> go.Figure:
+    fig = go.Figure([go.Scatter(x=table["layer"], y=table[col], mode="lines+markers", name=col)
+                     for col in ("heads ρ", "channels ρ")])
+    fig.update_layout(title=f"Rank agreement per layer: {a} vs {b}", xaxis_title="layer",
+                      yaxis={"title": "Spearman ρ", "range": [-1.05, 1.05]})
+    return fig

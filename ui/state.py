@@ -1,0 +1,98 @@
+"""Per-browser-session state: the keys every page reads and writes, and small accessors over `st.session_state`.
+
+Scores, plans, uploads and the job list live here, so two browser sessions never see each other's work.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.loading import DEFAULT_MODEL
+
+MODEL = "model_name"  # what to load: bundled name, Hub id, directory or .gguf path
+DTYPE = "model_dtype"
+DEVICE = "model_device"
+CALIBRATION = "calibration"  # CalibrationConfig kwargs
+SCORES = "scores"  # {model key: {label: GroupScores}}
+ACTIVE_SCORER = "active_scorer"  # label of the scores the plan page uses
+PLAN = "plan"  # the current PruningPlan (built from the slider or uploaded)
+UPLOADED_PLAN = "uploaded_plan"  # a PruningPlan read from a file, overriding the slider while set
+PLAN_OPTIONS = "plan_options"  # the plan page's widget values, kept while other pages show
+JOBS = "jobs"  # job ids started in this session, newest last
+UPLOAD_DIR = "upload_dir"  # this session's private temp directory
+
+DEFAULTS: dict[str, Any] = {
+    MODEL: DEFAULT_MODEL,
+    DTYPE: "auto",
+    DEVICE: "auto",
+    CALIBRATION: {"source": "c4", "n_samples": 32, "seq_len": 128, "seed": 0, "path": None},
+    ACTIVE_SCORER: None,
+    PLAN: None,
+    UPLOADED_PLAN: None,
+}
+
+
+def init() -> None:
+    """Fill missing keys with defaults (mutable ones fresh per session)."""
+    for key, value in DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = dict(value) if isinstance(value, dict) else value
+    st.session_state.setdefault(SCORES, {})
+    st.session_state.setdefault(JOBS, [])
+
+
+def restore_widgets(store_key: str, defaults: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Seed widget keys `prefix + name` from a plain session dict that outlives page changes.
+
+    Streamlit drops the state of widgets a run did not draw, so a page's widgets would reset after visiting another
+    page; the page writes its values back with `remember_widgets`.
+    """
+    saved = st.session_state.setdefault(store_key, dict(defaults))
+    for name, default in defaults.items():
+        if prefix + name not in st.session_state:
+            st.session_state[prefix + name] = saved.get(name, default)
+    return saved
+
+
+def remember_widgets(store_key: str, values: dict[str, Any]) -> None:
+    st.session_state[store_key] = dict(values)
+
+
+def model_key() -> tuple[str, str, str]:
+    return (st.session_state[MODEL], st.session_state[DTYPE], st.session_state[DEVICE])
+
+
+def scores_for_model() -> dict[str, Any]:
+    """{label: GroupScores} computed in this session for the current model."""
+    return st.session_state[SCORES].setdefault("|".join(model_key()), {})
+
+
+def active_scores() -> Any | None:
+    scores = scores_for_model()
+    label = st.session_state.get(ACTIVE_SCORER)
+    if label in scores:
+        return scores[label]
+    return next(reversed(scores.values()), None) if scores else None
+
+
+def upload_dir() -> Path:
+    """A temp directory private to this browser session (uploads never share a path across sessions)."""
+    if not st.session_state.get(UPLOAD_DIR) or not Path(st.session_state[UPLOAD_DIR]).is_dir():
+        st.session_state[UPLOAD_DIR] = tempfile.mkdtemp(prefix="minillm-session-")
+    return Path(st.session_state[UPLOAD_DIR])
+
+
+@contextmanager
+def user_errors():
+    """Show a `MiniLLMError` as a red message and stop the page, instead of a traceback."""
+    try:
+        yield
+    except MiniLLMError as exc:
+        st.error(str(exc))
+        st.stop()
