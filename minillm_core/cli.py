@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,8 +37,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 DataDirOpt = Annotated[Path | None, typer.Option(
     envvar="MINILLM_DATA_DIR", help="Local data mirror (WikiText-2, PTB, C4 sample, ...); unset: the Hugging Face Hub."
 )]
-ScorerOpt = Annotated[str, typer.Option(help="Importance criterion: magnitude (weights only) or random (seeded "
-                                             "baseline); see `minillm scorers`.")]
+ScorerOpt = Annotated[str, typer.Option(help="Importance criterion: minillm (forward-only FMS), wanda-sp, flap, taylor "
+                                             "(backprop), magnitude, random; see `minillm scorers`.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of *total* parameters to remove, in (0, 1).")]
 AllocationOpt = Annotated[str, typer.Option(help="uniform: same widths in every unprotected layer; global: rank "
                                                  "groups across layers after per-layer standardisation.")]
@@ -51,7 +52,18 @@ GranularityOpt = Annotated[str, typer.Option(
          "groups with their query heads). Multi-head models always remove whole heads."
 )]
 RoundOpt = Annotated[int, typer.Option(help="Kept MLP channels per layer are a multiple of this (hardware-friendly).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for random scores and calibration sampling.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for random scores, calibration sampling and SPSA probes.")]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="Scorer option key=value, repeatable (-o n_probes=16 -o eps=1e-3); see `minillm scorers`."
+)]
+CalibOpt = Annotated[str, typer.Option(
+    "--calib", help="Calibration text for scorers that need data: c4 (sample), wikitext2, ptb, alpaca. Paper setups: "
+                    "Wanda 128 x 2048 tokens of C4; FLAP 1024 x 128 of WikiText-2; LLM-Pruner 10 Bookcorpus samples."
+)]
+CalibFileOpt = Annotated[Path | None, typer.Option("--calib-file", help="Your own .txt or .jsonl ('text' field).")]
+NSamplesOpt = Annotated[int, typer.Option(help="Calibration sequences; the default keeps forward-only scoring of the "
+                                               "bundled model under a minute on a CPU.")]
+CalibLenOpt = Annotated[int, typer.Option("--calib-seq-len", help="Tokens per calibration sequence.")]
 
 
 def _stderr(msg: str) -> None:
@@ -119,11 +131,53 @@ def _load(model: str, dtype: str, device: str):
     return loaded
 
 
-def _make_plan(loaded, scorer: str, seed: int, config, bar: _Bar):
-    from minillm_core.pipeline import plan, score
+def _parse_options(items: list[str] | None) -> dict[str, Any]:
+    """`key=value` scorer options; values are read as JSON (numbers, booleans) or kept as strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MiniLLMError(f"--option must look like key=value, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
 
-    options = {"seed": seed} if scorer == "random" else {}
-    scores = score(loaded.model, scorer, progress=bar, **options)
+
+@dataclass(frozen=True)
+class Calib:
+    """Calibration options shared by plan, prune, score and search."""
+
+    source: str = "c4"
+    file: Path | None = None
+    n_samples: int = 32
+    seq_len: int = 128
+    data_dir: Path | None = None
+
+
+def _score_model(loaded, scorer: str, seed: int, options: list[str] | None, calib: Calib, bar: _Bar):
+    from minillm_core.calibration import CalibrationConfig, build_calibration
+    from minillm_core.pipeline import score
+    from minillm_core.scoring import SCORERS, make_scorer
+
+    opts = _parse_options(options)
+    if "seed" in getattr(SCORERS.get(scorer), "__dataclass_fields__", {}):
+        opts.setdefault("seed", seed)
+    calibration = None
+    if make_scorer(scorer, **opts).needs_calibration:
+        config = CalibrationConfig(source="file" if calib.file else calib.source, n_samples=calib.n_samples,
+                                   seq_len=calib.seq_len, seed=seed, path=str(calib.file) if calib.file else None)
+        calibration = build_calibration(loaded.tokenizer, config, data_dir=calib.data_dir,
+                                        max_length=getattr(loaded.model.config, "max_position_embeddings", None))
+        _stderr(f"calibration: {calibration.shape[0]} x {calibration.shape[1]} tokens from {config.source}")
+    return score(loaded.model, scorer, calibration, progress=bar, **opts)
+
+
+def _make_plan(loaded, scorer: str, seed: int, config, bar: _Bar, options=None, calib: Calib | None = None):
+    from minillm_core.pipeline import plan
+
+    scores = _score_model(loaded, scorer, seed, options, calib or Calib(), bar)
     return plan(loaded.model, scores, config, model_name=loaded.name)
 
 
@@ -177,6 +231,12 @@ def plan_cmd(
     head_granularity: GranularityOpt = "q-heads",
     round_to: RoundOpt = 8,
     seed: SeedOpt = 0,
+    option: OptionOpt = None,
+    calib: CalibOpt = "c4",
+    calib_file: CalibFileOpt = None,
+    n_samples: NSamplesOpt = 32,
+    calib_seq_len: CalibLenOpt = 128,
+    data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the plan JSON here (replayable with `prune --plan`).")] = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -190,7 +250,8 @@ def plan_cmd(
         config = _plan_config(ratio, allocation, protect, target, head_granularity, round_to)
         loaded = _load(model, dtype, device)
         with _Bar(not as_json) as bar:
-            p = _make_plan(loaded, scorer, seed, config, bar)
+            p = _make_plan(loaded, scorer, seed, config, bar, option,
+                           Calib(calib, calib_file, n_samples, calib_seq_len, data_dir))
         summary = summarize(p, geometry_of(loaded.model))
         if out is not None:
             p.save(out)
@@ -211,6 +272,12 @@ def prune(
     head_granularity: GranularityOpt = "q-heads",
     round_to: RoundOpt = 8,
     seed: SeedOpt = 0,
+    option: OptionOpt = None,
+    calib: CalibOpt = "c4",
+    calib_file: CalibFileOpt = None,
+    n_samples: NSamplesOpt = 32,
+    calib_seq_len: CalibLenOpt = 128,
+    data_dir: DataDirOpt = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Replay a saved plan instead of scoring.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
     dtype: DtypeOpt = "auto",
@@ -231,7 +298,8 @@ def prune(
             raise MiniLLMError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
         loaded = _load(model, dtype, device)
         with _Bar(not as_json) as bar:
-            p = PruningPlan.load(plan_file) if plan_file else _make_plan(loaded, scorer, seed, config, bar)
+            p = PruningPlan.load(plan_file) if plan_file else _make_plan(
+                loaded, scorer, seed, config, bar, option, Calib(calib, calib_file, n_samples, calib_seq_len, data_dir))
         summary = summarize(p, geometry_of(loaded.model))
         t0 = time.perf_counter()
         pruned = apply_plan(loaded.model, p)
@@ -244,54 +312,6 @@ def prune(
         _emit(as_json, payload, lambda: (_print_summary(summary), typer.echo(f"saved to {out}")))
 
 
-@app.command("eval")
-def eval_cmd(
-    model: ModelOpt = "smollm2-135m",
-    ppl: Annotated[list[str] | None, typer.Option(
-        help="Perplexity benchmark(s): wikitext2 (test), ptb (validation, the LLM-Pruner protocol). Repeatable."
-    )] = None,
-    seq_len: Annotated[int, typer.Option(help="Window length: 128 (LLM-Pruner/FLAP/MINI-LLM tables) or 2048 "
-                                              "(Wanda/SliceGPT).")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N windows (quick runs).")] = None,
-    text: Annotated[Path | None, typer.Option(help="Also measure perplexity on this UTF-8 text file.")] = None,
-    data_dir: DataDirOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Also write the metrics JSON to this file.")] = None,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    as_json: JsonOpt = False,
-) -> None:
-    """Measure perplexity with the pruning-paper protocol (joined rows, non-overlapping windows)."""
-    from minillm_core.evaluation.perplexity import perplexity, perplexity_on
-    from minillm_core.pipeline import count_params
-
-    with _user_errors():
-        loaded = _load(model, dtype, device)
-        results: dict[str, Any] = {}
-        names = ppl if ppl is not None else ([] if text is not None else ["wikitext2"])
-        with _Bar(not as_json) as bar:
-            for name in names:
-                r = perplexity_on(loaded.model, loaded.tokenizer, name, seq_len=seq_len, batch_size=batch_size,
-                                  limit=limit, progress=lambda d, t, _l, n=name: bar(d, t, f"ppl {n}"),
-                                  data_dir=data_dir)
-                results[name] = r.to_dict()
-            if text is not None:
-                try:
-                    content = text.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise MiniLLMError(f"cannot read --text {text}: {exc}") from None
-                r = perplexity(loaded.model, loaded.tokenizer, content, seq_len=seq_len, batch_size=batch_size,
-                               limit=limit, progress=lambda d, t, _l: bar(d, t, "ppl text"))
-                results["text"] = r.to_dict()
-        payload = {"model": model, "parameters": count_params(loaded.model), "perplexity": results}
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        _emit(as_json, payload, lambda: typer.echo("\n".join(
-            f"{n}: ppl {r['ppl']:.3f} ({r['n_windows']} windows of {r['seq_len']} tokens)"
-            for n, r in results.items())))
-
-
 @app.command()
 def scorers(as_json: JsonOpt = False) -> None:
     """List the importance criteria, what each needs, and what it does."""
@@ -301,6 +321,9 @@ def scorers(as_json: JsonOpt = False) -> None:
             for n in SCORERS.names()}
     _emit(as_json, rows, lambda: typer.echo("\n".join(
         f"{n:>12}  [{', '.join(r['needs'])}]  {r['description']}" for n, r in rows.items())))
+
+
+from minillm_core import cli_eval  # noqa: E402, F401  (registers eval, check, search, score)
 
 
 def main() -> None:

@@ -164,8 +164,9 @@ def evaluate_tasks(
     for n, spec in enumerate(specs):
         items = build_items(spec.name, load_docs(spec.name, data_dir))
         chosen = select_items(items, limit, seed)
+        label = f"{spec.name} ({n + 1}/{len(specs)})"
         r = score_items(model, tokenizer, spec.name, chosen, batch_size,
-                        progress=lambda d, t, _l, s=spec.name: progress(d, t, f"{s} ({n + 1}/{len(specs)})"))
+                        progress=lambda d, t, _l, s=label: progress(d, t, s))
         r.n_total = len(items)
         results[spec.name] = r
         logger.info("%s: %s on %d/%d items", spec.name, r.metrics, r.n, r.n_total)

@@ -1,0 +1,127 @@
+"""Quality gates: a small declarative contract (YAML or JSON) that a pruned model must meet, like a CI test.
+
+Each clause bounds one metric of `RunMetrics.flat()`: `retained/ppl/wikitext2 <= 1.3`, `speedup/decode/bs1 >= 1.1`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.suite import EvalConfig
+
+
+class ContractError(MiniLLMError):
+    """A contract file that cannot be read or understood."""
+
+
+EXAMPLE = """\
+# minillm quality contract: every clause must hold for the pruned model
+name: smollm2-ship
+clauses:
+  - metric: retained/ppl/wikitext2   # pruned / original perplexity
+    max: 1.3
+  - metric: retained/acc/average     # pruned / original mean zero-shot accuracy
+    min: 0.9
+  - metric: speedup/decode/bs1       # measured decode tokens/s, pruned / original
+    min: 1.1
+"""
+
+
+@dataclass(frozen=True)
+class Clause:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def describe(self) -> str:
+        parts = ([f">= {self.min:g}"] if self.min is not None else []) + (
+            [f"<= {self.max:g}"] if self.max is not None else [])
+        return f"{self.metric} {' and '.join(parts)}"
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+@dataclass(frozen=True)
+class ClauseResult:
+    clause: Clause
+    value: float | None
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.clause.metric, "min": self.clause.min, "max": self.clause.max, "value": self.value,
+                "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    clauses: tuple[Clause, ...]
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "contract") -> Contract:
+        if not isinstance(data, dict) or not isinstance(data.get("clauses"), list) or not data["clauses"]:
+            raise ContractError(f"{source}: expected a mapping with a non-empty 'clauses' list; example:\n{EXAMPLE}")
+        clauses = []
+        for i, c in enumerate(data["clauses"]):
+            if not isinstance(c, dict) or not isinstance(c.get("metric"), str):
+                raise ContractError(f"{source}: clause {i + 1} needs a 'metric' name")
+            extra = set(c) - {"metric", "min", "max"}
+            if extra:
+                raise ContractError(f"{source}: clause {i + 1} has unknown keys {sorted(extra)}; allowed: metric, min, "
+                                    "max")
+            if c.get("min") is None and c.get("max") is None:
+                raise ContractError(f"{source}: clause {i + 1} ({c['metric']}) needs 'min' or 'max'")
+            try:
+                bounds = {k: float(c[k]) for k in ("min", "max") if c.get(k) is not None}
+            except (TypeError, ValueError):
+                raise ContractError(f"{source}: clause {i + 1} bounds must be numbers") from None
+            clauses.append(Clause(c["metric"], **bounds))
+        return cls(str(data.get("name", source)), tuple(clauses))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Contract:
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ContractError(f"cannot read contract {path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ContractError(f"contract {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                                f"{exc}") from None
+        return cls.from_dict(data, str(path))
+
+    def check(self, metrics: dict[str, float]) -> list[ClauseResult]:
+        """Evaluate every clause; a metric that was not measured fails its clause."""
+        return [ClauseResult(c, metrics.get(c.metric), c.metric in metrics and c.holds(metrics[c.metric]))
+                for c in self.clauses]
+
+    def required_eval(self, base: EvalConfig) -> EvalConfig:
+        """The evaluation config that measures every metric the clauses name."""
+        ppl, tasks, speed = list(base.perplexity), list(base.tasks), base.speed
+        for c in self.clauses:
+            name = c.metric.removeprefix("retained/").removeprefix("original/")
+            head, _, rest = name.partition("/")
+            if head in ("ppl", "kl", "agreement") and rest and rest not in ppl:
+                ppl.append(rest)
+            elif head in ("acc", "acc_norm") and rest:
+                wanted = base.tasks or ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
+                                        "openbookqa")
+                for t in (wanted if rest == "average" else (rest,)):
+                    if t not in tasks:
+                        tasks.append(t)
+            elif head in ("speed", "speedup", "memory"):
+                speed = True
+        return replace(base, perplexity=tuple(ppl), tasks=tuple(tasks), speed=speed)
+
+
+def passed(results: list[ClauseResult]) -> bool:
+    return all(r.passed for r in results)

@@ -1,0 +1,197 @@
+"""One evaluation suite for CLI, jobs and search: perplexity, zero-shot tasks, speed/size, KL/agreement vs original.
+
+Results are flat metric dicts ("ppl/wikitext2", "acc/average", "speed/decode_tps/bs1", ...) in a stable run schema.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.compare import compare_models, retained
+from minillm_core.evaluation.perplexity import perplexity_on, token_windows
+from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
+from minillm_core.evaluation.tasks import TASKS
+from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
+from minillm_core.progress import Progress, no_progress
+
+RUN_SCHEMA = "minillm.run/1"
+PPL_DATASETS = ("wikitext2", "ptb")
+#: Metrics where lower is better (the rest: higher is better); used by gates and the Pareto front.
+LOWER_IS_BETTER_PREFIXES = ("ppl/", "kl/", "params", "size_mb", "disk_mb", "memory/", "speed/prefill_ms")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to measure. `limit` caps perplexity windows and task items alike (None: full splits)."""
+
+    perplexity: tuple[str, ...] = ("wikitext2",)
+    seq_len: int = 128
+    tasks: tuple[str, ...] = ()
+    limit: int | None = None
+    task_seed: int | None = None  # None: first `limit` items (lm-eval's --limit); else a seeded subset
+    speed: bool = False
+    speed_config: SpeedConfig = field(default_factory=SpeedConfig)
+    compare_windows: int = 16  # windows of the first perplexity set used for KL/agreement
+    batch_size: int = 8
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "perplexity", tuple(self.perplexity))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        bad = [d for d in self.perplexity if d not in PPL_DATASETS]
+        if bad:
+            raise MiniLLMError(f"unknown perplexity dataset(s) {bad}; allowed: {', '.join(PPL_DATASETS)}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise MiniLLMError(f"unknown task(s) {unknown}; allowed: {', '.join(TASKS.names())}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise MiniLLMError(f"limit must be None (everything) or an integer >= 1, got {self.limit!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _size_metrics(model: Any, model_dir: str | os.PathLike | None) -> dict[str, float]:
+    from minillm_core.pipeline import count_params
+
+    params = count_params(model)
+    bytes_per = next(model.parameters()).element_size()
+    out = {"params": float(params), "size_mb": params * bytes_per / 2**20}
+    if model_dir is not None:
+        out["disk_mb"] = disk_mb(model_dir)
+    return out
+
+
+def evaluate(model: Any, tokenizer: Any, config: EvalConfig, model_dir: str | os.PathLike | None = None,
+             progress: Progress = no_progress) -> tuple[dict[str, float], dict[str, Any]]:
+    """Measure one model. Returns (flat metrics, details: perplexity records and lm-eval JSON)."""
+    metrics = _size_metrics(model, model_dir)
+    details: dict[str, Any] = {"perplexity": {}}
+    for name in config.perplexity:
+        r = perplexity_on(model, tokenizer, name, seq_len=config.seq_len, batch_size=config.batch_size,
+                          limit=config.limit, progress=lambda d, t, _l, n=name: progress(d, t, f"perplexity {n}"),
+                          data_dir=config.data_dir)
+        metrics[f"ppl/{name}"] = r.ppl
+        details["perplexity"][name] = r.to_dict()
+    if config.tasks:
+        results = evaluate_tasks(model, tokenizer, config.tasks, limit=config.limit, seed=config.task_seed,
+                                 batch_size=config.batch_size, data_dir=config.data_dir, progress=progress)
+        for task, r in results.items():
+            for m, v in r.metrics.items():
+                metrics[f"{m}/{task}"] = v
+        metrics["acc/average"] = average_accuracy(results)
+        details["lm_eval"] = to_lm_eval_json(results, str(getattr(model.config, "_name_or_path", "")),
+                                             config.limit, config.task_seed)
+        details["predictions"] = {t: r.predictions for t, r in results.items()}
+    if config.speed:
+        metrics.update(measure_speed(model, config.speed_config, progress))
+    return metrics, details
+
+
+def compare_metrics(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig,
+                    progress: Progress = no_progress) -> dict[str, float]:
+    """KL / top-1 agreement of the pruned model vs the original on the first windows of each perplexity set."""
+    from minillm_core.data import perplexity_text
+
+    out = {}
+    for name in config.perplexity:
+        ids = tokenizer(perplexity_text(name, data_dir=config.data_dir), return_tensors="pt").input_ids[0]
+        windows = token_windows(ids, config.seq_len, config.compare_windows)
+        a = compare_models(original, pruned, windows, config.batch_size, progress)
+        out[f"kl/{name}"] = a.kl
+        out[f"agreement/{name}"] = a.agreement
+    return out
+
+
+def speedups(original: dict[str, float], pruned: dict[str, float]) -> dict[str, float]:
+    """Measured speed-up per batch size (decode tokens/s ratio, prefill latency ratio) and the parameter ratio."""
+    out = {"param_ratio": original["params"] / pruned["params"]}
+    for key, value in pruned.items():
+        if key.startswith("speed/decode_tps/") and key in original:
+            out[f"speedup/decode/{key.rsplit('/', 1)[1]}"] = value / original[key]
+        if key.startswith("speed/prefill_ms/") and key in original:
+            out[f"speedup/prefill/{key.rsplit('/', 1)[1]}"] = original[key] / value
+    return out
+
+
+@dataclass
+class RunMetrics:
+    """Original vs pruned measurements, in the run-directory schema the dashboard reads."""
+
+    model: str
+    config: EvalConfig
+    original: dict[str, float]
+    pruned: dict[str, float]
+    comparison: dict[str, float]
+    details: dict[str, Any]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def retained(self) -> dict[str, float]:
+        return retained(self.original, self.pruned)
+
+    def flat(self) -> dict[str, float]:
+        """Every metric a contract can name: pruned values, `original/...`, `retained/...`, comparisons."""
+        out = dict(self.pruned)
+        out |= {f"original/{k}": v for k, v in self.original.items()}
+        out |= {f"retained/{k}": v for k, v in self.retained.items()}
+        out |= self.comparison
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": RUN_SCHEMA, "created": self.created, "model": self.model,
+                "eval_config": self.config.to_dict(),
+                "original": self.original, "pruned": self.pruned, "retained": self.retained,
+                "comparison": self.comparison, "details": self.details}
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["metric", "original", "pruned", "retained"])
+        for key in sorted(set(self.original) | set(self.pruned)):
+            writer.writerow([key, self.original.get(key, ""), self.pruned.get(key, ""), self.retained.get(key, "")])
+        for key, value in sorted(self.comparison.items()):
+            writer.writerow([key, "", value, ""])
+        return buf.getvalue()
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        """Write metrics.json (schema minillm.run/1), metrics.csv and lm-eval result files into `run_dir`."""
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path / "metrics.json", json.dumps(self.to_dict(), indent=1, default=str))
+        _atomic_write(path / "metrics.csv", self.to_csv())
+        for which in ("original", "pruned"):
+            lm = self.details.get(which, {}).get("lm_eval")
+            if lm:
+                _atomic_write(path / f"lm_eval_{which}.json", json.dumps(lm, indent=1))
+        return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def evaluate_pair(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig, model_name: str = "",
+                  pruned_dir: str | os.PathLike | None = None, original_dir: str | os.PathLike | None = None,
+                  progress: Progress = no_progress) -> RunMetrics:
+    """Evaluate original and pruned model with the same config, plus KL/agreement and measured speed-ups."""
+    orig_m, orig_d = evaluate(original, tokenizer, config, original_dir,
+                              lambda d, t, label: progress(d, t, f"original: {label}"))
+    pr_m, pr_d = evaluate(pruned, tokenizer, config, pruned_dir, lambda d, t, label: progress(d, t, f"pruned: {label}"))
+    comparison = compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {}
+    comparison |= speedups(orig_m, pr_m)
+    return RunMetrics(model_name, config, orig_m, pr_m, comparison, {"original": orig_d, "pruned": pr_d})

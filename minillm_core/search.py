@@ -1,0 +1,115 @@
+"""Automatic threshold search: score once, then find the largest pruning ratio whose model still meets a contract.
+
+Bisection (or a sweep) over ratios reuses the scores; every evaluated point is kept as the size-vs-quality curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from minillm_core.allocation import build_plan
+from minillm_core.errors import MiniLLMError, PlanError
+from minillm_core.evaluation.gates import Contract, passed
+from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
+from minillm_core.pipeline import apply_plan, geometry_of
+from minillm_core.planning import PlanConfig
+from minillm_core.progress import Progress, no_progress
+from minillm_core.scoring import GroupScores
+
+
+@dataclass
+class SearchResult:
+    """Every evaluated ratio (the curve) and the largest ratio that met the contract (None if none did)."""
+
+    contract: str
+    points: list[dict[str, Any]] = field(default_factory=list)
+    best_ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, default=str), encoding="utf-8")
+        return path
+
+
+class _Evaluator:
+    """Evaluates one ratio: plan from the cached scores, prune a copy, measure, check the contract."""
+
+    def __init__(self, model, tokenizer, scores, base, contract, eval_config, progress):
+        self.model, self.tokenizer, self.scores = model, tokenizer, scores
+        self.base, self.contract, self.eval_config = base, contract, eval_config
+        self.geometry = geometry_of(model)
+        self.progress = progress
+        self.original, _ = evaluate(model, tokenizer, eval_config, progress=progress)
+
+    def __call__(self, ratio: float) -> dict[str, Any]:
+        plan = build_plan(self.geometry, self.scores, replace(self.base, ratio=ratio))
+        pruned = apply_plan(self.model, plan)
+        metrics, _ = evaluate(pruned, self.tokenizer, self.eval_config, progress=self.progress)
+        comparison = compare_metrics(self.model, pruned, self.tokenizer, self.eval_config, self.progress)
+        comparison |= speedups(self.original, metrics)
+        run = RunMetrics("", self.eval_config, self.original, metrics, comparison, {})
+        results = self.contract.check(run.flat())
+        return {"ratio": ratio, "removed_fraction": plan.removed_fraction, "params": plan.predicted_params,
+                "passed": passed(results), "clauses": [r.to_dict() for r in results], **run.flat()}
+
+
+def search(
+    model: Any,
+    tokenizer: Any,
+    scores: GroupScores,
+    contract: Contract,
+    base: PlanConfig | None = None,
+    eval_config: EvalConfig | None = None,
+    ratios: list[float] | None = None,
+    low: float = 0.05,
+    high: float = 0.6,
+    tolerance: float = 0.02,
+    progress: Progress = no_progress,
+) -> SearchResult:
+    """Largest ratio meeting `contract`: a sweep over `ratios` if given, else bisection on [low, high].
+
+    Bisection assumes quality falls as the ratio grows (true of every metric here up to noise); the sweep does not.
+    """
+    if not 0 < low < high < 1 or tolerance <= 0:
+        raise MiniLLMError(f"need 0 < low < high < 1 and tolerance > 0, got low={low}, high={high}, tol={tolerance}")
+    base = base or PlanConfig()
+    eval_config = contract.required_eval(eval_config or EvalConfig())
+    run = _Evaluator(model, tokenizer, scores, base, contract, eval_config, progress)
+    result = SearchResult(contract.name)
+
+    def point(ratio: float) -> dict[str, Any] | None:
+        try:
+            p = run(ratio)
+        except PlanError as exc:  # beyond what the protected layers allow: treat as a failure, record why
+            p = {"ratio": ratio, "passed": False, "error": str(exc)}
+        result.points.append(p)
+        return p
+
+    if ratios:
+        for r in sorted(ratios):
+            point(r)
+    else:
+        if not point(low)["passed"]:
+            return _finish(result)
+        if point(high)["passed"]:
+            return _finish(result)
+        lo, hi = low, high
+        while hi - lo > tolerance:
+            mid = round((lo + hi) / 2, 4)
+            lo, hi = (mid, hi) if point(mid)["passed"] else (lo, mid)
+    return _finish(result)
+
+
+def _finish(result: SearchResult) -> SearchResult:
+    result.points.sort(key=lambda p: p["ratio"])
+    ok = [p["ratio"] for p in result.points if p["passed"]]
+    result.best_ratio = max(ok) if ok else None
+    return result
