@@ -52,13 +52,14 @@ def runs_root(explicit: str | os.PathLike | None = None) -> Path:
 class JobSpec:
     """What a job does: prune `model` with `plan` (a `PruningPlan.to_dict()`), save it, run the evaluations.
 
-    `perplexity`: benchmark names; `limit`: windows per benchmark (None: all); `evaluate_original`: also measure
-    the unpruned model so the comparison has a baseline.
+    `perplexity`: benchmark names; `tasks`: zero-shot task names; `limit`: windows per benchmark and items per task
+    (None: all); `evaluate_original`: also measure the unpruned model so the comparison has a baseline.
     """
 
     model: str
     plan: dict[str, Any]
     perplexity: tuple[str, ...] = ("wikitext2",)
+    tasks: tuple[str, ...] = ()
     limit: int | None = 16
     seq_len: int = 128
     evaluate_original: bool = True
@@ -71,9 +72,15 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "perplexity", tuple(self.perplexity))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
         bad = [d for d in self.perplexity if d not in PPL_DATASETS]
         if bad:
             raise MiniLLMError(f"unknown perplexity dataset(s) {bad}; allowed: {', '.join(PPL_DATASETS)}")
+        from minillm_core.evaluation.tasks import TASKS
+
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise MiniLLMError(f"unknown task(s) {unknown}; allowed: {', '.join(TASKS.names())}")
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit < 1):
             raise MiniLLMError(f"limit must be None (all windows) or an integer >= 1, got {self.limit!r}")
@@ -325,54 +332,19 @@ class _Reporter:
 def _steps(spec: JobSpec) -> list[str]:
     steps = ["load model"]
     if spec.evaluate_original:
-        steps += [f"perplexity {d} (original)" for d in spec.perplexity]
-        steps += ["speed (original)"] if spec.measure_speed else []
-    steps += ["prune", "save pruned model"]
-    steps += [f"perplexity {d} (pruned)" for d in spec.perplexity]
-    steps += ["speed (pruned)"] if spec.measure_speed else []
+        steps += ["evaluate original"]
+    steps += ["prune", "save pruned model", "evaluate pruned"]
+    steps += ["compare with original"] if spec.evaluate_original else []
     return steps
 
 
-def _measure_speed(model: Any, seq_len: int, vocab: int, repeats: int = 3) -> dict[str, float]:
-    """Forward throughput on one `[1, seq_len]` batch of fixed token ids (best of `repeats`)."""
-    import torch
+def _eval_config(spec: JobSpec):
+    from minillm_core.evaluation.speed import SpeedConfig
+    from minillm_core.evaluation.suite import EvalConfig
 
-    device = next(model.parameters()).device
-    ids = (torch.arange(seq_len, device=device) % max(vocab - 1, 1)).unsqueeze(0)
-    best = float("inf")
-    with torch.inference_mode():
-        model(input_ids=ids, use_cache=False)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(input_ids=ids, use_cache=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-    return {"forward_ms": best * 1000, "tokens_per_s": seq_len / best}
-
-
-def _model_metrics(model: Any) -> dict[str, Any]:
-    from minillm_core.pipeline import count_params
-
-    params = count_params(model)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    bytes_per = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 4)
-    return {"params": params, "dtype": dtype, "size_mb": params * bytes_per / 2**20}
-
-
-def _evaluate(spec: JobSpec, loaded: Any, model: Any, which: str, rep: _Reporter) -> dict[str, Any]:
-    from minillm_core.evaluation.perplexity import perplexity_on
-
-    out: dict[str, Any] = {**_model_metrics(model), "perplexity": {}}
-    for name in spec.perplexity:
-        progress = rep.begin(f"perplexity {name} ({which})")
-        r = perplexity_on(model, loaded.tokenizer, name, seq_len=spec.seq_len, limit=spec.limit, progress=progress,
-                          data_dir=spec.data_dir)
-        out["perplexity"][name] = r.to_dict()
-    if spec.measure_speed:
-        rep.begin(f"speed ({which})")
-        out["speed"] = _measure_speed(model, spec.seq_len, int(getattr(model.config, "vocab_size", 2)))
-    return out
+    return EvalConfig(perplexity=spec.perplexity, seq_len=spec.seq_len, tasks=spec.tasks, limit=spec.limit,
+                      speed=spec.measure_speed, speed_config=SpeedConfig(repeats=3, new_tokens=16),
+                      data_dir=spec.data_dir)
 
 
 def run_job(folder: str | os.PathLike) -> int:
@@ -395,6 +367,8 @@ def run_job(folder: str | os.PathLike) -> int:
 
 
 def _execute(spec: JobSpec, folder: Path, rep: _Reporter) -> dict[str, Any]:
+    """Load, (evaluate the original), prune a copy, save, evaluate; metrics in the `minillm.run/1` schema."""
+    from minillm_core.evaluation.suite import RunMetrics, compare_metrics, evaluate, speedups
     from minillm_core.io import save_pruned
     from minillm_core.loading import load_model
     from minillm_core.pipeline import apply_plan, geometry_of
@@ -406,19 +380,28 @@ def _execute(spec: JobSpec, folder: Path, rep: _Reporter) -> dict[str, Any]:
     loaded = load_model(spec.model, dtype=spec.dtype, device=spec.device)
     plan.validate(geometry_of(loaded.model))
     plan.save(folder / PLAN_FILE)
-    metrics: dict[str, Any] = {"model": spec.model, "scorer": plan.scorer, "ratio": plan.config.ratio,
-                               "seq_len": spec.seq_len, "limit": spec.limit}
+    config = _eval_config(spec)
+    original: dict[str, Any] = {}
+    details: dict[str, Any] = {}
     if spec.evaluate_original:
-        metrics["original"] = _evaluate(spec, loaded, loaded.model, "original", rep)
+        original, details["original"] = evaluate(loaded.model, loaded.tokenizer, config,
+                                                 progress=rep.begin("evaluate original"))
     rep.begin("prune")
     pruned = apply_plan(loaded.model, plan)  # a copy: the loaded original stays intact for comparisons
-    metrics["summary"] = summarize(plan, geometry_of(loaded.model)).to_dict()
     rep.begin("save pruned model")
     save_pruned(pruned, loaded.tokenizer, folder / MODEL_SUBDIR, plan=plan, overwrite=True)
-    metrics["pruned"] = _evaluate(spec, loaded, pruned, "pruned", rep)
-    metrics["model_dir"] = str(folder / MODEL_SUBDIR)
-    metrics["seconds"] = time.time() - t0
-    return metrics
+    metrics, details["pruned"] = evaluate(pruned, loaded.tokenizer, config, folder / MODEL_SUBDIR,
+                                          progress=rep.begin("evaluate pruned"))
+    comparison: dict[str, float] = {}
+    if spec.evaluate_original:
+        comparison = compare_metrics(loaded.model, pruned, loaded.tokenizer, config,
+                                     progress=rep.begin("compare with original"))
+        comparison |= speedups(original, metrics)
+    run = RunMetrics(spec.model, config, original, metrics, comparison, details)
+    run.write(folder)  # metrics.json + metrics.csv + lm-eval files; the caller adds the job fields below
+    return {**run.to_dict(), "scorer": plan.scorer, "ratio": plan.config.ratio,
+            "summary": summarize(plan, geometry_of(loaded.model)).to_dict(), "model_dir": str(folder / MODEL_SUBDIR),
+            "seconds": time.time() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,14 +70,9 @@ class Run:
         """One flat row: sizes, parameters, perplexities and speed of the original and the pruned model."""
         row: dict[str, Any] = {"run": self.id, "name": self.name, "model": self.model, "scorer": self.scorer,
                                "ratio": self.ratio, "state": self.state}
-        for which in ("original", "pruned"):
-            m = self.metrics.get(which) or {}
-            row[f"{which}_params"] = m.get("params")
-            row[f"{which}_size_mb"] = m.get("size_mb")
-            for ds, r in (m.get("perplexity") or {}).items():
-                row[f"{which}_ppl_{ds}"] = r.get("ppl")
-            if m.get("speed"):
-                row[f"{which}_tokens_per_s"] = m["speed"].get("tokens_per_s")
+        for which in ("original", "pruned", "retained", "comparison"):
+            for key, value in (self.metrics.get(which) or {}).items():
+                row[f"{which}:{key}"] = value
         return row
 
 
@@ -210,9 +205,9 @@ def metrics_csv(runs: Sequence[Run]) -> str:
 
 def quality_of(run: Run, dataset: str | None = None) -> tuple[str, float] | None:
     """(dataset, pruned perplexity) of a finished run: `dataset` or its first benchmark; None when not measured."""
-    ppl = (run.metrics.get("pruned") or {}).get("perplexity") or {}
+    ppl = {k.removeprefix("ppl/"): v for k, v in (run.metrics.get("pruned") or {}).items() if k.startswith("ppl/")}
     name = dataset if dataset in ppl else next(iter(ppl), None)
-    return (name, float(ppl[name]["ppl"])) if name else None
+    return (name, float(ppl[name])) if name else None
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -226,19 +221,25 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+METRIC_LABELS = {"params": "parameters", "size_mb": "size in memory (MB)", "disk_mb": "size on disk (MB)",
+                 "acc/average": "zero-shot accuracy (mean acc)", "memory/peak_inference_mb": "peak memory (MB)"}
+
+
+def metric_label(key: str) -> str:
+    """A readable name for a flat metric key ("ppl/wikitext2" -> "perplexity wikitext2")."""
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    head, _, rest = key.partition("/")
+    return f"perplexity {rest}" if head == "ppl" else key
+
+
 def comparison_rows(run: Run) -> list[dict[str, Any]]:
     """Original vs pruned per metric, with the retained percentage (pruned / original)."""
     orig, pruned = run.metrics.get("original") or {}, run.metrics.get("pruned") or {}
     metrics: list[tuple[str, Any, Any]] = [
-        ("parameters", orig.get("params", run.params_before), pruned.get("params", run.params_after)),
-        ("size (MB)", orig.get("size_mb"), pruned.get("size_mb")),
+        (metric_label(key), orig.get(key), pruned.get(key))
+        for key in dict.fromkeys([*orig, *pruned])
     ]
-    for ds in dict.fromkeys([*(orig.get("perplexity") or {}), *(pruned.get("perplexity") or {})]):
-        metrics.append((f"perplexity {ds}", ((orig.get("perplexity") or {}).get(ds) or {}).get("ppl"),
-                        ((pruned.get("perplexity") or {}).get(ds) or {}).get("ppl")))
-    if orig.get("speed") or pruned.get("speed"):
-        metrics.append(("tokens/s (forward)", (orig.get("speed") or {}).get("tokens_per_s"),
-                        (pruned.get("speed") or {}).get("tokens_per_s")))
     return [{"metric": name, "original": a, "pruned": b,
              "retained %": (100.0 * b / a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a
              else None} for name, a, b in metrics]

@@ -25,10 +25,16 @@ run = st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
 table = pd.DataFrame(comparison_rows(run))
 st.dataframe(table, hide_index=True, key="comparison_table",
              column_config={"retained %": st.column_config.NumberColumn(format="%.1f %%")})
+comparison = run.metrics.get("comparison") or {}
+if comparison:  # KL / agreement against the original and measured speed-ups
+    cols = st.columns(min(len(comparison), 4))
+    for i, (key, value) in enumerate(sorted(comparison.items())):
+        cols[i % len(cols)].metric(key, f"{value:.4g}")
 st.plotly_chart(comparison_figure(run), key="comparison_chart")
 
 # --- across runs ------------------------------------------------------------------------------------------------
-datasets = sorted({ds for r in done for ds in ((r.metrics.get("pruned") or {}).get("perplexity") or {})})
+datasets = sorted({k.removeprefix("ppl/") for r in done for k in (r.metrics.get("pruned") or {})
+                   if k.startswith("ppl/")})
 if datasets:
     ds = st.selectbox("Quality measure for the scatter", datasets)
     st.plotly_chart(pareto_figure(done, ds), key="pareto_chart")

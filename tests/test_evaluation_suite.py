@@ -87,8 +87,7 @@ def _contract(**clause) -> Contract:
     return Contract.from_dict({"name": "t", "clauses": [clause]})
 
 
-def test_a_passing_and_a_failing_contract(pair):
-    original, pruned, _ = pair
+def test_a_passing_and_a_failing_contract():
     run = RunMetrics("tiny", NO_DATA, {"params": 100.0, "ppl/wikitext2": 10.0},
                      {"params": 70.0, "ppl/wikitext2": 12.0}, {}, {})
     assert _contract(metric="retained/ppl/wikitext2", max=1.3).check(run.flat())[0].passed

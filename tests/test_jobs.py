@@ -88,8 +88,12 @@ def test_job_runs_to_the_end_and_writes_results(tiny_model_dir, runs_dir):
     metrics = jobs.read_metrics(job_id, runs_dir)
     assert metrics["pruned"]["params"] < metrics["original"]["params"]
     assert metrics["pruned"]["params"] == metrics["summary"]["params_after"]
-    assert metrics["pruned"]["perplexity"]["wikitext2"]["n_windows"] == 2
-    assert metrics["pruned"]["speed"]["tokens_per_s"] > 0
+    assert metrics["schema"] == "minillm.run/1"
+    assert metrics["details"]["pruned"]["perplexity"]["wikitext2"]["n_windows"] == 2
+    assert metrics["pruned"]["ppl/wikitext2"] > 1 and metrics["retained"]["ppl/wikitext2"] > 0
+    assert metrics["pruned"]["speed/decode_tps/bs1"] > 0 and metrics["comparison"]["speedup/decode/bs1"] > 0
+    assert 0 <= metrics["comparison"]["agreement/wikitext2"] <= 1 and metrics["comparison"]["kl/wikitext2"] >= 0
+    assert (folder / "metrics.csv").is_file()
     assert (folder / jobs.PLAN_FILE).is_file() and (folder / jobs.MODEL_SUBDIR / "config.json").is_file()
     from minillm_core.loading import load_model
 

@@ -29,10 +29,11 @@ def fake_run(root: Path, ppl: float, size_mb: float, state: str = "done") -> str
     rows = [{"layer": i, "heads_before": 6, "heads_after": 4, "channels_before": 80, "channels_after": 64,
              "kv_heads_before": 2, "kv_heads_after": 2, "params_before": 100, "params_after": 75} for i in range(2)]
     metrics = {
-        "original": {"params": 1000, "size_mb": 4.0, "perplexity": {"wikitext2": {"ppl": 10.0}},
-                     "speed": {"tokens_per_s": 100.0}},
-        "pruned": {"params": 750, "size_mb": size_mb, "perplexity": {"wikitext2": {"ppl": ppl}},
-                   "speed": {"tokens_per_s": 120.0}},
+        "schema": "minillm.run/1",
+        "original": {"params": 1000, "size_mb": 4.0, "ppl/wikitext2": 10.0, "speed/decode_tps/bs1": 100.0},
+        "pruned": {"params": 750, "size_mb": size_mb, "ppl/wikitext2": ppl, "speed/decode_tps/bs1": 120.0},
+        "retained": {"params": 0.75, "ppl/wikitext2": ppl / 10.0},
+        "comparison": {"kl/wikitext2": 0.5, "agreement/wikitext2": 0.8},
         "summary": {"rows": rows}, "model_dir": str(folder / jobs.MODEL_SUBDIR), "seconds": 1.0,
     }
     if state == "done":
@@ -54,7 +55,7 @@ def test_add_list_get_rename_delete_and_persistence(store):
     assert [r.id for r in runs] == [b, a]  # newest first
     assert runs[0].state == "failed" and runs[0].error == "boom"
     assert runs[1].state == "done" and runs[1].params_after == 750
-    assert runs[1].metrics["pruned"]["perplexity"]["wikitext2"]["ppl"] == 12.0
+    assert runs[1].metrics["pruned"]["ppl/wikitext2"] == 12.0
 
     store.rename(a, "  best run ")
     reopened = RunStore(store.root)  # a restart: a new store over the same root
@@ -84,9 +85,10 @@ def test_exports(store):
     a = fake_run(store.root, ppl=12.0, size_mb=3.0)
     store.add_job(a)
     rows = list(csv.DictReader(io.StringIO(store.metrics_csv([a]))))
-    assert rows[0]["pruned_ppl_wikitext2"] == "12.0" and rows[0]["original_size_mb"] == "4.0"
+    assert rows[0]["pruned:ppl/wikitext2"] == "12.0" and rows[0]["original:size_mb"] == "4.0"
+    assert rows[0]["comparison:kl/wikitext2"] == "0.5"
     data = json.loads(store.metrics_json([a]))
-    assert data[0]["id"] == a and data[0]["flat"]["pruned_params"] == 750
+    assert data[0]["id"] == a and data[0]["flat"]["pruned:params"] == 750
     table = {r["metric"]: r for r in comparison_rows(store.get(a))}
     assert table["parameters"]["retained %"] == pytest.approx(75.0)
     assert table["perplexity wikitext2"]["retained %"] == pytest.approx(120.0)
