@@ -8,6 +8,7 @@ import streamlit as st
 
 from minillm_core import jobs
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.tasks import ALL_TASKS
 from minillm_core.runs import RunStore
 from ui import state
 
@@ -24,14 +25,17 @@ else:
                    f"of **{st.session_state[state.MODEL]}**.")
         name = st.text_input("Run name", value=f"{plan.scorer} {plan.config.ratio:.0%}")
         datasets = st.multiselect("Perplexity on", jobs.PPL_DATASETS, default=["wikitext2"])
+        tasks = st.multiselect("Zero-shot tasks (lm-eval prompts, acc / acc_norm)", ALL_TASKS, default=[],
+                               help="Each task scores `limit` items; leave empty for a quick run.")
         c1, c2, c3 = st.columns(3)
-        limit = int(c1.number_input("Windows per dataset (0 = all)", 0, 100_000, 16))
+        limit = int(c1.number_input("Windows per dataset / items per task (0 = all)", 0, 100_000, 16))
         seq_len = int(c2.number_input("Window length (tokens)", 16, 4096, 128))
         original = c3.checkbox("Also evaluate the original", value=True)
         submitted = st.form_submit_button("Start", type="primary")
     if submitted:
         try:
             spec = jobs.JobSpec(model=st.session_state[state.MODEL], plan=plan.to_dict(), perplexity=tuple(datasets),
+                                tasks=tuple(tasks),
                                 limit=limit or None, seq_len=seq_len, evaluate_original=original,
                                 dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE],
                                 data_dir=os.environ.get("MINILLM_DATA_DIR"), name=name)
