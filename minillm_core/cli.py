@@ -98,6 +98,11 @@ class _Bar:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
+    def describe(self, label: str, text: str) -> None:
+        """Show `text` (loss, tokens/s, ETA) as the description of the bar registered under `label`."""
+        if label in self._tasks:
+            self._progress.update(self._tasks[label], description=text)
+
     def __call__(self, done: int, total: int, label: str) -> None:
         if label not in self._tasks:
             self._tasks[label] = self._progress.add_task(label, total=total)
@@ -323,7 +328,7 @@ def scorers(as_json: JsonOpt = False) -> None:
         f"{n:>12}  [{', '.join(r['needs'])}]  {r['description']}" for n, r in rows.items())))
 
 
-from minillm_core import cli_eval  # noqa: E402, F401  (registers eval, check, search, score)
+from minillm_core import cli_eval, cli_recover  # noqa: E402, F401  (register eval, check, search, recover)
 
 
 def main() -> None:

@@ -80,3 +80,17 @@ def test_prune_refuses_non_empty_out_before_loading(tmp_path):
     (tmp_path / "f").write_text("x")
     result = runner.invoke(app, ["prune", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "not empty" in result.stderr and "loading" not in result.stderr
+
+
+def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(" ".join(f"w{(i * 7 + j) % 90}" for j in range(40)) for i in range(20)))
+    pruned = tmp_path / "pruned"
+    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--ratio", "0.3", "--protect", "",
+                              "--out", str(pruned), "--json"]))
+    out = _json(runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "rec"), "--data",
+                                    str(text), "--max-steps", "6", "--batch-size", "2", "--max-length", "32",
+                                    "--limit", "2", "--json"]))
+    assert out["steps"] == 6 and not out["stopped"]
+    assert "ppl/wikitext2" in out["before"] and "ppl/wikitext2" in out["after"]
+    assert (tmp_path / "rec" / "recovery.json").is_file() and (tmp_path / "rec" / MANIFEST).is_file()

@@ -1,0 +1,722 @@
+"""LoRA recovery of a pruned model: fine-tune low-rank adapters with `peft`, then merge them or keep them apart.
+
+`recover()` trains on Alpaca-format or plain text, checkpoints each epoch, resumes, and records before/after metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minillm_core import data as textdata
+from minillm_core.errors import DataError, MiniLLMError
+from minillm_core.evaluation.suite import EvalConfig
+from minillm_core.evaluation.suite import evaluate as evaluate_model
+from minillm_core.modeling import get_adapter
+from minillm_core.planning import PruningPlan
+from minillm_core.progress import Progress, no_progress
+
+logger = logging.getLogger(__name__)
+
+RECOVERY_FILE = "recovery.json"
+CHECKPOINT_DIR = "checkpoint"
+LIVE_LOG = "live_losses.jsonl"
+STATE_FILE = "state.json"
+ADAPTER_FILE = "adapter.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+FORMAT = 1
+IGNORE = -100  # label of tokens that do not count in the loss (prompt tokens, padding)
+FILE_KINDS = {".json": "Alpaca records (JSON array)", ".jsonl": "Alpaca records (one per line)", ".txt": "plain text"}
+# Every Alpaca prompt ends with this line (data.ALPACA_PROMPT_*); the response follows it.
+RESPONSE_MARKER = textdata.ALPACA_PROMPT_NO_INPUT.rsplit("\n\n", 1)[-1]
+# Settings that may change when a run resumes: everything else must match the checkpoint.
+_RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite")
+#: What `recover` measures before and after unless told otherwise: WikiText-2 perplexity on the first 40 windows.
+DEFAULT_EVAL = EvalConfig(perplexity=("wikitext2",), limit=40)
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Settings of one LoRA recovery run; validated on construction (errors name the allowed values).
+
+    Paper-scale recipe (LLM-Pruner, Ma et al. 2023, `post_training.py`): rank 8, alpha 16, dropout 0.05 on every
+    attention and MLP linear, Alpaca-cleaned (~50k records), 2 epochs, lr 1e-4, batch 64 (micro-batch 4), cutoff
+    256 tokens, prompt tokens masked (`train_on_inputs` False): `RecoveryConfig(learning_rate=1e-4, epochs=2,
+    n_samples=None, batch_size=4, grad_accum=16, warmup_steps=100)` with `MINILLM_DATA_DIR` unset (the Hub copy).
+    The defaults here are a CPU-sized run (50 updates of 4 records, 200 Alpaca records, one epoch): lr 3e-4, the
+    default of LLM-Pruner's and Alpaca-LoRA's scripts, because 1e-4 barely moves an adapter in so few updates.
+
+    `data`: a registered text dataset (`alpaca` is instruction data; wikitext2, ptb, c4 are plain text, their train
+    split), or a path to a `.json`/`.jsonl` file of Alpaca records (`instruction`, `output`, optional `input`) or to a
+    `.txt` file of plain text. `n_samples` keeps a seeded random subset of records (plain text: of `max_length`
+    blocks); None keeps all. `target_modules` None means every attention and MLP linear, named by the adapter.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+    learning_rate: float = 3e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    epochs: int = 1
+    max_steps: int | None = None  # when set, overrides epochs (the data is cycled)
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 256
+    data: str = "alpaca"
+    n_samples: int | None = 200
+    train_on_inputs: bool = False
+    seed: int = 0
+    merge: bool = True
+    data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "epochs", "batch_size", "grad_accum", "max_length"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        for name in ("max_steps", "n_samples"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.max_length < 2:
+            raise MiniLLMError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MiniLLMError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (self.learning_rate > 0 and self.alpha > 0 and self.weight_decay >= 0):
+            raise MiniLLMError("learning_rate and alpha must be > 0 and weight_decay >= 0")
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules.split(",")))
+        elif self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name not in _RESUMABLE_CHANGES}
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MiniLLMError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What `on_step` receives after every optimizer update (also the rows of the loss curve)."""
+
+    step: int
+    total: int
+    epoch: int
+    loss: float
+    lr: float
+    tokens_per_second: float
+    eta_seconds: float
+
+    def describe(self) -> str:
+        eta = time.strftime("%H:%M:%S", time.gmtime(self.eta_seconds)) if math.isfinite(self.eta_seconds) else "?"
+        return (f"step {self.step}/{self.total} · epoch {self.epoch + 1} · loss {self.loss:.4f} · "
+                f"{self.tokens_per_second:,.0f} tok/s · ETA {eta}")
+
+
+@dataclass
+class RecoveryResult:
+    """Outcome of `recover`: the merged model (or the PEFT model when `merge` is off or the run stopped early)."""
+
+    model: nn.Module
+    steps: int
+    total_steps: int
+    epochs_done: int
+    stopped: bool
+    losses: list[dict[str, float]]
+    before: dict[str, Any]
+    after: dict[str, Any] | None
+    wall_seconds: float
+    train_seconds: float
+    out_dir: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # what recovery.json holds
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+
+def load_training_data(source: str, data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]] | str:
+    """(prompt, response) pairs for instruction data, or one string for plain-text continuation data."""
+    suffix = Path(source).suffix.lower()
+    if suffix in FILE_KINDS or Path(source).expanduser().is_file():
+        return _read_file(Path(source).expanduser())
+    if source not in textdata.TEXT_DATASETS:
+        raise DataError(f"unknown training data {source!r}; allowed: {', '.join(textdata.dataset_names())}, or a "
+                        f"path to a {', '.join(f'{k} ({v})' for k, v in FILE_KINDS.items())} file")
+    text_source = textdata.TEXT_DATASETS.get(source)
+    split = "train" if "train" in text_source.splits else None  # never train on an evaluation split
+    rows = textdata.load_rows(source, split=split, data_dir=data_dir)
+    if source == "alpaca":
+        return [_split_rendered(row) for row in rows]
+    return "\n\n".join(rows)
+
+
+def _split_rendered(row: str) -> tuple[str, str]:
+    cut = row.index(RESPONSE_MARKER) + len(RESPONSE_MARKER)
+    return row[:cut], row[cut:]
+
+
+def _read_file(path: Path) -> list[tuple[str, str]] | str:
+    suffix = path.suffix.lower()
+    if suffix not in FILE_KINDS:
+        raise DataError(f"{path}: unsupported training file type {suffix or '(none)'!r}; allowed: "
+                        + ", ".join(f"{k} ({v})" for k, v in FILE_KINDS.items()))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"training data file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read training data {path}: {exc}") from exc
+    if not text.strip():
+        raise DataError(f"training data file {path} is empty")
+    if suffix == ".txt":
+        return text
+    records = _jsonl_records(path, text) if suffix == ".jsonl" else _json_array_records(path, text)
+    if not records:
+        raise DataError(f"training data file {path} holds no records")
+    return [_alpaca_pair(path, line, record) for line, record in records]
+
+
+def _jsonl_records(path: Path, text: str) -> list[tuple[int, Any]]:
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number} is not valid JSON: {exc.msg}") from exc
+    return out
+
+
+def _json_array_records(path: Path, text: str) -> list[tuple[int, Any]]:
+    """The elements of a top-level JSON array, each with the line it starts on (for error messages)."""
+    decoder, out = json.JSONDecoder(), []
+    i, line = _skip_ws(text, 0), 1
+    if i == len(text) or text[i] != "[":
+        raise DataError(f"{path} must be a JSON array of Alpaca records (use .jsonl for one record per line)")
+    i = _skip_ws(text, i + 1)
+    last = 0
+    while i < len(text) and text[i] != "]":
+        line += text.count("\n", last, i)
+        last = i
+        try:
+            record, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} line {exc.lineno} is not valid JSON: {exc.msg}") from exc
+        out.append((line, record))
+        i = _skip_ws(text, i)
+        if i < len(text) and text[i] == ",":
+            i = _skip_ws(text, i + 1)
+        elif i == len(text) or text[i] != "]":
+            where = line + text.count("\n", last, i)
+            raise DataError(f"{path} line {where} is not valid JSON: expected ',' or ']' after a record")
+    return out
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _alpaca_pair(path: Path, line: int, record: Any) -> tuple[str, str]:
+    if not isinstance(record, dict):
+        raise DataError(f"{path} line {line}: expected an object with instruction, input, output; got "
+                        f"{type(record).__name__}")
+    for key in ("instruction", "output"):
+        if key not in record:
+            raise DataError(f"{path} line {line}: record has no {key!r} field (found: {', '.join(record) or 'none'}); "
+                            f"Alpaca records need instruction, output and optionally input")
+    for key in ("instruction", "input", "output"):
+        if key in record and not isinstance(record[key], str):
+            raise DataError(f"{path} line {line}: {key!r} must be a string, got {type(record[key]).__name__}")
+    prompt = textdata.render_alpaca({"instruction": record["instruction"], "input": record.get("input", "")})
+    return prompt, record["output"]
+
+
+def encode_examples(data: list[tuple[str, str]] | str, tokenizer: Any, config: RecoveryConfig
+                    ) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels per example (`IGNORE` where no loss is taken), seeded subset of `n_samples`.
+
+    Instruction pairs follow LLM-Pruner's `generate_and_tokenize_prompt`: prompt + response truncated to
+    `max_length`, EOS appended when it fits, prompt tokens masked unless `train_on_inputs`. Plain text is tokenized
+    once and cut into `max_length` blocks, every token trained on.
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    if isinstance(data, str):
+        ids = tokenizer(data, verbose=False).input_ids
+        blocks = [ids[i:i + config.max_length] for i in range(0, len(ids), config.max_length)]
+        blocks = [b for b in blocks if len(b) >= 2]
+        order = torch.randperm(len(blocks), generator=gen).tolist()[: config.n_samples]
+        examples = [(blocks[i], list(blocks[i])) for i in sorted(order)]
+    else:
+        order = torch.randperm(len(data), generator=gen).tolist()[: config.n_samples]
+        examples = [_encode_pair(tokenizer, *data[i], config) for i in order]
+        examples = [e for e in examples if any(label != IGNORE for label in e[1][1:])]
+    if not examples:
+        raise DataError(f"no training examples left from {config.data!r} (every prompt fills max_length="
+                        f"{config.max_length}, or the text is shorter than two tokens)")
+    return examples
+
+
+def _encode_pair(tokenizer: Any, prompt: str, response: str, config: RecoveryConfig) -> tuple[list[int], list[int]]:
+    ids = tokenizer(prompt + response, truncation=True, max_length=config.max_length).input_ids
+    eos = tokenizer.eos_token_id
+    if eos is not None and len(ids) < config.max_length and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    labels = list(ids)
+    if not config.train_on_inputs:
+        n_prompt = len(tokenizer(prompt, truncation=True, max_length=config.max_length).input_ids)
+        labels[:n_prompt] = [IGNORE] * min(n_prompt, len(labels))
+    return ids, labels
+
+
+def _collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
+             ) -> dict[str, torch.Tensor]:
+    """Right-padded `[b, longest]` input_ids, attention_mask and labels (`IGNORE` on padding)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : len(x)], labels[row, : len(y)], mask[row, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _fingerprint(examples: Sequence[tuple[list[int], list[int]]]) -> str:
+    h = hashlib.sha256()
+    for ids, labels in examples:
+        h.update(json.dumps([ids, labels]).encode())
+    return h.hexdigest()[:16]
+
+
+# --- LoRA ------------------------------------------------------------------------------------------------------
+
+
+def default_target_modules(model: nn.Module) -> tuple[str, ...]:
+    """Names of the attention and MLP linears of `model`'s architecture, as its adapter reports them."""
+    adapter = get_adapter(model)
+    layer = adapter.layers()[0]
+    return tuple(dict.fromkeys(s.name for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)))
+
+
+def _resolve_targets(model: nn.Module, wanted: tuple[str, ...] | None) -> tuple[str, ...]:
+    if wanted is None:
+        return default_target_modules(model)
+    linears = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    unknown = [t for t in wanted if t not in linears]
+    if unknown or not wanted:
+        default = ", ".join(default_target_modules(model))
+        raise MiniLLMError(f"unknown LoRA target module {unknown[0] if unknown else '(none)'!r}; this model's "
+                           f"linears: {', '.join(sorted(linears))} (default: {default})")
+    return wanted
+
+
+def _wrap(model: nn.Module, config: RecoveryConfig, targets: tuple[str, ...]) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(task_type="CAUSAL_LM", r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(targets), bias="none")
+    return get_peft_model(model, lora)
+
+
+def merge_adapters(peft_model: nn.Module) -> nn.Module:
+    """Fold the LoRA deltas into the base weights (`merge_and_unload`); the result is the plain base model class."""
+    return peft_model.merge_and_unload()
+
+
+def load_adapter(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
+    """A model saved with `merge=False`: its pruned base (e.g. from `load_pruned`) plus the adapter directory."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).eval()
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Learning rate of update `step` (0-based): linear warmup to `peak`, then linear decay (HF Trainer's default)."""
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    return peak * max(total - step, 0) / max(total - warmup, 1)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Counters a checkpoint restores: optimizer updates, finished epochs, micro-batches of the current epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    losses: list[dict[str, float]] = field(default_factory=list)
+    before: dict[str, float] = field(default_factory=dict)
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+                    meta: dict[str, Any]) -> None:
+    """Adapter weights, AdamW moments and the RNG (safetensors) + counters (JSON), replaced atomically."""
+    from safetensors.torch import save_file
+
+    params = _trainable(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / ADAPTER_FILE))
+        moments = {"rng": torch.get_rng_state()}
+        for i, (_, p) in enumerate(params):
+            for key, value in optimizer.state.get(p, {}).items():
+                moments[f"{i}.{key}"] = value.detach().contiguous().cpu()
+        save_file(moments, str(tmp / OPTIMIZER_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, **asdict(state), **meta}, indent=1), "utf-8")
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's state.json, or None when `path` holds no checkpoint."""
+    file = path / STATE_FILE
+    if not file.is_file():
+        return None
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MiniLLMError(f"checkpoint {file} is unreadable ({exc}); delete {path} to start over") from exc
+    if meta.get("format") != FORMAT:
+        raise MiniLLMError(f"checkpoint {file} has unsupported format {meta.get('format')!r}")
+    return meta
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    from safetensors.torch import load_file
+
+    params = _trainable(model)
+    weights = load_file(str(path / ADAPTER_FILE))
+    if sorted(weights) != sorted(n for n, _ in params):
+        raise MiniLLMError(f"checkpoint {path} does not hold this model's adapter; delete it to start over")
+    with torch.no_grad():
+        for name, p in params:
+            p.copy_(weights[name])
+    moments = load_file(str(path / OPTIMIZER_FILE))
+    torch.set_rng_state(moments.pop("rng"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in moments.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _check_resumable(meta: dict[str, Any], config: RecoveryConfig, fingerprint: str, path: Path) -> None:
+    saved, now = meta.get("settings", {}), config.training_settings()
+    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if meta.get("data_fingerprint") != fingerprint:
+        diffs.append("the training examples differ")
+    if diffs:
+        raise MiniLLMError(f"checkpoint {path} was made with other settings ({'; '.join(diffs)}); use the same "
+                           f"settings to resume, or pass overwrite to start over")
+
+
+def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume, if any; refuses a non-empty directory that is not a resumable run."""
+    if out.exists() and not out.is_dir():
+        raise MiniLLMError(f"{out} exists and is a file, not a directory")
+    meta = read_checkpoint(out / CHECKPOINT_DIR)
+    if meta is not None and resume and not config.overwrite:
+        return meta
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+        hint = "pass resume to continue its checkpoint or " if meta is not None else ""
+        raise MiniLLMError(f"{out} exists and is not empty; {hint}choose another directory or pass overwrite")
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the training loop needs, bundled so its helpers stay short."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    examples: list[tuple[list[int], list[int]]]
+    config: RecoveryConfig
+    state: TrainState
+    total: int
+    pad_id: int
+    device: torch.device
+    checkpoint: Callable[[], None]
+    progress: Progress
+    on_step: Callable[[StepReport], None]
+    should_stop: Callable[[], bool]
+
+
+def steps_per_epoch(n_examples: int, config: RecoveryConfig) -> int:
+    """Optimizer updates in one pass: ceil(micro-batches / grad_accum); a short last group still makes an update."""
+    return math.ceil(math.ceil(n_examples / config.batch_size) / config.grad_accum)
+
+
+def _epoch_groups(n_examples: int, config: RecoveryConfig, epoch: int) -> list[list[list[int]]]:
+    """Example indices per micro-batch, grouped per update; the order is a pure function of (seed, epoch)."""
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    order = torch.randperm(n_examples, generator=gen).tolist()
+    micro = [order[i:i + config.batch_size] for i in range(0, n_examples, config.batch_size)]
+    return [micro[i:i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
+
+
+def _update(run: _Run, group: list[list[int]], lr: float) -> tuple[float, int]:
+    """One optimizer update over `group`'s micro-batches; returns the mean micro-batch loss and the tokens seen."""
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum, tokens = 0.0, 0
+    for indices in group:
+        batch = _collate([run.examples[i] for i in indices], run.pad_id, run.device)
+        loss = run.model(**batch, use_cache=False).loss  # mean NLL over the batch's unmasked labels
+        (loss / len(group)).backward()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    run.optimizer.step()
+    return loss_sum / len(group), tokens
+
+
+def _train(run: _Run) -> bool:
+    """Update until `run.total`; True when `should_stop` ended it early (a checkpoint is written first)."""
+    s, cfg = run.state, run.config
+    t0, step0, tokens0, base = time.perf_counter(), s.step, s.tokens, s.train_seconds
+    run.model.train()
+    while s.step < run.total:
+        groups = _epoch_groups(len(run.examples), cfg, s.epoch)
+        for group in groups[math.ceil(s.micro_in_epoch / cfg.grad_accum):]:
+            if s.step >= run.total:
+                break
+            if run.should_stop():
+                s.train_seconds = base + time.perf_counter() - t0
+                run.checkpoint()
+                return True
+            lr = lr_at(s.step, run.total, cfg.warmup_steps, cfg.learning_rate)
+            loss, tokens = _update(run, group, lr)
+            s.step, s.micro_in_epoch, s.tokens = s.step + 1, s.micro_in_epoch + len(group), s.tokens + tokens
+            elapsed = time.perf_counter() - t0
+            s.losses.append({"step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr})
+            run.progress(s.step, run.total, "recover")
+            run.on_step(StepReport(s.step, run.total, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed,
+                                   elapsed / (s.step - step0) * (run.total - s.step)))
+        if s.micro_in_epoch >= len(run.examples) / cfg.batch_size:  # the pass is complete
+            s.epoch, s.micro_in_epoch = s.epoch + 1, 0
+            s.train_seconds = base + time.perf_counter() - t0
+            run.checkpoint()
+    s.train_seconds = base + time.perf_counter() - t0
+    return False
+
+
+# --- evaluation and the run -------------------------------------------------------------------------------------
+
+
+def _evaluate(model: nn.Module, tokenizer: Any, evaluation: EvalConfig | None, progress: Progress, phase: str
+              ) -> dict[str, float]:
+    """The evaluation suite's flat metrics ("ppl/wikitext2", "acc/average", ...); {} when `evaluation` is None."""
+    if evaluation is None:
+        return {}
+    model.eval()
+    metrics, _ = evaluate_model(model, tokenizer, evaluation,
+                                progress=lambda d, t, label: progress(d, t, f"{label} {phase}"))
+    return metrics
+
+
+def recover(
+    model: nn.Module,
+    tokenizer: Any,
+    config: RecoveryConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    plan: PruningPlan | None = None,
+    progress: Progress = no_progress,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: bool = True,
+    on_step: Callable[[StepReport], None] | None = None,
+    inplace: bool = False,
+    evaluation: EvalConfig | None = DEFAULT_EVAL,
+) -> RecoveryResult:
+    """LoRA-tune a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
+
+    With `out_dir`: a checkpoint after each epoch (and on stop) in `out_dir/checkpoint`, resumed when `resume`; at the
+    end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`, default `model.minillm_plan`) or
+    the PEFT adapter (`merge=False`), plus `recovery.json`. `progress(step, total, "recover")` after each update;
+    `on_step` gets loss, learning rate, tokens/s and ETA. A stopped run returns `stopped=True` and the PEFT model.
+    `evaluation` runs the evaluation suite before and after (None: skip; default `DEFAULT_EVAL`).
+    """
+    from minillm_core.surgery import copy_model
+
+    config = config or RecoveryConfig()
+    t_start = time.perf_counter()
+    out = Path(out_dir).expanduser() if out_dir is not None else None
+    meta = _prepare_out_dir(out, config, resume) if out is not None else None
+    examples = encode_examples(load_training_data(config.data, config.data_dir), tokenizer, config)
+    fingerprint = _fingerprint(examples)
+    if meta is not None:
+        _check_resumable(meta, config, fingerprint, out / CHECKPOINT_DIR)
+    plan = plan if plan is not None else getattr(model, "minillm_plan", None)
+    work = model if inplace else copy_model(model)
+    targets = _resolve_targets(work, config.target_modules)
+    device = next(work.parameters()).device
+    state = TrainState(**{f.name: meta[f.name] for f in fields(TrainState)}) if meta else TrainState()
+    if meta is None:
+        state.before = _evaluate(work, tokenizer, evaluation, progress, "(before)")
+    wall0 = state.wall_seconds
+    total = config.max_steps or config.epochs * steps_per_epoch(len(examples), config)
+    live = _live_logger(out, state.losses, on_step)
+
+    # The caller's RNG is untouched. Checkpoints keep the CPU RNG only: a CUDA run resumes close to, not bit-exactly
+    # on, its uninterrupted trajectory (LoRA dropout draws from the CUDA generator).
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        peft_model = _wrap(work, config, targets)
+        optimizer = torch.optim.AdamW([p for _, p in _trainable(peft_model)], lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
+        if meta is not None:
+            _restore(out / CHECKPOINT_DIR, peft_model, optimizer)
+            logger.info("resuming %s at update %d/%d (epoch %d)", out, state.step, total, state.epoch + 1)
+
+        def checkpoint() -> None:
+            state.wall_seconds = wall0 + time.perf_counter() - t_start
+            if out is not None:
+                save_checkpoint(out / CHECKPOINT_DIR, peft_model, optimizer, state,
+                                {"settings": config.training_settings(), "data_fingerprint": fingerprint})
+
+        run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
+                   progress, live, should_stop)
+        stopped = _train(run)
+    peft_model.eval()
+    summary = {"evaluation": evaluation.to_dict() if evaluation else None, "target_modules": list(targets),
+               "examples": len(examples), "fingerprint": fingerprint,
+               "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
+    if stopped:
+        return _result(peft_model, state, total, True, None, wall0 + time.perf_counter() - t_start, out, {})
+    final = merge_adapters(peft_model) if config.merge else peft_model
+    after = _evaluate(final, tokenizer, evaluation, progress, "(after)")
+    state.wall_seconds = wall0 + time.perf_counter() - t_start
+    record = _record(config, state, total, after, summary)
+    if out is not None:
+        _save(final, tokenizer, out, plan, config.merge)
+        _write_json(out / RECOVERY_FILE, record)
+    return _result(final, state, total, False, after, state.wall_seconds, out, record)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0  # any id: padded positions are masked out of attention and loss
+
+
+def _live_logger(out: Path | None, history: list[dict[str, float]], on_step: Callable[[StepReport], None] | None
+                 ) -> Callable[[StepReport], None]:
+    """Forward reports to `on_step` and append them to `out/live_losses.jsonl` (the dashboard's live curve)."""
+    log = out / LIVE_LOG if out is not None else None
+    if log is not None:  # restart the live log from the checkpoint's history (a crash may have left extra rows)
+        log.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
+
+    def report(r: StepReport) -> None:
+        if log is not None:
+            with log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": r.step, "epoch": r.epoch, "loss": r.loss, "lr": r.lr}) + "\n")
+        if on_step is not None:
+            on_step(r)
+
+    return report
+
+
+def loss_curve(out_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """The loss curve of a run directory: final (`recovery.json`) or live while it trains."""
+    out = Path(out_dir)
+    if (out / RECOVERY_FILE).is_file():
+        return json.loads((out / RECOVERY_FILE).read_text(encoding="utf-8"))["losses"]
+    if not (out / LIVE_LOG).is_file():
+        return []
+    return [json.loads(line) for line in (out / LIVE_LOG).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _record(config: RecoveryConfig, state: TrainState, total: int, after: dict[str, Any], summary: dict[str, Any]
+            ) -> dict[str, Any]:
+    import peft
+    import transformers
+
+    return {
+        "format": FORMAT, "settings": {f.name: _jsonable(getattr(config, f.name)) for f in fields(config)},
+        **summary, "output": "merged" if config.merge else "adapter", "steps": state.step, "total_steps": total,
+        "epochs_done": state.epoch, "tokens": state.tokens, "train_seconds": round(state.train_seconds, 2),
+        "wall_seconds": round(state.wall_seconds, 2),
+        "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
+        "losses": state.losses, "before": state.before, "after": after,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+
+
+def _result(model: nn.Module, state: TrainState, total: int, stopped: bool, after: dict[str, Any] | None,
+            wall: float, out: Path | None, record: dict[str, Any]) -> RecoveryResult:
+    return RecoveryResult(model=model, steps=state.step, total_steps=total, epochs_done=state.epoch, stopped=stopped,
+                          losses=state.losses, before=state.before, after=after, wall_seconds=wall,
+                          train_seconds=state.train_seconds, out_dir=out, record=record)
+
+
+def _save(model: nn.Module, tokenizer: Any, out: Path, plan: PruningPlan | None, merged: bool) -> None:
+    """Replace `out` (checkpoint included) by the merged pruned model or by the adapter, atomically."""
+    from minillm_core.io import PLAN_FILE, _swap_in, save_pruned
+
+    if merged:
+        save_pruned(model, tokenizer, out, plan=plan, overwrite=True)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if plan is not None:
+            plan.save(tmp / PLAN_FILE)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["RecoveryConfig", "RecoveryResult", "StepReport", "default_target_modules", "encode_examples",
+           "load_adapter", "load_training_data", "loss_curve", "lr_at", "merge_adapters", "recover",
+           "steps_per_epoch"]
