@@ -33,6 +33,8 @@ PLAN_FILE = "plan.json"
 PID_FILE = "pid"
 LOG_FILE = "job.log"
 MODEL_SUBDIR = "model"
+RECOVERED_SUBDIR = "recovered"
+RECOVER_STEP = "recover with LoRA"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 PPL_DATASETS = ("wikitext2", "ptb")
@@ -60,6 +62,7 @@ class JobSpec:
     plan: dict[str, Any]
     perplexity: tuple[str, ...] = ("wikitext2",)
     tasks: tuple[str, ...] = ()
+    recovery: dict[str, Any] | None = None  # `RecoveryConfig` fields: LoRA-tune the pruned model, then evaluate it
     limit: int | None = 16
     seq_len: int = 128
     evaluate_original: bool = True
@@ -81,11 +84,21 @@ class JobSpec:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise MiniLLMError(f"unknown task(s) {unknown}; allowed: {', '.join(TASKS.names())}")
+        if self.recovery is not None:
+            self.recovery_config()  # validates now, in the submitting process, not minutes later in the job
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit < 1):
             raise MiniLLMError(f"limit must be None (all windows) or an integer >= 1, got {self.limit!r}")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
             raise MiniLLMError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
+
+    def recovery_config(self):
+        from minillm_core.recovery import RecoveryConfig
+
+        try:
+            return RecoveryConfig(**{"data_dir": self.data_dir, **(self.recovery or {})})
+        except TypeError as exc:
+            raise MiniLLMError(f"bad recovery settings: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -335,6 +348,7 @@ def _steps(spec: JobSpec) -> list[str]:
         steps += ["evaluate original"]
     steps += ["prune", "save pruned model", "evaluate pruned"]
     steps += ["compare with original"] if spec.evaluate_original else []
+    steps += [RECOVER_STEP, "evaluate recovered"] if spec.recovery is not None else []
     return steps
 
 
@@ -399,9 +413,30 @@ def _execute(spec: JobSpec, folder: Path, rep: _Reporter) -> dict[str, Any]:
         comparison |= speedups(original, metrics)
     run = RunMetrics(spec.model, config, original, metrics, comparison, details)
     run.write(folder)  # metrics.json + metrics.csv + lm-eval files; the caller adds the job fields below
-    return {**run.to_dict(), "scorer": plan.scorer, "ratio": plan.config.ratio,
-            "summary": summarize(plan, geometry_of(loaded.model)).to_dict(), "model_dir": str(folder / MODEL_SUBDIR),
-            "seconds": time.time() - t0}
+    out = {**run.to_dict(), "scorer": plan.scorer, "ratio": plan.config.ratio,
+           "summary": summarize(plan, geometry_of(loaded.model)).to_dict(), "model_dir": str(folder / MODEL_SUBDIR),
+           "seconds": time.time() - t0}
+    if spec.recovery is not None:
+        out |= _recover(spec, folder, loaded, pruned, plan, config, rep)
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def _recover(spec: JobSpec, folder: Path, loaded: Any, pruned: Any, plan: Any, config: Any, rep: _Reporter
+             ) -> dict[str, Any]:
+    """LoRA-tune the pruned model (the pruned metrics are its "before"), save it, and evaluate it the same way."""
+    from minillm_core.evaluation.suite import evaluate
+    from minillm_core.recovery import recover
+
+    rec_config = spec.recovery_config()
+    result = recover(pruned, loaded.tokenizer, rec_config, out_dir=folder / RECOVERED_SUBDIR, plan=plan,
+                     progress=rep.begin(RECOVER_STEP), evaluation=None)
+    recovered, _ = evaluate(result.model, loaded.tokenizer, config,
+                            folder / RECOVERED_SUBDIR if rec_config.merge else None,
+                            progress=rep.begin("evaluate recovered"))
+    return {"recovered": recovered, "recovered_dir": str(folder / RECOVERED_SUBDIR),
+            "recovery": {"steps": result.steps, "train_seconds": result.train_seconds, "losses": result.losses,
+                         "settings": spec.recovery}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import streamlit as st
 
 from minillm_core import jobs
@@ -31,11 +32,25 @@ else:
         limit = int(c1.number_input("Windows per dataset / items per task (0 = all)", 0, 100_000, 16))
         seq_len = int(c2.number_input("Window length (tokens)", 16, 4096, 128))
         original = c3.checkbox("Also evaluate the original", value=True)
+        recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
+                                 help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")
+        with st.expander("LoRA settings"):
+            r1, r2, r3 = st.columns(3)
+            rec_data = r1.text_input("Training data", "alpaca", help="alpaca, c4, ptb, or a .json/.jsonl/.txt path")
+            rec_samples = int(r2.number_input("Records", 16, 51_760, 200))
+            rec_epochs = int(r3.number_input("Epochs", 1, 10, 1))
+            r4, r5, r6 = st.columns(3)
+            rec_lr = r4.select_slider("Learning rate", [5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3], value=3e-4)
+            rec_rank = r5.select_slider("Rank", [4, 8, 16, 32], value=8)
+            rec_merge = r6.checkbox("Merge adapters into the weights", value=True)
         submitted = st.form_submit_button("Start", type="primary")
     if submitted:
         try:
             spec = jobs.JobSpec(model=st.session_state[state.MODEL], plan=plan.to_dict(), perplexity=tuple(datasets),
                                 tasks=tuple(tasks),
+                                recovery={"data": rec_data, "n_samples": rec_samples, "epochs": rec_epochs,
+                                          "learning_rate": rec_lr, "rank": rec_rank, "alpha": 2.0 * rec_rank,
+                                          "merge": rec_merge} if recover_on else None,
                                 limit=limit or None, seq_len=seq_len, evaluate_original=original,
                                 dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE],
                                 data_dir=os.environ.get("MINILLM_DATA_DIR"), name=name)
@@ -68,6 +83,15 @@ if len(mine) > 1:
 st.subheader(f"Job `{job_id}`")
 
 
+def _loss_chart(job_id: str) -> None:
+    """The LoRA loss curve, live while training (from the run's log) and final afterwards."""
+    from minillm_core.recovery import loss_curve
+
+    rows = loss_curve(jobs.job_dir(job_id, store.root) / jobs.RECOVERED_SUBDIR)
+    if rows:
+        st.line_chart(pd.DataFrame(rows), x="step", y="loss", height=220)
+
+
 @st.fragment(run_every=None if first.terminal else 1.0)
 def job_panel(job_id: str, was_running: bool) -> None:
     st_ = jobs.status(job_id, store.root)
@@ -76,6 +100,8 @@ def job_panel(job_id: str, was_running: bool) -> None:
         if st_.total:
             label += f" ({st_.done}/{st_.total})"
         st.progress(st_.fraction, text=label)
+        if st_.step == jobs.RECOVER_STEP:
+            _loss_chart(job_id)
         if st.button("Cancel", key="cancel"):
             jobs.cancel(job_id, store.root)
             st.rerun(scope="app")
@@ -90,6 +116,13 @@ def job_panel(job_id: str, was_running: bool) -> None:
     if st_.state == "done":
         st.success(f"Done in {run.metrics.get('seconds', 0):.1f} s: {run.params_before:,} -> "
                    f"{run.params_after:,} parameters. See **Compare** and **Runs & report**.")
+        if run.metrics.get("recovered"):
+            before, after = run.metrics["pruned"], run.metrics["recovered"]
+            cols = st.columns(max(1, sum(k.startswith(("ppl/", "acc/")) for k in after)))
+            for col, key in zip(cols, [k for k in after if k.startswith(("ppl/", "acc/"))], strict=False):
+                col.metric(f"{key} after LoRA", f"{after[key]:.4g}", f"{after[key] - before.get(key, 0):+.4g}",
+                           delta_color="inverse" if key.startswith("ppl/") else "normal")
+            _loss_chart(job_id)
         st.page_link("pages/5_compare.py", label="Compare original and pruned", icon="⚖️")
     elif st_.state == "cancelled":
         st.warning("Cancelled. Earlier runs are kept.")

@@ -140,3 +140,21 @@ def test_spec_and_id_validation(runs_dir):
         jobs.status("../etc", runs_dir)
     with pytest.raises(MiniLLMError, match="no job"):
         jobs.status("abcdefghij", runs_dir)
+
+
+def test_job_with_lora_recovery_records_before_and_after(tiny_model_dir, runs_dir, tmp_path):
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(" ".join(f"w{(i * 5 + j) % 90}" for j in range(30)) for i in range(12)))
+    recovery = {"data": str(text), "max_steps": 3, "batch_size": 2, "max_length": 32, "rank": 4, "alpha": 8.0}
+    job_id = jobs.submit(spec_for(tiny_model_dir, recovery=recovery, measure_speed=False), runs_dir)
+    st = wait_for(job_id, runs_dir)
+    assert st.state == "done", (st.error, (runs_dir / job_id / jobs.LOG_FILE).read_text())
+    metrics = jobs.read_metrics(job_id, runs_dir)
+    assert metrics["recovery"]["steps"] == 3 and len(metrics["recovery"]["losses"]) == 3
+    assert metrics["recovered"]["ppl/wikitext2"] > 1
+    assert (runs_dir / job_id / jobs.RECOVERED_SUBDIR / "recovery.json").is_file()
+
+
+def test_bad_recovery_settings_fail_at_submission(tiny_model_dir, runs_dir):
+    with pytest.raises(MiniLLMError, match="bad recovery settings"):
+        jobs.submit(spec_for(tiny_model_dir, recovery={"rnak": 8}), runs_dir)
