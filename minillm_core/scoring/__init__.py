@@ -3,7 +3,7 @@
 Importing this package registers them; `make_scorer(name, **options)` builds one.
 """
 
-from minillm_core.scoring import magnitude  # noqa: F401  (registration)
+from minillm_core.scoring import flap, fms, magnitude, taylor, wanda  # noqa: F401  (registration)
 from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer, make_scorer
 
 __all__ = ["SCORERS", "GroupScores", "Need", "Scorer", "make_scorer"]

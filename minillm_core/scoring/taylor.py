@@ -1,0 +1,151 @@
+"""First-order Taylor importance with real backpropagation (LLM-Pruner), and the backprop engine other scorers reuse.
+
+Ma et al., 2023, "LLM-Pruner: On the Structural Pruning of Large Language Models", eq. 3-5 (element- and vector-wise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.groups import head_scores, reduce_to_units
+from minillm_core.modeling.base import ArchAdapter, Slice
+from minillm_core.progress import Progress, no_progress
+from minillm_core.scoring.activations import DEFAULT_BATCH_SIZE, batches, eval_mode, model_device, sequence_losses
+from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+
+TAYLOR_VARIANTS = ("element", "vector")
+
+
+def taylor_element(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """|W * G| per weight (any shape): the first-order loss change of zeroing each weight."""
+    return (weight.float() * grad.float()).abs()
+
+
+def taylor_vector(signed_unit_sums: torch.Tensor) -> torch.Tensor:
+    """|sum_{w in unit} W * G|: the first-order loss change of zeroing a whole unit. Input: [n_units] signed sums."""
+    return signed_unit_sums.abs()
+
+
+def prunable_linears(adapter: ArchAdapter) -> list[nn.Linear]:
+    """Every linear a head or channel owns, layer by layer, in a fixed order."""
+    out = []
+    for layer in adapter.layers():
+        out += [s.linear for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)]
+    return out
+
+
+@contextmanager
+def gradients_only_for(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Make only `params` require grad; on exit restore every flag and drop every `.grad` (none are left behind)."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+            p.grad = None
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.grad = None
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def checkpointed_layers(adapter: ArchAdapter, enabled: bool = True) -> Iterator[None]:
+    """Recompute each decoder layer in backward instead of storing its activations (one layer live at a time)."""
+    patched = []
+    try:
+        if enabled:
+            for layer in adapter.layers():
+                original = layer.forward
+
+                def forward(*args, _f=original, **kwargs):
+                    return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+
+                layer.forward = forward  # instance attribute shadows the method; deleted on exit
+                patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
+def accumulate_gradients(
+    model: nn.Module, calibration: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress = no_progress, label: str = "backward",
+) -> None:
+    """Backpropagate the mean next-token loss over all calibration rows into the `.grad` of parameters that want it."""
+    device, parts = model_device(model), batches(calibration, batch_size)
+    with torch.enable_grad(), eval_mode(model):
+        for k, ids in enumerate(parts):
+            loss = sequence_losses(model, ids.to(device)).sum() / calibration.shape[0]
+            loss.backward()
+            progress(k + 1, len(parts), label)
+
+
+def slice_grads(s: Slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+    lin = s.linear
+    if lin.weight.grad is None:
+        raise MiniLLMError("no gradient reached a prunable weight; is the model's loss connected to every layer?")
+    bias_grad = lin.bias.grad if (s.dim == 0 and lin.bias is not None) else None
+    return lin.weight.grad, bias_grad
+
+
+def taylor_group_scores(adapter: ArchAdapter, variant: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Group scores from the `.grad` now on the prunable linears. Element: sum |W*G|; vector: per slice |sum W*G|,
+    summed over the slices of a group (LLM-Pruner's per-layer salience, aggregated by sum)."""
+    heads, channels = [], []
+    for i, layer in enumerate(adapter.layers()):
+        units: dict[str, torch.Tensor] = {}
+        for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer):
+            g, gb = slice_grads(s)
+            w, b = s.linear.weight.detach(), s.linear.bias
+            prod = w.float() * g.float()
+            bias = None if gb is None else b.detach().float() * gb.float()
+            if variant == "element":
+                u = reduce_to_units(s, prod.abs(), None if bias is None else bias.abs())
+            else:
+                u = taylor_vector(reduce_to_units(s, prod, bias))
+            units[s.unit] = units[s.unit] + u if s.unit in units else u
+        heads.append(head_scores(units, adapter.layer_shape(i)).cpu())
+        channels.append(units["channel"].cpu())
+    return heads, channels
+
+
+def linear_params(linears: Sequence[nn.Linear]) -> list[nn.Parameter]:
+    return [p for lin in linears for p in lin.parameters()]
+
+
+@SCORERS.register("taylor")
+@dataclass
+class TaylorScorer(Scorer):
+    """LLM-Pruner's first-order Taylor score with gradients of the calibration loss from real backprop."""
+
+    variant: str = "element"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    checkpoint: bool = False  # recompute decoder layers in backward: activation memory of one layer
+    name = "taylor"
+    needs = frozenset({Need.BACKWARD})
+    description = "First-order Taylor |W*G| (element) or |sum W*G| (vector) per group, real backprop (Ma et al. 2023)."
+
+    def __post_init__(self) -> None:
+        if self.variant not in TAYLOR_VARIANTS:
+            raise MiniLLMError(f"unknown taylor variant {self.variant!r}; allowed: {', '.join(TAYLOR_VARIANTS)}")
+
+    def score(
+        self, model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor | None = None,
+        progress: Progress = no_progress,
+    ) -> GroupScores:
+        params = linear_params(prunable_linears(adapter))
+        with gradients_only_for(model, params), checkpointed_layers(adapter, self.checkpoint):
+            accumulate_gradients(model, calibration, self.batch_size, progress, "taylor backward")
+            heads, channels = taylor_group_scores(adapter, self.variant)
+        return GroupScores(self.name, heads, channels, self.options())

@@ -1,0 +1,190 @@
+"""Browser end-to-end: the dashboard in Debian's Chromium, driven by Playwright, on a tiny random Llama directory.
+
+One server per module. The main test walks model -> importance -> plan (slider) -> prune+eval job -> compare ->
+HTML report, saving a screenshot per step under tests/artifacts/ (look at them: they are the evidence).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser_support import CHROMIUM, IDLE, app_env, chromium, goto_page, rerun, streamlit_server, wait_idle
+from tests.test_jobs import tiny_model_dir  # noqa: F401  (fixture)
+
+pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements-dev.txt)")
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+JOB_TIMEOUT_S = 150
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(url, runs_dir) of a Streamlit server with a private run store; stopped after the module."""
+    tmp = tmp_path_factory.mktemp("browser")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with streamlit_server(app_env(tmp / "runs"), ARTIFACTS / "server.log") as url:
+        yield url, tmp / "runs"
+
+
+@pytest.fixture(scope="module")
+def context():
+    with sync_playwright() as p, chromium(p) as ctx:
+        ctx.set_default_timeout(30_000)
+        yield ctx
+
+
+@pytest.fixture
+def page(context, server, request):
+    """A fresh tab on the app (a new Streamlit session); a screenshot of it is kept when the test fails."""
+    failed = request.session.testsfailed
+    tab = context.new_page()
+    tab.goto(server[0])
+    wait_idle(tab, 120)  # the first visit loads the bundled model once per server process
+    yield tab
+    if request.session.testsfailed > failed:  # the call phase is reported before this teardown runs
+        tab.screenshot(path=ARTIFACTS / f"{request.node.name}-failure.png")
+    tab.close()
+
+
+def shot(page, name: str, element=None) -> None:
+    """Scroll `element` into view (the main pane scrolls, not the window) and save a viewport screenshot."""
+    if element is not None:
+        element.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / f"{name}.png")
+
+
+def table_row(page, first_cell: str):
+    """The cells of the st.dataframe row whose first cell reads `first_cell` (from the grid's accessible table)."""
+    row = page.locator('[data-testid="stDataFrame"] [role="row"]').filter(
+        has=page.locator(f'[role="gridcell"]:text-is("{first_cell}")'))
+    return row.locator('[role="gridcell"]')
+
+
+def metric_value(page, label: str):
+    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue")
+
+
+def params_after(model_dir: Path, *ratios: float) -> list[str]:
+    """'Parameters after' as the Plan page should show it for each ratio: the core's own magnitude plan at the
+    page's default options (uniform, both, q-heads, channels rounded to 8, default protected layers)."""
+    from minillm_core.allocation import build_plan
+    from minillm_core.loading import load_model
+    from minillm_core.pipeline import geometry_of, score
+    from minillm_core.planning import PlanConfig, default_protected_layers, summarize
+
+    loaded = load_model(str(model_dir), device="cpu")
+    g, scores = geometry_of(loaded.model), score(loaded.model, "magnitude")
+    configs = [PlanConfig(ratio=r, protected_layers=default_protected_layers(g.num_layers), round_to=8)
+               for r in ratios]
+    return [f"{summarize(build_plan(g, scores, c, str(model_dir)), g).params_after:,}" for c in configs]
+
+
+def use_model(page, path: Path) -> None:
+    page.get_by_text("Local directory or .gguf file").click()  # inside a form: no rerun until submitted
+    page.get_by_label("Hub id or local path").fill(str(path))
+    rerun(page, page.get_by_role("button", name="Use this model").click)
+
+
+def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp_path):  # noqa: F811
+    url, runs_dir = server
+
+    # 1. Model & data: the tiny model's architecture table
+    use_model(page, tiny_model_dir)
+    expect(page.get_by_test_id("stAlertContentSuccess")).to_contain_text(f"Loaded {tiny_model_dir}")
+    expect(table_row(page, "layers")).to_have_text(["layers", "4"])
+    expect(table_row(page, "attention heads")).to_have_text(["attention heads", "6"])
+    expect(table_row(page, "KV heads")).to_have_text(["KV heads", "2"])
+    expect(page.get_by_test_id("stSidebar")).to_contain_text(str(tiny_model_dir))
+    shot(page, "01-model")
+
+    # 2. Importance: magnitude scores -> heatmaps (Plotly charts drawn in the page)
+    goto_page(page, "Importance")
+    expect(page.get_by_text("No scores yet")).to_be_visible()
+    expect(page.get_by_role("combobox", name="Scorer")).to_have_value("magnitude")
+    rerun(page, page.get_by_role("button", name="Compute scores").click)
+    charts = page.get_by_test_id("stPlotlyChart")
+    expect(charts).to_have_count(3)
+    heads = charts.first
+    expect(heads.locator(".gtitle")).to_have_text("magnitude: attention heads")
+    expect(heads.locator(".heatmaplayer image")).to_have_count(1)  # plotly.js paints the heatmap as an image
+    expect(charts.nth(1).locator(".gtitle")).to_have_text("magnitude: MLP channels")
+    shot(page, "02-importance", heads)
+
+    # 3. Plan: the ratio slider moved with the keyboard changes the preview
+    goto_page(page, "Plan")
+    params = metric_value(page, "Parameters after")
+    before, after = params_after(tiny_model_dir, 0.2, 0.4)
+    assert before != after
+    thumb = page.get_by_test_id("stSlider").get_by_role("slider")
+    expect(thumb).to_have_value("0.2")
+    expect(params).to_have_text(before)
+    shot(page, "03-plan-before")
+    thumb.focus()
+    rerun(page, lambda: [thumb.press("ArrowRight") for _ in range(20)])
+    expect(page.get_by_test_id("stSliderThumbValue")).to_have_text("0.40")
+    # Each press may rerun the page; the slider commits its last value after a debounce: wait for that plan.
+    expect(params).to_have_text(after, timeout=30_000)
+    wait_idle(page)
+    expect(metric_value(page, "Loads with plain from_pretrained")).to_have_text(re.compile("yes|no"))
+    shot(page, "03-plan-after", params)
+
+    # 4. Prune & evaluate: a background job with a tiny perplexity budget, followed to the end
+    goto_page(page, "Prune & evaluate")
+    expect(page.get_by_label("Run name")).to_have_value("magnitude 40%")  # the plan the server built last
+    page.get_by_label(re.compile(r"^Windows per dataset")).fill("2")
+    page.get_by_label("Window length (tokens)").fill("16")
+    page.get_by_label("Window length (tokens)").press("Tab")
+    rerun(page, page.get_by_role("button", name="Start").click)
+    done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Done in")
+    expect(done).to_be_visible(timeout=JOB_TIMEOUT_S * 1000)
+    job_id = re.search(r"[?&]job=([\w-]+)", page.url).group(1)
+    assert (runs_dir / job_id / "metrics.json").is_file()
+    wait_idle(page)
+    shot(page, "04-run-done")
+
+    # ... and a second tab with the job URL re-attaches to it
+    other = page.context.new_page()
+    other.goto(f"{url}/run?job={job_id}")
+    wait_idle(other)
+    expect(other.get_by_test_id("stAlertContentSuccess").filter(has_text="Done in")).to_be_visible()
+    shot(other, "04-run-second-tab")
+    other.close()
+
+    # 5a. Compare: original vs pruned table
+    rerun(page, page.get_by_role("link", name="Compare original and pruned").click)
+    expect(page.get_by_role("heading", name="Compare")).to_be_visible()
+    expect(table_row(page, "perplexity wikitext2")).to_have_count(4)  # metric, original, pruned, retained %
+    expect(table_row(page, "parameters")).to_have_count(4)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
+    shot(page, "05-compare")
+
+    # 5b. Runs & report: the HTML report downloads and carries the Plotly figures
+    goto_page(page, "Runs & report")
+    expect(table_row(page, job_id)).to_contain_text([job_id, "magnitude 40%", "done"])
+    button = page.get_by_test_id("stDownloadButton").filter(has_text="HTML report")
+    with page.expect_download() as download:
+        button.click()
+    report = tmp_path / download.value.suggested_filename
+    download.value.save_as(report)
+    html = report.read_text()
+    assert report.name == "minillm-report.html"
+    assert "MINI-LLM Studio report" in html and job_id in html
+    assert "Plotly.newPlot" in html and "plotly.js v" in html  # figures plus the embedded library (offline)
+    page.wait_for_selector(IDLE)
+    shot(page, "06-runs", button)
+
+
+def test_a_missing_model_path_shows_an_error(page, tmp_path):
+    missing = tmp_path / "no-such-model"
+    use_model(page, missing)
+    expect(page.get_by_test_id("stAlertContentError")).to_contain_text(f"model path {missing} does not exist")
+    shot(page, "07-missing-model")
