@@ -26,10 +26,6 @@ with st.sidebar:
     st.markdown("### ✂️ MINI-LLM Studio")
     st.caption(f"Device: **{device_label()}**")
     st.caption(f"Model: **{st.session_state[state.MODEL]}**")
-    scores = state.scores_for_model()
-    if scores:
-        st.caption(f"Scores: {', '.join(scores)}")
-    if st.session_state.get(state.PLAN) is not None:
-        st.caption(f"Plan: remove {st.session_state[state.PLAN].removed_fraction:.1%} of parameters")
+    state.sidebar_status(st.empty())  # pages that change scores or the plan redraw it (no lag behind the page)
 
 st.navigation(PAGES).run()

@@ -222,7 +222,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 METRIC_LABELS = {"params": "parameters", "size_mb": "size in memory (MB)", "disk_mb": "size on disk (MB)",
-                 "acc/average": "zero-shot accuracy (mean acc)", "memory/peak_inference_mb": "peak memory (MB)"}
+                 "acc/average": "zero-shot accuracy (mean acc)", "memory/peak_inference_mb": "peak memory (MB)",
+                 "speed/prefill_ms/bs1": "prefill latency, batch 1 (ms)", "speed/prefill_ms/bs8":
+                 "prefill latency, batch 8 (ms)", "speed/decode_tps/bs1": "decode tokens/s, batch 1",
+                 "speed/decode_tps/bs8": "decode tokens/s, batch 8"}
 
 
 def metric_label(key: str) -> str:

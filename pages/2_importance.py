@@ -54,6 +54,7 @@ if st.button("Compute scores", type="primary"):
     state.scores_for_model()[label] = result
     st.session_state[state.ACTIVE_SCORER] = label
     st.session_state[state.PLAN] = None
+    state.sidebar_status()
     bar.progress(1.0, text=f"{label} done in {time.perf_counter() - t0:.1f} s")
 
 # --- explore computed scores ------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ else:
                             head_granularity=granularity, round_to=round_to)
         plan = build_plan(g, scores, config, handle.loaded.name)
 st.session_state[state.PLAN] = plan
+state.sidebar_status()
 
 # --- preview ----------------------------------------------------------------------------------------------------
 s = summarize(plan, g)

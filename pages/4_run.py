@@ -32,6 +32,8 @@ else:
         limit = int(c1.number_input("Windows per dataset / items per task (0 = all)", 0, 100_000, 16))
         seq_len = int(c2.number_input("Window length (tokens)", 16, 4096, 128))
         original = c3.checkbox("Also evaluate the original", value=True)
+        speed = c3.checkbox("Measure speed and memory", value=True,
+                            help="Prefill latency and decode tokens/s at batch 1 and 8; off for quick demos.")
         recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
                                  help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")
         with st.expander("LoRA settings"):
@@ -51,7 +53,7 @@ else:
                                 recovery={"data": rec_data, "n_samples": rec_samples, "epochs": rec_epochs,
                                           "learning_rate": rec_lr, "rank": rec_rank, "alpha": 2.0 * rec_rank,
                                           "merge": rec_merge} if recover_on else None,
-                                limit=limit or None, seq_len=seq_len, evaluate_original=original,
+                                limit=limit or None, seq_len=seq_len, evaluate_original=original, measure_speed=speed,
                                 dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE],
                                 data_dir=os.environ.get("MINILLM_DATA_DIR"), name=name)
             job_id = jobs.submit(spec, store.root)

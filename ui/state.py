@@ -81,6 +81,27 @@ def active_scores() -> Any | None:
     return next(reversed(scores.values()), None) if scores else None
 
 
+_SIDEBAR_SLOT = "_sidebar_status_slot"
+
+
+def sidebar_status(slot: Any | None = None) -> None:
+    """Draw (or redraw, after a page changed them) the sidebar's scores and plan captions in the app's slot."""
+    if slot is not None:
+        st.session_state[_SIDEBAR_SLOT] = slot
+    target = st.session_state.get(_SIDEBAR_SLOT)
+    if target is None:
+        return
+    lines = []
+    scores = scores_for_model()
+    if scores:
+        lines.append(f"Scores: {', '.join(scores)}")
+    if st.session_state.get(PLAN) is not None:
+        lines.append(f"Plan: remove {st.session_state[PLAN].removed_fraction:.1%} of parameters")
+    with target.container():
+        for line in lines:
+            st.caption(line)
+
+
 def upload_dir() -> Path:
     """A temp directory private to this browser session (uploads never share a path across sessions)."""
     if not st.session_state.get(UPLOAD_DIR) or not Path(st.session_state[UPLOAD_DIR]).is_dir():

@@ -68,7 +68,7 @@ def _size_metrics(model: Any, model_dir: str | os.PathLike | None) -> dict[str, 
 
     params = count_params(model)
     bytes_per = next(model.parameters()).element_size()
-    out = {"params": float(params), "size_mb": params * bytes_per / 2**20}
+    out = {"params": params, "size_mb": params * bytes_per / 2**20}
     if model_dir is not None:
         out["disk_mb"] = disk_mb(model_dir)
     return out
