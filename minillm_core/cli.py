@@ -161,21 +161,26 @@ class Calib:
     data_dir: Path | None = None
 
 
-def _score_model(loaded, scorer: str, seed: int, options: list[str] | None, calib: Calib, bar: _Bar):
+def _calibration_of(loaded, seed: int, calib: Calib):
+    """The calibration batch [n_samples, seq_len] the options describe (deterministic for a seed)."""
     from minillm_core.calibration import CalibrationConfig, build_calibration
+
+    config = CalibrationConfig(source="file" if calib.file else calib.source, n_samples=calib.n_samples,
+                               seq_len=calib.seq_len, seed=seed, path=str(calib.file) if calib.file else None)
+    batch = build_calibration(loaded.tokenizer, config, data_dir=calib.data_dir,
+                              max_length=getattr(loaded.model.config, "max_position_embeddings", None))
+    _stderr(f"calibration: {batch.shape[0]} x {batch.shape[1]} tokens from {config.source}")
+    return batch
+
+
+def _score_model(loaded, scorer: str, seed: int, options: list[str] | None, calib: Calib, bar: _Bar):
     from minillm_core.pipeline import score
     from minillm_core.scoring import SCORERS, make_scorer
 
     opts = _parse_options(options)
     if "seed" in getattr(SCORERS.get(scorer), "__dataclass_fields__", {}):
         opts.setdefault("seed", seed)
-    calibration = None
-    if make_scorer(scorer, **opts).needs_calibration:
-        config = CalibrationConfig(source="file" if calib.file else calib.source, n_samples=calib.n_samples,
-                                   seq_len=calib.seq_len, seed=seed, path=str(calib.file) if calib.file else None)
-        calibration = build_calibration(loaded.tokenizer, config, data_dir=calib.data_dir,
-                                        max_length=getattr(loaded.model.config, "max_position_embeddings", None))
-        _stderr(f"calibration: {calibration.shape[0]} x {calibration.shape[1]} tokens from {config.source}")
+    calibration = _calibration_of(loaded, seed, calib) if make_scorer(scorer, **opts).needs_calibration else None
     return score(loaded.model, scorer, calibration, progress=bar, **opts)
 
 

@@ -31,6 +31,7 @@ from minillm_core.cli import (
     SeedOpt,
     TargetOpt,
     _Bar,
+    _calibration_of,
     _emit,
     _load,
     _plan_config,
@@ -243,3 +244,73 @@ def search(
             f"ratio {p['ratio']:.3f}: {'PASS' if p['passed'] else 'fail'}  "
             + ", ".join(f"{k}={v:.4g}" for k, v in p.items() if k.startswith(("ppl/", "retained/ppl", "acc/average")))
             for p in result.points) + f"\nlargest passing ratio: {result.best_ratio}"))
+
+
+@app.command("score")
+def score_cmd(
+    model: ModelOpt = "smollm2-135m",
+    scorer: ScorerOpt = "minillm",
+    seed: SeedOpt = 0,
+    option: OptionOpt = None,
+    calib: CalibOpt = "c4",
+    calib_file: CalibFileOpt = None,
+    n_samples: NSamplesOpt = 32,
+    calib_seq_len: CalibLenOpt = 128,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Save the group scores (safetensors) for `plan`/the dashboard.")]
+    = None,
+    diagnose: Annotated[bool, typer.Option(
+        help="Fidelity diagnostic: score with each probe count of --probes and compare against backprop FMS "
+             "(minillm estimator exact-layerwise): cosine similarity and per-layer Spearman rank correlation.")]
+    = False,
+    probes: Annotated[str, typer.Option(help="Probe counts for --diagnose.")] = "4,16,64",
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Score heads and MLP channels. minillm estimators: gates (default) and spsa (the paper's weight-space SPSA) are
+    forward-only; exact-layerwise and exact-gates use backprop (references). Example:
+    minillm score --scorer minillm -o estimator=spsa -o n_probes=8 --diagnose"""
+    import time
+
+    from minillm_core.scoring.fidelity import fidelity, probe_sweep
+
+    with _user_errors():
+        try:
+            counts = tuple(int(p) for p in probes.split(","))
+        except ValueError:
+            raise MiniLLMError(f"--probes must be comma-separated integers, got {probes!r}") from None
+        loaded = _load(model, dtype, device)
+        calib_opts = Calib(calib, calib_file, n_samples, calib_seq_len, data_dir)
+        with _Bar(not as_json) as bar:
+            t0 = time.perf_counter()
+            scores = _score_model(loaded, scorer, seed, option, calib_opts, bar)
+            seconds = time.perf_counter() - t0
+            payload: dict[str, Any] = {"scorer": scorer, "options": scores.options, "seconds": round(seconds, 2),
+                                       "per_layer_head_mean": [float(h.mean()) for h in scores.heads],
+                                       "per_layer_channel_mean": [float(c.mean()) for c in scores.channels]}
+            if diagnose:
+                reference = _score_model(loaded, "minillm", seed, ["estimator=exact-layerwise"], calib_opts, bar)
+                payload["fidelity"] = {k: v for k, v in fidelity(scores, reference).items()
+                                       if not isinstance(v, list)}
+                if scorer == "minillm" and "n_probes" in scores.options:
+                    calibration = _calibration_of(loaded, seed, calib_opts)
+                    payload["probe_sweep"] = probe_sweep(
+                        loaded.model, loaded.adapter, calibration, reference, probes=counts, progress=bar,
+                        **{k: v for k, v in scores.options.items() if k != "n_probes"})
+        if out is not None:
+            scores.save(out)
+        _emit(as_json, payload, lambda: _render_scores(payload))
+
+
+def _render_scores(payload: dict[str, Any]) -> None:
+    typer.echo(f"{payload['scorer']} {payload['options']} in {payload['seconds']} s")
+    for i, (h, c) in enumerate(zip(payload["per_layer_head_mean"], payload["per_layer_channel_mean"], strict=True)):
+        typer.echo(f"layer {i:>3}: mean head score {h:.4g}, mean channel score {c:.4g}")
+    if "fidelity" in payload:
+        typer.echo("fidelity vs backprop FMS: " + ", ".join(f"{k} {v:.3f}" for k, v in payload["fidelity"].items()
+                                                          if isinstance(v, float)))
+    for row in payload.get("probe_sweep", []):
+        typer.echo(f"  {row['n_probes']:>3} probes: cosine {row['cosine']:.3f}, Spearman heads "
+                   f"{row['mean_spearman_heads']:.3f}, channels {row['mean_spearman_channels']:.3f} "
+                   f"({row['seconds']:.1f} s)")

@@ -94,3 +94,35 @@ def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):
     assert out["steps"] == 6 and not out["stopped"]
     assert "ppl/wikitext2" in out["before"] and "ppl/wikitext2" in out["after"]
     assert (tmp_path / "rec" / "recovery.json").is_file() and (tmp_path / "rec" / MANIFEST).is_file()
+
+
+@pytest.fixture
+def calib_file(tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text("\n\n".join(" ".join(f"w{(i * 3 + j) % 90}" for j in range(24)) for i in range(8)))
+    return path
+
+
+def test_score_with_fidelity_diagnostic(model_dir, calib_file, tmp_path):
+    out = _json(runner.invoke(app, ["score", "--model", str(model_dir), "--scorer", "minillm", "-o", "estimator=spsa",
+                                    "-o", "n_probes=2", "--calib-file", str(calib_file), "--n-samples", "2",
+                                    "--calib-seq-len", "8", "--diagnose", "--probes", "1,3", "--json",
+                                    "--out", str(tmp_path / "s.safetensors")]))
+    assert out["options"]["estimator"] == "spsa" and len(out["per_layer_head_mean"]) == 4
+    assert -1 <= out["fidelity"]["cosine"] <= 1
+    assert [r["n_probes"] for r in out["probe_sweep"]] == [1, 3]
+    assert (tmp_path / "s.safetensors").is_file()
+
+
+def test_prune_with_a_calibrated_scorer(model_dir, calib_file, tmp_path):
+    out = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "wanda-sp", "--calib-file",
+                                    str(calib_file), "--n-samples", "4", "--calib-seq-len", "8", "--protect", "",
+                                    "--out", str(tmp_path / "p"), "--json"]))
+    assert out["params_after"] < out["params_before"]
+    plan = PruningPlan.load(tmp_path / "p" / "pruning_plan.json")
+    assert plan.scorer == "wanda-sp"
+
+
+def test_bad_scorer_option_is_reported(model_dir):
+    result = runner.invoke(app, ["plan", "--model", str(model_dir), "--scorer", "magnitude", "-o", "q=3"])
+    assert result.exit_code == 2 and "bad options for scorer 'magnitude'" in result.stderr
