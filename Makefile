@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MINILLM_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup setup-dev run demo test lint bench
+.PHONY: setup setup-dev run demo test lint bench chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,12 @@ demo: setup
 	$(BIN)/minillm prune --model smollm2-135m --scorer magnitude --ratio 0.2 --out runs/demo --overwrite
 	$(BIN)/minillm eval --model runs/demo --ppl wikitext2 --limit 40
 
-test: setup-dev
+chromium:  # Debian's Chromium for the Playwright browser tests (playwright cannot download browsers here)
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "warning: chromium not installed; browser tests will be skipped"; }
+
+test: setup-dev chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -63,7 +63,9 @@ def main() -> None:
             row = {"model": label, "params": count_params(m), "disk_mb": round(_dir_mb(out), 1)}
             for name in ("wikitext2", "ptb"):
                 t0 = time.perf_counter()
-                r = perplexity_on(m, tok, name, seq_len=128, batch_size=8, limit=args.limit)
+                r = perplexity_on(m, tok, name, seq_len=128, batch_size=8, limit=args.limit,
+                                  progress=lambda d, t, _l, n=name: print(f"  {label} {n}: {d}/{t}", flush=True)
+                                  if d % 400 < 8 else None)
                 row[f"{name}_ppl"] = round(r.ppl, 2)
                 row[f"{name}_windows"] = r.n_windows
                 row[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)

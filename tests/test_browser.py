@@ -7,6 +7,7 @@ HTML report, saving a screenshot per step under tests/artifacts/ (look at them: 
 from __future__ import annotations
 
 import re
+import os
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ import pytest
 from tests.browser_support import CHROMIUM, IDLE, app_env, chromium, goto_page, rerun, streamlit_server, wait_idle
 from tests.test_jobs import tiny_model_dir  # noqa: F401  (fixture)
 
-pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements-dev.txt)")
 if not CHROMIUM.is_file():
+    if os.environ.get("MINILLM_REQUIRE_BROWSER"):  # CI installs Chromium: its absence is a failure, not a skip
+        raise RuntimeError(f"{CHROMIUM} not found but MINILLM_REQUIRE_BROWSER is set")
     pytest.skip(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium)", allow_module_level=True)
+pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements-dev.txt)")
 
 from playwright.sync_api import expect, sync_playwright
 
