@@ -6,8 +6,8 @@ HTML report, saving a screenshot per step under tests/artifacts/ (look at them: 
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from pathlib import Path
 
 import pytest
