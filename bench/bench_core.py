@@ -64,7 +64,7 @@ def main() -> None:
             for name in ("wikitext2", "ptb"):
                 t0 = time.perf_counter()
                 r = perplexity_on(m, tok, name, seq_len=128, batch_size=8, limit=args.limit,
-                                  progress=lambda d, t, _l, n=name: print(f"  {label} {n}: {d}/{t}", flush=True)
+                                  progress=lambda d, t, _l, n=name, m_=label: print(f"  {m_} {n}: {d}/{t}", flush=True)
                                   if d % 400 < 8 else None)
                 row[f"{name}_ppl"] = round(r.ppl, 2)
                 row[f"{name}_windows"] = r.n_windows
