@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.suite import PPL_DATASETS  # noqa: F401  (re-exported for the run page)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ RECOVERED_SUBDIR = "recovered"
 RECOVER_STEP = "recover with LoRA"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
-PPL_DATASETS = ("wikitext2", "ptb")
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _STATUS_EVERY_S = 0.25  # throttle for progress writes; state changes are always written
 
@@ -76,19 +76,11 @@ class JobSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "perplexity", tuple(self.perplexity))
         object.__setattr__(self, "tasks", tuple(self.tasks))
-        bad = [d for d in self.perplexity if d not in PPL_DATASETS]
-        if bad:
-            raise MiniLLMError(f"unknown perplexity dataset(s) {bad}; allowed: {', '.join(PPL_DATASETS)}")
-        from minillm_core.evaluation.tasks import TASKS
-
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown:
-            raise MiniLLMError(f"unknown task(s) {unknown}; allowed: {', '.join(TASKS.names())}")
+        if isinstance(self.limit, bool):
+            raise MiniLLMError(f"limit must be None (everything) or an integer >= 1, got {self.limit!r}")
+        _eval_config(self)  # datasets, tasks and limit are validated by the evaluation suite itself
         if self.recovery is not None:
             self.recovery_config()  # validates now, in the submitting process, not minutes later in the job
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
-                                       or self.limit < 1):
-            raise MiniLLMError(f"limit must be None (all windows) or an integer >= 1, got {self.limit!r}")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
             raise MiniLLMError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
 
