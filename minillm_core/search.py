@@ -108,6 +108,18 @@ def search(
     return _finish(result)
 
 
+def load_search(data: bytes | str) -> dict[str, Any]:
+    """A saved search result (`SearchResult.to_dict()` JSON), checked enough to plot."""
+    try:
+        curve = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MiniLLMError(f"search result is not valid JSON: {exc}") from None
+    if not isinstance(curve, dict) or not isinstance(curve.get("points"), list) or not all(
+            isinstance(p, dict) and "ratio" in p and "passed" in p for p in curve["points"]):
+        raise MiniLLMError("not a search result: expected {'points': [{'ratio', 'passed', ...}], 'best_ratio'}")
+    return curve
+
+
 def _finish(result: SearchResult) -> SearchResult:
     result.points.sort(key=lambda p: p["ratio"])
     ok = [p["ratio"] for p in result.points if p["passed"]]

@@ -88,3 +88,31 @@ if len(labels) >= 2:
         st.dataframe(table, hide_index=True, key="agreement_table")
 else:
     st.caption("Compute a second scorer to see how their rankings agree layer by layer.")
+
+# --- estimator fidelity: forward-only scores vs backprop FMS as probes grow --------------------------------------
+with st.expander("Estimator fidelity: forward-only gradient estimates vs backprop, as probes grow"):
+    st.caption("Scores the model with MINI-LLM's forward-only estimators at several probe counts and compares each "
+               "with FMS computed from the exact gradient (backprop): cosine similarity and mean per-layer Spearman "
+               "rank correlation. Uses the calibration set of **Model & data**; each probe costs two forward passes.")
+    f1, f2 = st.columns(2)
+    estimators = f1.multiselect("Estimators", ["gates", "spsa"], default=["gates"])
+    probe_counts = f2.multiselect("Probes", [1, 2, 4, 8, 16, 32, 64], default=[2, 4, 8])
+    if st.button("Run fidelity sweep") and estimators and probe_counts:
+        from minillm_core.scoring.fidelity import probe_sweep
+
+        sweep_bar = st.progress(0.0, text="backprop reference")
+        with state.user_errors(), handle.lock:
+            calibration = build_calibration(handle.loaded.tokenizer, CalibrationConfig(**calib),
+                                            max_length=getattr(handle.loaded.model.config, "max_position_embeddings",
+                                                               None))
+            reference = score(handle.loaded.model, "minillm", calibration, estimator="exact-layerwise")
+            rows = []
+            for i, est in enumerate(estimators):
+                rows += probe_sweep(handle.loaded.model, handle.loaded.adapter, calibration, reference,
+                                    probes=sorted(probe_counts), estimator=est,
+                                    progress=lambda d, t, _l, e=est, k=i: sweep_bar.progress(
+                                        (k + d / t) / len(estimators), text=f"{e}: {d}/{t} probe counts"))
+        st.session_state[state.FIDELITY] = rows
+        sweep_bar.progress(1.0, text="done")
+    if st.session_state.get(state.FIDELITY):
+        st.plotly_chart(figures.fidelity_figure(st.session_state[state.FIDELITY]), key="fidelity_chart")

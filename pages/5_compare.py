@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from minillm_core.runs import RunStore, comparison_figure, comparison_rows, pareto_figure
-from ui import state
+from minillm_core.search import load_search
+from ui import figures, state
 from ui.models import greedy_generate, model_handle, pruned_handle
 
 st.title("Compare")
@@ -38,6 +39,21 @@ datasets = sorted({k.removeprefix("ppl/") for r in done for k in (r.metrics.get(
 if datasets:
     ds = st.selectbox("Quality measure for the scatter", datasets)
     st.plotly_chart(pareto_figure(done, ds), key="pareto_chart")
+
+# --- threshold search curve -------------------------------------------------------------------------------------
+with st.expander("Threshold search curve (from `minillm search --out search.json`)"):
+    upload = st.file_uploader("search.json", type=["json"], key="search_upload")
+    if upload is not None:
+        with state.user_errors():
+            curve = load_search(upload.getvalue())
+        metrics = [k for k in curve["points"][0] if k.startswith(("ppl/", "acc/", "retained/", "kl/", "agreement/",
+                                                                   "speedup/"))] if curve["points"] else []
+        if metrics:
+            metric = st.selectbox("Quality measure", metrics)
+            st.plotly_chart(figures.search_figure(curve, metric), key="search_chart")
+        best = curve.get("best_ratio")
+        st.caption(f"Largest ratio meeting contract **{curve.get('contract')}**: "
+                   + (f"{best:.3f}" if best is not None else "none of the ratios tried"))
 
 # --- generations ------------------------------------------------------------------------------------------------
 st.subheader("Same prompt, both models")

@@ -230,14 +230,15 @@ def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):  # noqa: F81
     assert "No finished run yet" in app.info[0].value
 
 
-def test_importance_with_a_calibration_scorer(app, data_dir):
-    from minillm_core.scoring import SCORERS, Need
-
-    names = [n for n in SCORERS.names() if SCORERS.get(n).needs == frozenset({Need.ACTIVATIONS})]
-    if not names:
-        pytest.skip("no activations-only scorer is registered yet")
+def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_dir):
     app.session_state[state.CALIBRATION] = {"source": "wikitext2", "n_samples": 2, "seq_len": 32, "seed": 0,
                                             "path": None}
-    with_scores(app, names[0])
-    assert app.session_state[state.ACTIVE_SCORER].startswith(names[0])
+    with_scores(app, "wanda-sp")
+    assert app.session_state[state.ACTIVE_SCORER].startswith("wanda-sp")
     assert len(charts(app)) == 3
+    app.multiselect[-1].set_value([1, 2])  # probe counts
+    ok(next(b for b in app.button if b.label == "Run fidelity sweep").click().run())
+    rows = app.session_state[state.FIDELITY]
+    assert [(r["estimator"], r["n_probes"]) for r in rows] == [("gates", 1), ("gates", 2)]
+    assert all(-1 <= r["cosine"] <= 1 for r in rows)
+    assert len(charts(app)) == 4

@@ -177,3 +177,18 @@ def test_cli_check_exits_non_zero_on_failure(tmp_path):
     malformed.write_text("clauses: 3")
     r = runner.invoke(app, ["check", "--contract", str(malformed), "--model", str(pruned)])
     assert r.exit_code == 2 and "non-empty 'clauses' list" in r.stderr
+
+
+def test_saved_search_loads_and_plots(tmp_path):
+    from minillm_core.errors import MiniLLMError
+    from minillm_core.search import load_search
+    from ui.figures import search_figure
+
+    model = tiny_model("opt")
+    result = search(model, tiny_tokenizer(), score(model, "magnitude"), _contract(metric="retained/params", min=0.5),
+                    PlanConfig(protected_layers=()), NO_DATA, ratios=[0.1, 0.6])
+    curve = load_search(json.dumps(result.to_dict(), default=str))
+    fig = search_figure(curve, "retained/params")
+    assert [len(t.x) for t in fig.data] == [2, 1, 1]  # the line, one passing point, one failing point
+    with pytest.raises(MiniLLMError, match="not a search result"):
+        load_search('{"points": [{"x": 1}]}')

@@ -98,3 +98,36 @@ def agreement_figure(table: pd.DataFrame, a: str, b: str) -> go.Figure:
     fig.update_layout(title=f"Rank agreement per layer: {a} vs {b}", xaxis_title="layer",
                       yaxis={"title": "Spearman ρ", "range": [-1.05, 1.05]})
     return fig
+
+
+def fidelity_figure(rows: list[dict]) -> go.Figure:
+    """Fidelity of forward-only estimators vs backprop FMS (cosine, mean Spearman) against the number of probes."""
+    fig = go.Figure()
+    for est in dict.fromkeys(r["estimator"] for r in rows):
+        mine = sorted((r for r in rows if r["estimator"] == est), key=lambda r: r["n_probes"])
+        for metric, dash in (("cosine", "solid"), ("mean_spearman_heads", "dot"), ("mean_spearman_channels", "dash")):
+            fig.add_scatter(x=[r["n_probes"] for r in mine], y=[r[metric] for r in mine], mode="lines+markers",
+                            name=f"{est}: {metric.replace('mean_', '').replace('_', ' ')}", line={"dash": dash},
+                            hovertemplate="%{x} probes: %{y:.3f}<extra></extra>")
+    fig.update_layout(title="Forward-only estimates vs backprop FMS", xaxis_title="probes", xaxis_type="log",
+                      yaxis_title="agreement with backprop", yaxis_range=[-0.2, 1.05])
+    return fig
+
+
+def search_figure(curve: dict, metric: str) -> go.Figure:
+    """Size-vs-quality curve of a threshold search: `metric` against the pruning ratio, passing points marked."""
+    points = [p for p in curve["points"] if metric in p]
+    fig = go.Figure()
+    fig.add_scatter(x=[p["ratio"] for p in points], y=[p[metric] for p in points], mode="lines", name=metric,
+                    line={"color": "#888"}, hoverinfo="skip")
+    for passed, color in ((True, "#2a9d8f"), (False, "#e76f51")):
+        sel = [p for p in points if bool(p["passed"]) is passed]
+        fig.add_scatter(x=[p["ratio"] for p in sel], y=[p[metric] for p in sel], mode="markers",
+                        marker={"size": 10, "color": color}, name="meets contract" if passed else "fails contract",
+                        customdata=[p.get("params") for p in sel],
+                        hovertemplate="ratio %{x:.3f}: %{y:.4g}<br>%{customdata:,} parameters<extra></extra>")
+    if curve.get("best_ratio") is not None:
+        fig.add_vline(x=curve["best_ratio"], line_dash="dot", annotation_text="largest passing ratio")
+    fig.update_layout(title=f"Threshold search: {metric} vs pruning ratio",
+                      xaxis_title="fraction of parameters removed", yaxis_title=metric)
+    return fig

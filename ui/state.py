@@ -21,6 +21,7 @@ DEVICE = "model_device"
 CALIBRATION = "calibration"  # CalibrationConfig kwargs
 SCORES = "scores"  # {model key: {label: GroupScores}}
 ACTIVE_SCORER = "active_scorer"  # label of the scores the plan page uses
+FIDELITY = "fidelity_sweep"  # rows of scoring.fidelity.probe_sweep for the current session
 PLAN = "plan"  # the current PruningPlan (built from the slider or uploaded)
 UPLOADED_PLAN = "uploaded_plan"  # a PruningPlan read from a file, overriding the slider while set
 PLAN_OPTIONS = "plan_options"  # the plan page's widget values, kept while other pages show
