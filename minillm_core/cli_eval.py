@@ -36,6 +36,7 @@ from minillm_core.cli import (
     _load,
     _plan_config,
     _score_model,
+    _stderr,
     _user_errors,
     app,
 )
@@ -85,15 +86,28 @@ def _render_metrics(payload: dict[str, Any]) -> None:
         typer.echo("\n".join(f"{k:>28}: {v:,.4g}" for k, v in payload["metrics"].items()))
 
 
+def _memory(model: str, dtype: str, device: str) -> dict[str, float]:
+    """Peak memory at load and during a forward pass, from a fresh process (nothing else counted)."""
+    from minillm_core.evaluation.speed import measure_memory_fresh
+
+    _stderr(f"measuring peak memory of {model} in a fresh process ...")
+    return measure_memory_fresh(model, dtype, device)
+
+
 def _pair(model: str, compare_to: str, config, dtype: str, device: str, bar):
     from minillm_core.evaluation.suite import evaluate_pair
     from minillm_core.loading import resolve_source
 
     pruned = _load(model, dtype, device)
     original = _load(compare_to, dtype, device)
-    src = resolve_source(model)
-    return evaluate_pair(original.model, pruned.model, pruned.tokenizer, config, model_name=model,
-                         pruned_dir=src if isinstance(src, Path) else None, progress=bar)
+    src, orig_src = resolve_source(model), resolve_source(compare_to)
+    run = evaluate_pair(original.model, pruned.model, pruned.tokenizer, config, model_name=model,
+                        pruned_dir=src if isinstance(src, Path) else None,
+                        original_dir=orig_src if isinstance(orig_src, Path) else None, progress=bar)
+    if config.speed:
+        run.pruned |= _memory(model, dtype, device)
+        run.original |= _memory(compare_to, dtype, device)
+    return run
 
 
 @app.command("eval")
@@ -120,6 +134,7 @@ def eval_cmd(
     top-1 agreement, retained % and measured speed-ups against the original."""
     from minillm_core.evaluation.perplexity import perplexity
     from minillm_core.evaluation.suite import evaluate
+    from minillm_core.loading import resolve_source
 
     with _user_errors():
         config = _eval_config(ppl if ppl is not None or text is None else [], tasks, limit, task_seed, speed,
@@ -132,7 +147,11 @@ def eval_cmd(
                     run.write(run_dir)
             else:
                 loaded = _load(model, dtype, device)
-                metrics, details = evaluate(loaded.model, loaded.tokenizer, config, progress=bar)
+                src = resolve_source(model)
+                metrics, details = evaluate(loaded.model, loaded.tokenizer, config,
+                                            src if isinstance(src, Path) else None, progress=bar)
+                if speed:
+                    metrics |= _memory(model, dtype, device)
                 payload = {"model": model, "metrics": metrics, "perplexity": details["perplexity"],
                            "lm_eval": details.get("lm_eval")}
                 if text is not None:

@@ -126,3 +126,16 @@ def test_prune_with_a_calibrated_scorer(model_dir, calib_file, tmp_path):
 def test_bad_scorer_option_is_reported(model_dir):
     result = runner.invoke(app, ["plan", "--model", str(model_dir), "--scorer", "magnitude", "-o", "q=3"])
     assert result.exit_code == 2 and "bad options for scorer 'magnitude'" in result.stderr
+
+
+def test_eval_compare_to_with_speed_writes_the_run_dir(model_dir, tmp_path, data_dir):
+    pruned = tmp_path / "pruned"
+    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--ratio", "0.3", "--protect", "",
+                              "--out", str(pruned), "--json"]))
+    out = _json(runner.invoke(app, ["eval", "--model", str(pruned), "--compare-to", str(model_dir), "--tasks",
+                                    "arc_easy", "--limit", "2", "--seq-len", "16", "--speed", "--run-dir",
+                                    str(tmp_path / "run"), "--json"]))
+    assert out["schema"] == "minillm.run/1"
+    assert out["pruned"]["memory/load_peak_mb"] > 0 and out["original"]["disk_mb"] > out["pruned"]["disk_mb"]
+    assert 0 <= out["comparison"]["agreement/wikitext2"] <= 1 and "speedup/decode/bs8" in out["comparison"]
+    assert "acc/arc_easy" in out["pruned"] and (tmp_path / "run" / "lm_eval_pruned.json").is_file()

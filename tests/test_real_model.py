@@ -42,3 +42,16 @@ def test_prune_20_percent_save_reload_and_evaluate(smollm, tmp_path, data_dir):
     small = perplexity_on(reloaded, tokenizer, "wikitext2", limit=4)
     assert 10 < dense.ppl < 200 and dense.n_windows == 4
     assert small.ppl > dense.ppl  # removing 20% without recovery costs quality
+
+
+@pytest.mark.parametrize("estimator", ["spsa", "gates"])
+def test_forward_only_minillm_scoring_leaves_weights_bit_identical(smollm, estimator, data_dir):
+    from minillm_core.calibration import CalibrationConfig, build_calibration
+
+    calibration = build_calibration(smollm.tokenizer, CalibrationConfig("wikitext2", n_samples=2, seq_len=32))
+    before = {k: v.clone() for k, v in smollm.model.state_dict().items()}
+    scores = score(smollm.model, "minillm", calibration, estimator=estimator, n_probes=1)
+    assert all(torch.equal(before[k], v) for k, v in smollm.model.state_dict().items())
+    p = plan(smollm.model, scores, PlanConfig(ratio=0.2))
+    assert count_params(apply_plan(smollm.model, p)) == p.predicted_params
+    assert all(torch.isfinite(h).all() for h in scores.heads)
