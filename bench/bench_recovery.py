@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
+from minillm_core.calibration import CalibrationConfig, build_calibration
 from minillm_core.evaluation.suite import EvalConfig, evaluate
 from minillm_core.loading import load_model
 from minillm_core.pipeline import apply_plan, count_params, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.recovery import RecoveryConfig, recover
+from minillm_core.scoring import make_scorer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=RecoveryConfig.n_samples, help="Alpaca records")
     parser.add_argument("--epochs", type=int, default=RecoveryConfig.epochs)
     parser.add_argument("--learning-rate", type=float, default=RecoveryConfig.learning_rate)
+    parser.add_argument("--calib-samples", type=int, default=32, help="C4 calibration sequences for data scorers")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy machine)")
     args = parser.parse_args()
     if args.threads:
@@ -55,7 +58,10 @@ def main() -> None:
     dense_metrics, _ = evaluate(model, tok, evaluation)
     dense = dense_metrics["ppl/wikitext2"]
     print(f"dense wikitext2 ppl {dense:.2f}, zero-shot {_acc(dense_metrics)}", flush=True)
-    scores = score(model, args.scorer)
+    calibration = None
+    if make_scorer(args.scorer).needs_calibration:  # same calibration recipe as bench_scoring / bench_eval
+        calibration = build_calibration(tok, CalibrationConfig("c4", n_samples=args.calib_samples, seq_len=128))
+    scores = score(model, args.scorer, calibration)
     rows = []
     for ratio in args.ratios:
         pruned = apply_plan(model, plan(model, scores, PlanConfig(ratio=ratio), args.model))
