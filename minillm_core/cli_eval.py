@@ -287,7 +287,7 @@ def score_cmd(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Score heads and MLP channels. minillm estimators: gates (default) and spsa (the paper's weight-space SPSA) are
+    """Score heads and MLP channels. minillm estimators: spsa (the paper's weight-space SPSA, default) and gates are
     forward-only; exact-layerwise and exact-gates use backprop (references). Example:
     minillm score --scorer minillm -o estimator=spsa -o n_probes=8 --diagnose"""
     import time

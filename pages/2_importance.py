@@ -95,7 +95,7 @@ with st.expander("Estimator fidelity: forward-only gradient estimates vs backpro
                "with FMS computed from the exact gradient (backprop): cosine similarity and mean per-layer Spearman "
                "rank correlation. Uses the calibration set of **Model & data**; each probe costs two forward passes.")
     f1, f2 = st.columns(2)
-    estimators = f1.multiselect("Estimators", ["gates", "spsa"], default=["gates"])
+    estimators = f1.multiselect("Estimators", ["spsa", "gates"], default=["spsa"])
     probe_counts = f2.multiselect("Probes", [1, 2, 4, 8, 16, 32, 64], default=[2, 4, 8])
     if st.button("Run fidelity sweep") and estimators and probe_counts:
         from minillm_core.scoring.fidelity import probe_sweep

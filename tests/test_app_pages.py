@@ -239,6 +239,6 @@ def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_d
     app.multiselect[-1].set_value([1, 2])  # probe counts
     ok(next(b for b in app.button if b.label == "Run fidelity sweep").click().run())
     rows = app.session_state[state.FIDELITY]
-    assert [(r["estimator"], r["n_probes"]) for r in rows] == [("gates", 1), ("gates", 2)]
+    assert [(r["estimator"], r["n_probes"]) for r in rows] == [("spsa", 1), ("spsa", 2)]
     assert all(-1 <= r["cosine"] <= 1 for r in rows)
     assert len(charts(app)) == 4
