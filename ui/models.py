@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 import torch
 
+from minillm_core.evaluation.generation import Generation, generate
 from minillm_core.loading import LoadedModel, load_model
 from minillm_core.pipeline import geometry_of
 from minillm_core.planning import ModelGeometry
@@ -50,25 +51,8 @@ def device_label() -> str:
     return "CPU"
 
 
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    new_tokens: int
-    seconds: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
 def greedy_generate(handle: ModelHandle, prompt: str, max_new_tokens: int = 32) -> Generation:
     """Greedy continuation of `prompt` (no sampling, so both models are compared on equal terms)."""
-    tok, model = handle.loaded.tokenizer, handle.loaded.model
-    inputs = tok(prompt, return_tensors="pt").to(handle.loaded.device)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with handle.lock, torch.inference_mode():
-        t0 = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-        seconds = time.perf_counter() - t0
-    new = out[0, inputs["input_ids"].shape[1]:]
-    return Generation(tok.decode(new, skip_special_tokens=True), int(new.numel()), seconds)
+    with handle.lock:  # the cached model is shared by every session
+        return generate(handle.loaded.model, handle.loaded.tokenizer, prompt, max_new_tokens=max_new_tokens,
+                        chat=False)

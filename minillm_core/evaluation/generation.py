@@ -30,16 +30,18 @@ class Generation:
 
 @torch.inference_mode()
 def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 48, sample: bool = False,
-             temperature: float = 0.7, seed: int = 0, label: str = "") -> Generation:
-    """One completion; the prompt goes through the chat template when the tokenizer has one."""
+             temperature: float = 0.7, seed: int = 0, label: str = "", chat: bool = True) -> Generation:
+    """One completion; with `chat`, the prompt goes through the chat template when the tokenizer has one,
+    otherwise the text is continued as is."""
     device = next(model.parameters()).device
-    if getattr(tokenizer, "chat_template", None):
+    if chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
     ids = ids.to(device)
-    torch.manual_seed(seed)
+    if sample:  # greedy decoding needs no seed; leave the caller's global RNG alone
+        torch.manual_seed(seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
     t0 = time.perf_counter()
