@@ -26,8 +26,11 @@ from minillm_core.scoring.fms import (
     normal,
     probe_seed,
     spsa_gate_gradients,
+    spsa_weight_gradient,
+    spsa_weight_rounds,
     weight_probes,
 )
+from minillm_core.scoring.streaming import stream_layer_scores
 from minillm_core.scoring.taylor import accumulate_gradients, gradients_only_for, prunable_linears
 from tests.conftest import tiny_model
 
@@ -38,12 +41,14 @@ CASES = {
     "flap-std": ("flap", {"standardize": True}),
     "taylor-element": ("taylor", {}),
     "taylor-vector-ckpt": ("taylor", {"variant": "vector", "checkpoint": True}),
+    "taylor-stream": ("taylor", {"stream": True}),
     "minillm-spsa": ("minillm", {"estimator": "spsa", "n_probes": 2, "seed": 5}),
     "minillm-spsa-layer": ("minillm", {"estimator": "spsa", "n_probes": 1, "perturb": "layer"}),
     "minillm-gates": ("minillm", {"estimator": "gates", "n_probes": 2}),
     "minillm-gates-batch-layer": ("minillm", {"estimator": "gates", "gate_probes": "batch", "perturb": "layer",
                                               "combine": "taylor", "n_probes": 1}),
     "minillm-exact": ("minillm", {"estimator": "exact-layerwise"}),
+    "minillm-exact-backprop": ("minillm", {"estimator": "exact-backprop"}),
     "minillm-exact-gates": ("minillm", {"estimator": "exact-gates"}),
 }
 FORWARD_ONLY = {"wanda-sp", "flap", "flap-std", "minillm-spsa", "minillm-spsa-layer", "minillm-gates",
@@ -111,11 +116,12 @@ def test_declared_needs():
     assert make_scorer("minillm", estimator="spsa").needs == {Need.ACTIVATIONS, Need.FORWARD_PROBES}
     assert make_scorer("minillm", estimator="gates", combine="taylor").needs == {Need.FORWARD_PROBES}
     assert make_scorer("minillm", estimator="exact-layerwise").needs == {Need.ACTIVATIONS, Need.BACKWARD}
+    assert make_scorer("minillm", estimator="exact-backprop").needs == {Need.ACTIVATIONS, Need.BACKWARD}
     assert make_scorer("minillm", estimator="exact-gates").needs == {Need.ACTIVATIONS, Need.BACKWARD}
 
 
 @pytest.mark.parametrize("options, allowed", [
-    ({"estimator": "magic"}, "spsa, gates, exact-layerwise, exact-gates"),
+    ({"estimator": "magic"}, "spsa, gates, exact-layerwise, exact-backprop, exact-gates"),
     ({"perturb": "some"}, "all, layer"),
     ({"combine": "max"}, "fms, taylor"),
     ({"gate_probes": "token"}, "sequence, batch"),
@@ -140,6 +146,79 @@ def test_weight_probe_hooks_equal_really_perturbed_weights(kind):
             lin.weight -= eps * normal(tuple(lin.weight.shape), probe_seed(7, 3, index), lin.weight.device)
         direct = sequence_losses(moved, ids)
     assert torch.allclose(hooked, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "opt", "bloom"])
+def test_spsa_gradient_rebuilt_from_seeds_equals_really_perturbed_weights(kind):
+    """G_hat = mean_k (L(w + eps z_k) - L(w - eps z_k)) / (2 eps) z_k, with the weights really moved, per weight."""
+    model, cal, eps, seed = tiny_model(kind), _calibration(), 1e-2, 4
+    adapter = get_adapter(model)
+    rounds = spsa_weight_rounds(model, adapter, cal, 2, eps, "all", seed, 3, lambda *a: None)
+    linears = [lin for ls in layer_linears(adapter) for lin in ls]
+    coefs = []
+    for k in range(2):
+        losses = []
+        for sign in (1.0, -1.0):
+            moved = copy.deepcopy(model)
+            with torch.no_grad():
+                for index, lin in enumerate(lin for ls in layer_linears(get_adapter(moved)) for lin in ls):
+                    lin.weight += sign * eps * normal(tuple(lin.weight.shape), probe_seed(seed, k, index), "cpu")
+                losses.append(float(sequence_losses(moved, cal).double().mean()))
+        coefs.append((losses[0] - losses[1]) / (2 * eps))
+    assert [r.coefficient for r in rounds] == pytest.approx(coefs, rel=1e-3, abs=1e-6)
+    layer_of = [i for i, ls in enumerate(layer_linears(adapter)) for _ in ls]
+    for index in (0, len(linears) - 1):
+        lin = linears[index]
+        want = sum(r.coefficient * normal(tuple(lin.weight.shape), probe_seed(seed, r.probe, index), "cpu")
+                   for r in rounds) / 2
+        got = spsa_weight_gradient(rounds, layer_of[index], index, lin.weight, 2, seed)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "qwen2", "opt", "bloom"])
+def test_layerwise_streaming_gives_full_backprop_scores(kind):
+    """exact-layerwise (one layer at a time from cached inputs) == exact-backprop; same for Taylor's stream engine."""
+    model, cal = tiny_model(kind), torch.randint(0, 96, (5, 16), generator=torch.Generator().manual_seed(1))
+    pairs = [("minillm", {"estimator": "exact-layerwise"}, {"estimator": "exact-backprop"}),
+             ("taylor", {"stream": True}, {}), ("taylor", {"stream": True, "variant": "vector"}, {"variant": "vector"})]
+    for name, streamed, full in pairs:
+        a, b = score(model, name, cal, batch_size=2, **streamed), score(model, name, cal, batch_size=2, **full)
+        for x, y in zip(a.heads + a.channels, b.heads + b.channels, strict=True):
+            assert torch.allclose(x, y, rtol=1e-5, atol=1e-7 * float(y.abs().max())), (name, streamed)
+
+
+def test_layerwise_streaming_holds_one_layer_of_gradients_at_a_time():
+    model, cal = tiny_model("llama-gqa"), _calibration()
+    adapter = get_adapter(model)
+    seen, flags = [], [p.requires_grad for p in model.parameters()]
+
+    def reduce(i, stats):
+        holders = [j for j, ls in enumerate(layer_linears(adapter)) if any(lin.weight.grad is not None for lin in ls)]
+        seen.append((i, holders, sorted({key[1] for key in stats})))
+        return torch.zeros(1), torch.zeros(1)
+
+    stream_layer_scores(model, adapter, cal, lambda i: [lin.weight for lin in layer_linears(adapter)[i]], reduce,
+                        batch_size=3)
+    n = len(adapter.layers())
+    assert seen == [(i, [i], ["attn_in", "attn_out", "mlp_in", "mlp_out"]) for i in reversed(range(n))]
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "opt", "bloom"])
+def test_chunked_sequence_losses_match_the_models_own_loss_and_gradient(kind, monkeypatch):
+    from minillm_core.scoring import activations
+
+    model, cal = tiny_model(kind), _calibration()
+    monkeypatch.setattr(activations, "LOSS_CHUNK_TOKENS", 7)  # several chunks, one splitting a row
+    own = model(input_ids=cal, labels=cal)
+    own.loss.backward()
+    want = model.get_output_embeddings().weight.grad.clone()
+    model.zero_grad()
+    ours = sequence_losses(model, cal)
+    ours.mean().backward()
+    assert float(ours.detach().mean()) == pytest.approx(float(own.loss), rel=1e-5)
+    assert torch.allclose(model.get_output_embeddings().weight.grad, want, rtol=1e-4, atol=1e-7)
 
 
 def _weight_grads(model, cal):

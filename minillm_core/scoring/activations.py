@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from minillm_core.errors import MiniLLMError
 from minillm_core.groups import head_scores, reduce_to_units
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 SITES: tuple[str, ...] = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 MOMENTS: tuple[str, ...] = ("sq_norm", "mean", "var")
 DEFAULT_BATCH_SIZE = 8
+LOSS_CHUNK_TOKENS = 256  # logits of 256 tokens x a 50k vocabulary: ~50 MB in float32
 
 
 def merge_moments(
@@ -167,15 +169,33 @@ def run_batches(
     device, parts = model_device(model), batches(calibration, batch_size)
     with torch.inference_mode(), eval_mode(model):
         for k, ids in enumerate(parts):
-            model(input_ids=ids.to(device), use_cache=False)
+            model.base_model(input_ids=ids.to(device), use_cache=False)  # the hooks need no logits
             progress(k + 1, len(parts), label)
+
+
+def _token_nll(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def head_losses(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of each row from the final hidden states: [batch] float32.
+
+    hidden: [batch, seq_len, d] (the backbone's last_hidden_state); ids: [batch, seq_len]. Logits exist for at most
+    `LOSS_CHUNK_TOKENS` tokens at a time; under autograd each chunk is recomputed in backward, so the vocabulary-sized
+    logits never dominate scoring memory.
+    """
+    head = model.get_output_embeddings()
+    flat_h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    flat_t = ids[:, 1:].reshape(-1)
+    grad = torch.is_grad_enabled() and flat_h.requires_grad
+    nll = [checkpoint(_token_nll, head, h, t, use_reentrant=False) if grad else _token_nll(head, h, t)
+           for h, t in zip(flat_h.split(LOSS_CHUNK_TOKENS), flat_t.split(LOSS_CHUNK_TOKENS), strict=True)]
+    return torch.cat(nll).view(ids.shape[0], -1).mean(dim=1)
 
 
 def sequence_losses(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of each row: [batch] float32. ids: [batch, seq_len] on the model's device."""
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    return nll.view(ids.shape[0], -1).mean(dim=1)
+    return head_losses(model, model.base_model(input_ids=ids, use_cache=False).last_hidden_state, ids)
 
 
 def calibration_loss(model: nn.Module, calibration: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> float:
@@ -200,19 +220,22 @@ def collect_activations(
 PerWeight = Callable[[int, str, Slice], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def group_scores(adapter: ArchAdapter, per_weight: PerWeight) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Sum a per-weight term over every head and channel: (heads [num_heads] per layer, channels [inter] per layer).
+def layer_group_scores(adapter: ArchAdapter, i: int, per_weight: PerWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum a per-weight term over every head and channel of layer i: (heads [num_heads], channels [inter]).
 
     per_weight(layer index, family "attn"|"mlp", slice) -> (weight term [out, in], bias term [out] or None).
     """
-    heads, channels = [], []
-    for i, layer in enumerate(adapter.layers()):
-        units: dict[str, torch.Tensor] = {}
-        for family, slices in (("attn", adapter.attention_slices(layer)), ("mlp", adapter.mlp_slices(layer))):
-            for s in slices:
-                w, b = per_weight(i, family, s)
-                u = reduce_to_units(s, w.float(), None if b is None else b.float())
-                units[s.unit] = units[s.unit] + u if s.unit in units else u
-        heads.append(head_scores(units, adapter.layer_shape(i)).cpu())
-        channels.append(units["channel"].cpu())
-    return heads, channels
+    layer = adapter.layers()[i]
+    units: dict[str, torch.Tensor] = {}
+    for family, slices in (("attn", adapter.attention_slices(layer)), ("mlp", adapter.mlp_slices(layer))):
+        for s in slices:
+            w, b = per_weight(i, family, s)
+            u = reduce_to_units(s, w.float(), None if b is None else b.float())
+            units[s.unit] = units[s.unit] + u if s.unit in units else u
+    return head_scores(units, adapter.layer_shape(i)).cpu(), units["channel"].cpu()
+
+
+def group_scores(adapter: ArchAdapter, per_weight: PerWeight) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """`layer_group_scores` of every layer: (heads [num_heads] per layer, channels [inter] per layer)."""
+    pairs = [layer_group_scores(adapter, i, per_weight) for i in range(len(adapter.layers()))]
+    return [h for h, _ in pairs], [c for _, c in pairs]

@@ -24,18 +24,21 @@ from minillm_core.scoring.activations import (
     collect_activations,
     eval_mode,
     group_scores,
+    layer_group_scores,
     model_device,
     sequence_losses,
     slice_site,
 )
 from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
-from minillm_core.scoring.taylor import accumulate_gradients, checkpointed_layers, gradients_only_for, slice_grads
+from minillm_core.scoring.streaming import gradients_only_for, stream_layer_scores
+from minillm_core.scoring.taylor import accumulate_gradients, checkpointed_layers, slice_grads
 from minillm_core.scoring.wanda import wanda_per_weight
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("spsa", "gates", "exact-layerwise", "exact-gates")
+ESTIMATORS = ("spsa", "gates", "exact-layerwise", "exact-backprop", "exact-gates")
 FORWARD_ONLY = ("spsa", "gates")
+WEIGHT_GRADIENTS = ("spsa", "exact-layerwise", "exact-backprop")  # estimators of G per weight (FMS needs ||X||)
 PERTURB = ("all", "layer")
 COMBINE = ("fms", "taylor")
 GATE_PROBES = ("sequence", "batch")
@@ -175,28 +178,46 @@ def _two_sided(model: nn.Module, ids: torch.Tensor, state: ProbeState, eps: floa
     return spsa_coefficient(plus.double(), minus.double(), eps)
 
 
-def spsa_weight_gradients(
+@dataclass(frozen=True)
+class ProbeRound:
+    """One two-sided probe: probe index k, the layers it perturbed, and its mean directional derivative."""
+
+    probe: int
+    layers: frozenset[int]
+    coefficient: float
+
+
+def spsa_weight_rounds(
     model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor, n_probes: int, eps: float, perturb: str,
     seed: int, batch_size: int, progress: Progress,
-) -> list[list[torch.Tensor]]:
-    """G_hat per prunable weight (paper): mean over probes of coef * z. Memory: one running sum per prunable weight
-    (the score's own memory, float32) plus one z at a time; no activations are kept for a backward."""
-    linears = layer_linears(adapter)
-    acc = [[torch.zeros(lin.weight.shape, device=lin.weight.device) for lin in ls] for ls in linears]
-    first_index = [sum(len(ls) for ls in linears[:i]) for i in range(len(linears))]
-    rounds, parts, device = probe_rounds(len(linears), n_probes, perturb), batches(calibration, batch_size), \
+) -> list[ProbeRound]:
+    """Run the paper's probes: per round, L(w + eps z) and L(w - eps z) over all calibration rows (hooks, weights
+    untouched). Only one coefficient per round is kept; `spsa_weight_gradient` rebuilds G_hat from the seeds."""
+    rounds, parts, device = probe_rounds(len(adapter.layers()), n_probes, perturb), batches(calibration, batch_size), \
         model_device(model)
-    state = ProbeState()
+    state, out = ProbeState(), []
     with weight_probes(adapter, state, eps, seed), torch.inference_mode():
         for r, (k, layers) in enumerate(rounds):
             state.probe, state.layers = k, layers
             coef = sum(float(_two_sided(model, ids.to(device), state, eps).sum()) for ids in parts)
-            coef /= calibration.shape[0]
-            for i in layers:
-                for j, lin in enumerate(linears[i]):
-                    z = normal(tuple(lin.weight.shape), probe_seed(seed, k, first_index[i] + j), lin.weight.device)
-                    acc[i][j].add_(z, alpha=coef / n_probes)
+            out.append(ProbeRound(k, layers, coef / calibration.shape[0]))
             progress(r + 1, len(rounds), "minillm probes")
+    return out
+
+
+def spsa_weight_gradient(
+    rounds: list[ProbeRound], layer: int, index: int, weight: torch.Tensor, n_probes: int, seed: int,
+) -> torch.Tensor:
+    """G_hat of one perturbed weight (paper): mean over its probes of coefficient * z, z regenerated from its seed.
+
+    `index`: the linear's position in `layer_linears` order (its probe seed). Memory: this weight's G_hat and one z;
+    nothing per weight survives the probes, so scoring needs no model-sized gradient buffer.
+    """
+    acc = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    for r in rounds:
+        if layer in r.layers:
+            acc.add_(normal(tuple(weight.shape), probe_seed(seed, r.probe, index), weight.device),
+                     alpha=r.coefficient / n_probes)
     return acc
 
 
@@ -291,11 +312,15 @@ def _check_choice(value: Any, allowed: tuple[str, ...], what: str) -> None:
 class MiniLLMScorer(Scorer):
     """Feature Map Sensitivity |W * G * X| summed per head/channel; `estimator` says where G comes from.
 
-    spsa (paper, forward-only): two-sided SPSA in weight space, z regenerated from seeds; memory = weights + one
-        float32 running sum per prunable weight + one z. Mostly noise at affordable probe counts (issue 3).
+    spsa (paper, forward-only): two-sided SPSA in weight space, z regenerated from seeds; memory = inference + one
+        coefficient per probe (G_hat is rebuilt one weight matrix at a time when scoring). Mostly noise at
+        affordable probe counts (issue 3).
     gates (forward-only): SPSA on one multiplicative gate per head/channel, probes independent per calibration row;
         scores |dL/dgate| (x Wanda-sp with combine="fms"). Memory = inference + one float per gate.
-    exact-layerwise (backprop, not forward-only): exact G with decoder layers recomputed in backward; the reference.
+    exact-layerwise (backprop, not forward-only): exact G computed one decoder layer at a time from cached layer
+        inputs and reduced to group scores before the next layer (scoring/streaming.py); no model-sized gradients.
+    exact-backprop (backprop, not forward-only): the same G from one full backward per batch (layers recomputed),
+        holding a float32 gradient for every prunable weight; kept as the cross-check of exact-layerwise.
     exact-gates (backprop, not forward-only): exact dL/dgate, no weight gradients at all.
     """
 
@@ -325,7 +350,7 @@ class MiniLLMScorer(Scorer):
         if not self.eps > 0:
             raise MiniLLMError(f"eps must be > 0, got {self.eps!r}")
         probes = Need.FORWARD_PROBES if self.estimator in FORWARD_ONLY else Need.BACKWARD
-        uses_stats = self.estimator in ("spsa", "exact-layerwise") or self.combine == "fms"
+        uses_stats = self.estimator in WEIGHT_GRADIENTS or self.combine == "fms"
         # per instance: what runs depends on the estimator
         self.needs = frozenset({probes, *([Need.ACTIVATIONS] if uses_stats else [])})
 
@@ -340,18 +365,29 @@ class MiniLLMScorer(Scorer):
             raise MiniLLMError("the minillm scorer needs calibration data")
         with eval_mode(model):
             stats = None
-            if self.estimator in ("spsa", "exact-layerwise") or self.combine == "fms":
+            if self._needs_stats_pass():
                 stats = collect_activations(model, adapter, calibration, batch_size=self.batch_size, progress=progress)
             heads, channels = self._scores(model, adapter, calibration, stats, progress)
         return GroupScores(self.name, heads, channels, self.options())
 
+    def _needs_stats_pass(self) -> bool:
+        """A separate activation pass: exact-layerwise records its statistics in its own forward pass."""
+        gate_prior = self.estimator in ("gates", "exact-gates") and self.combine == "fms"
+        return self.estimator in ("spsa", "exact-backprop") or gate_prior
+
     def _scores(self, model, adapter, calibration, stats, progress) -> tuple[list, list]:
         if self.estimator == "spsa":
-            g = spsa_weight_gradients(model, adapter, calibration, self.n_probes, self.eps, self.perturb, self.seed,
-                                      self.batch_size, progress)
-            index = {id(lin): (i, j) for i, ls in enumerate(layer_linears(adapter)) for j, lin in enumerate(ls)}
-            return group_scores(adapter, fms_per_weight(stats, lambda i, s: g[i][index[id(s.linear)][1]]))
-        if self.estimator == "exact-layerwise":
+            rounds = spsa_weight_rounds(model, adapter, calibration, self.n_probes, self.eps, self.perturb,
+                                        self.seed, self.batch_size, progress)
+            index = {id(lin): k for k, lin in enumerate(lin for ls in layer_linears(adapter) for lin in ls)}
+            return group_scores(adapter, fms_per_weight(stats, lambda i, s: spsa_weight_gradient(
+                rounds, i, index[id(s.linear)], s.linear.weight, self.n_probes, self.seed)))
+        if self.estimator == "exact-layerwise":  # records its own activation statistics in its forward pass
+            return stream_layer_scores(
+                model, adapter, calibration, lambda i: [lin.weight for lin in layer_linears(adapter)[i]],
+                lambda i, st: layer_group_scores(adapter, i, fms_per_weight(st, lambda _i, s: slice_grads(s)[0])),
+                batch_size=self.batch_size, progress=progress)
+        if self.estimator == "exact-backprop":
             params = [lin.weight for ls in layer_linears(adapter) for lin in ls]  # FMS scores weights only
             with gradients_only_for(model, params), checkpointed_layers(adapter):
                 accumulate_gradients(model, calibration, self.batch_size, progress, "minillm exact backward")

@@ -19,6 +19,7 @@ from minillm_core.modeling.base import ArchAdapter, Slice
 from minillm_core.progress import Progress, no_progress
 from minillm_core.scoring.activations import DEFAULT_BATCH_SIZE, batches, eval_mode, model_device, sequence_losses
 from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+from minillm_core.scoring.streaming import gradients_only_for, stream_layer_scores
 
 TAYLOR_VARIANTS = ("element", "vector")
 
@@ -33,29 +34,15 @@ def taylor_vector(signed_unit_sums: torch.Tensor) -> torch.Tensor:
     return signed_unit_sums.abs()
 
 
+def layer_linears(adapter: ArchAdapter, i: int) -> list[nn.Linear]:
+    """Every linear a head or channel of layer i owns, in a fixed order."""
+    layer = adapter.layers()[i]
+    return [s.linear for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)]
+
+
 def prunable_linears(adapter: ArchAdapter) -> list[nn.Linear]:
     """Every linear a head or channel owns, layer by layer, in a fixed order."""
-    out = []
-    for layer in adapter.layers():
-        out += [s.linear for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)]
-    return out
-
-
-@contextmanager
-def gradients_only_for(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Make only `params` require grad; on exit restore every flag and drop every `.grad` (none are left behind)."""
-    flags = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in flags:
-            p.requires_grad_(False)
-            p.grad = None
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in flags.items():
-            p.grad = None
-            p.requires_grad_(flag)
+    return [lin for i in range(len(adapter.layers())) for lin in layer_linears(adapter, i)]
 
 
 @contextmanager
@@ -99,25 +86,28 @@ def slice_grads(s: Slice) -> tuple[torch.Tensor, torch.Tensor | None]:
     return lin.weight.grad, bias_grad
 
 
+def taylor_layer_scores(adapter: ArchAdapter, i: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer i's (heads, channels) from the `.grad` now on its prunable linears. Element: sum |W*G|; vector: per
+    slice |sum W*G|, summed over the slices of a group (LLM-Pruner's per-layer salience, aggregated by sum)."""
+    layer = adapter.layers()[i]
+    units: dict[str, torch.Tensor] = {}
+    for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer):
+        g, gb = slice_grads(s)
+        w, b = s.linear.weight.detach(), s.linear.bias
+        prod = w.float() * g.float()
+        bias = None if gb is None else b.detach().float() * gb.float()
+        if variant == "element":
+            u = reduce_to_units(s, prod.abs(), None if bias is None else bias.abs())
+        else:
+            u = taylor_vector(reduce_to_units(s, prod, bias))
+        units[s.unit] = units[s.unit] + u if s.unit in units else u
+    return head_scores(units, adapter.layer_shape(i)).cpu(), units["channel"].cpu()
+
+
 def taylor_group_scores(adapter: ArchAdapter, variant: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Group scores from the `.grad` now on the prunable linears. Element: sum |W*G|; vector: per slice |sum W*G|,
-    summed over the slices of a group (LLM-Pruner's per-layer salience, aggregated by sum)."""
-    heads, channels = [], []
-    for i, layer in enumerate(adapter.layers()):
-        units: dict[str, torch.Tensor] = {}
-        for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer):
-            g, gb = slice_grads(s)
-            w, b = s.linear.weight.detach(), s.linear.bias
-            prod = w.float() * g.float()
-            bias = None if gb is None else b.detach().float() * gb.float()
-            if variant == "element":
-                u = reduce_to_units(s, prod.abs(), None if bias is None else bias.abs())
-            else:
-                u = taylor_vector(reduce_to_units(s, prod, bias))
-            units[s.unit] = units[s.unit] + u if s.unit in units else u
-        heads.append(head_scores(units, adapter.layer_shape(i)).cpu())
-        channels.append(units["channel"].cpu())
-    return heads, channels
+    """`taylor_layer_scores` of every layer."""
+    pairs = [taylor_layer_scores(adapter, i, variant) for i in range(len(adapter.layers()))]
+    return [h for h, _ in pairs], [c for _, c in pairs]
 
 
 def linear_params(linears: Sequence[nn.Linear]) -> list[nn.Parameter]:
@@ -132,6 +122,7 @@ class TaylorScorer(Scorer):
     variant: str = "element"
     batch_size: int = DEFAULT_BATCH_SIZE
     checkpoint: bool = False  # recompute decoder layers in backward: activation memory of one layer
+    stream: bool = False  # exact gradients one layer at a time (scoring/streaming.py): no model-sized gradients
     name = "taylor"
     needs = frozenset({Need.BACKWARD})
     description = "First-order Taylor |W*G| (element) or |sum W*G| (vector) per group, real backprop (Ma et al. 2023)."
@@ -144,6 +135,14 @@ class TaylorScorer(Scorer):
         self, model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor | None = None,
         progress: Progress = no_progress,
     ) -> GroupScores:
+        if calibration is None:
+            raise MiniLLMError("the taylor scorer needs calibration data")
+        if self.stream:
+            heads, channels = stream_layer_scores(
+                model, adapter, calibration, lambda i: linear_params(layer_linears(adapter, i)),
+                lambda i, _stats: taylor_layer_scores(adapter, i, self.variant), sites=(),
+                batch_size=self.batch_size, progress=progress)
+            return GroupScores(self.name, heads, channels, self.options())
         params = linear_params(prunable_linears(adapter))
         with gradients_only_for(model, params), checkpointed_layers(adapter, self.checkpoint):
             accumulate_gradients(model, calibration, self.batch_size, progress, "taylor backward")

@@ -1,0 +1,144 @@
+"""Exact loss gradients one decoder layer at a time: backprop at near-inference memory, no model-sized gradients.
+
+Pass 1 runs the calibration once without an autograd graph in the decoder, keeps every decoder layer's input for
+every row, and backpropagates the loss through the final norm and LM head only, which gives the gradient at the last
+layer's output. The sweep then walks the layers top-down: it recomputes layer l from its cached inputs with autograd on
+for that layer's parameters only and backpropagates the cached output gradient. That yields layer l's weight
+gradients (summed over all rows, hence exact) and the gradient at its input, the next output gradient down. A callback
+reduces layer l's gradients to group scores and they are freed before layer l-1.
+
+Memory: the weights, the cached layer inputs (n_samples x seq_len x hidden x layers, in the model's dtype), one output
+gradient per row, and one layer's activations and weight gradients. Not forward-only: every layer runs one local
+backward; the result equals full backprop up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.modeling.base import ArchAdapter
+from minillm_core.progress import Progress, no_progress
+from minillm_core.scoring.activations import (
+    DEFAULT_BATCH_SIZE,
+    SITES,
+    Stats,
+    batches,
+    eval_mode,
+    model_device,
+    record_activations,
+    sequence_losses,
+)
+
+LayerScores = tuple[torch.Tensor, torch.Tensor]  # (heads [num_heads], channels [intermediate]) of one layer
+
+
+@dataclass
+class LayerCall:
+    """One recorded call of a decoder layer: its hidden-state input and every other argument it received."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict[str, Any]
+
+    @classmethod
+    def from_call(cls, args: tuple, kwargs: dict[str, Any]) -> LayerCall:
+        if args:
+            return cls(args[0], args[1:], dict(kwargs))
+        rest = dict(kwargs)
+        return cls(rest.pop("hidden_states"), (), rest)
+
+    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return _hidden(layer(hidden, *self.args, **self.kwargs))
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    """A decoder layer's hidden-state output: LLaMA-family layers return a tensor, OPT/BLOOM a tuple."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+@contextmanager
+def _capture(layers: Sequence[nn.Module], calls: list[list[LayerCall]], leaves: list[torch.Tensor]) -> Iterator[None]:
+    """Record each layer's call; cut the graph at the last layer's output (a fresh leaf that will receive the grad)."""
+
+    def pre(i: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls[i].append(LayerCall.from_call(args, kwargs))
+
+        return hook
+
+    def cut(module: nn.Module, args: tuple, out: Any) -> Any:
+        leaf = _hidden(out).detach().requires_grad_(True)
+        leaves.append(leaf)
+        return (leaf, *out[1:]) if isinstance(out, tuple) else leaf
+
+    handles = [layer.register_forward_pre_hook(pre(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_hook(cut))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def gradients_only_for(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Make only `params` require grad; on exit restore every flag and drop every `.grad` (none are left behind)."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+            p.grad = None
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.grad = None
+            p.requires_grad_(flag)
+
+
+def stream_layer_scores(
+    model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor,
+    layer_params: Callable[[int], list[nn.Parameter]], reduce: Callable[[int, Stats], LayerScores],
+    sites: Sequence[str] = SITES, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = no_progress,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Group scores of every layer from the exact gradient of the mean next-token loss over `calibration`.
+
+    layer_params(i): the parameters of layer i whose `.grad` `reduce` reads; reduce(i, stats) runs while those
+    gradients are set and returns layer i's (heads, channels). `stats`: input-column norms of `sites`, recorded
+    during pass 1. Returns (heads per layer, channels per layer). Every `.grad` and flag is restored on exit.
+    """
+    layers, device = list(adapter.layers()), model_device(model)
+    parts = batches(calibration, batch_size)
+    calls: list[list[LayerCall]] = [[] for _ in layers]
+    leaves: list[torch.Tensor] = []
+    heads: list[torch.Tensor | None] = [None] * len(layers)
+    channels: list[torch.Tensor | None] = [None] * len(layers)
+    steps = len(parts) * (len(layers) + 1)
+    with eval_mode(model), torch.enable_grad():
+        frozen = gradients_only_for(model, [])
+        with frozen, record_activations(adapter, sites) as stats, _capture(layers, calls, leaves):
+            for k, ids in enumerate(parts):  # no parameter wants a grad: the decoder builds no graph
+                (sequence_losses(model, ids.to(device)).sum() / calibration.shape[0]).backward()
+                progress(k + 1, steps, "layerwise gradients")
+        if any(len(c) != len(parts) for c in calls) or len(leaves) != len(parts):
+            raise MiniLLMError("decoder layers were not each called once per batch; cannot stream gradients")
+        out_grads = [leaf.grad for leaf in leaves]
+        del leaves
+        for n, i in enumerate(reversed(range(len(layers)))):
+            with gradients_only_for(model, layer_params(i)):
+                for b, call in enumerate(calls[i]):
+                    x = call.hidden.detach().requires_grad_(i > 0)
+                    call.run(layers[i], x).backward(out_grads[b])
+                    out_grads[b] = x.grad
+                    progress(len(parts) * (n + 1) + b + 1, steps, "layerwise gradients")
+                calls[i] = []  # this layer's inputs are no longer needed
+                heads[i], channels[i] = reduce(i, stats)
+    return heads, channels
