@@ -9,9 +9,10 @@ import streamlit as st
 from minillm_core.calibration import CalibrationConfig, build_calibration
 from minillm_core.pipeline import score
 from minillm_core.scoring import SCORERS, make_scorer
+from minillm_core.scoring.cost import estimate_cost
 from ui import figures, state
 from ui.models import model_handle
-from ui.widgets import estimate, scorer_options
+from ui.widgets import scorer_options
 
 st.title("Importance")
 with state.user_errors():
@@ -22,15 +23,16 @@ g = handle.geometry
 names = SCORERS.names()
 name = st.selectbox("Scorer", names, index=names.index("magnitude") if "magnitude" in names else 0)
 cls = SCORERS.get(name)
-st.caption(f"{cls.description}  \nNeeds: {', '.join(sorted(n.value for n in cls.needs))}")
 with st.expander("Scorer options", expanded=False):
     options = scorer_options(cls, key=f"opt.{name}")
 with state.user_errors():
-    needs_data = make_scorer(name, **options).needs_calibration
+    scorer = make_scorer(name, **options)
+st.caption(f"{cls.description}  \nNeeds: {', '.join(sorted(n.value for n in scorer.needs))}")
+needs_data = scorer.needs_calibration
 calib = st.session_state[state.CALIBRATION]
-tokens = calib["n_samples"] * calib["seq_len"] if needs_data else 0
-seconds, extra_mb = estimate(cls, g.total_params, tokens, str(handle.loaded.device))
-st.caption(f"Estimate: about {seconds:,.0f} s and {extra_mb:,.0f} MB beyond the model"
+cost = estimate_cost(scorer, g, calib["n_samples"] if needs_data else 0, calib["seq_len"], str(handle.loaded.device))
+st.caption(f"{'Forward-only' if cost.forward_only else 'Uses backpropagation'} ({cost.engine}). Estimate: about "
+           f"{cost.seconds:,.0f} s and {cost.extra_mb:,.0f} MB beyond the model"
            + (f", on {calib['n_samples']} x {calib['seq_len']} calibration tokens from {calib['source']}"
               if needs_data else " (weights only, no data)"))
 

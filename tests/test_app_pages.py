@@ -235,6 +235,7 @@ def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_d
                                             "path": None}
     with_scores(app, "wanda-sp")
     assert app.session_state[state.ACTIVE_SCORER].startswith("wanda-sp")
+    assert any("Forward-only (activations). Estimate: about" in c.value for c in app.caption)
     assert len(charts(app)) == 3
     app.multiselect[-1].set_value([1, 2])  # probe counts
     ok(next(b for b in app.button if b.label == "Run fidelity sweep").click().run())

@@ -300,3 +300,22 @@ def test_flap_bias_compensation_needs_consent_where_no_bias_exists():
     assert get_adapter(pruned).attention_out_proj(get_adapter(pruned).layers()[0]).bias is not None
     with torch.no_grad():
         assert torch.isfinite(pruned(_calibration()).logits).all()
+
+
+def test_cost_estimate_tracks_each_engine():
+    from minillm_core.pipeline import geometry_of
+    from minillm_core.scoring.cost import estimate_cost
+
+    g = geometry_of(tiny_model("llama-gqa"))
+    cost = lambda name, **o: estimate_cost(make_scorer(name, **o), g, n_samples=64, seq_len=128)  # noqa: E731
+    assert cost("magnitude").engine == "weights" and cost("magnitude").extra_mb == 0
+    assert (cost("flap").engine, cost("flap").forward_only, cost("flap").passes) == ("activations", True, 1.0)
+    spsa2, spsa8 = cost("minillm", n_probes=2), cost("minillm", n_probes=8)
+    assert spsa2.engine == "forward probes" and spsa2.forward_only and spsa8.passes == 17.0 > spsa2.passes
+    assert cost("minillm", n_probes=2, perturb="layer").passes == 1 + 2 * 2 * len(g.layers)
+    full, streamed = cost("taylor"), cost("taylor", stream=True)
+    assert (full.engine, streamed.engine) == ("full backprop", "layer streaming")
+    assert not full.forward_only and not cost("minillm", estimator="exact-layerwise").forward_only
+    assert cost("minillm", estimator="exact-layerwise").engine == "layer streaming"
+    assert cost("minillm", estimator="exact-gates").extra_mb < cost("minillm", estimator="exact-backprop").extra_mb
+    assert cost("taylor", checkpoint=True).extra_mb < full.extra_mb

@@ -1,4 +1,4 @@
-"""Shared widgets: scorer options built from a scorer's dataclass fields, and a time/memory estimate.
+"""Shared widgets: scorer options built from a scorer's dataclass fields.
 
 New scorers in `minillm_core.scoring.SCORERS` get their option widgets automatically.
 """
@@ -11,12 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from minillm_core.scoring import Need, Scorer
-
-# Rough sustained throughput of a forward pass, in FLOP/s: conservative for a laptop CPU and a datacenter GPU.
-_FLOPS = {"cpu": 2e10, "cuda": 2e12}
-# Extra passes per calibration token: forward probes run a few losses; backward costs about two forwards.
-_PASS_FACTOR = {Need.WEIGHTS: 0.0, Need.ACTIVATIONS: 1.0, Need.FORWARD_PROBES: 3.0, Need.BACKWARD: 3.0}
+from minillm_core.scoring import Scorer
 
 
 def scorer_options(cls: type[Scorer], key: str) -> dict[str, Any]:
@@ -43,14 +38,3 @@ def scorer_options(cls: type[Scorer], key: str) -> dict[str, Any]:
         elif hint is str or isinstance(default, str):
             options[f.name] = st.text_input(f.name, value=default or "", key=wkey)
     return options
-
-
-def estimate(cls: type[Scorer], params: int, calib_tokens: int, device: str) -> tuple[float, float]:
-    """(seconds, peak extra memory in MB) for a scorer: 2*params FLOP per token and pass; weights-only is instant.
-
-    A back-of-the-envelope figure shown before running, not a promise: activations hooks and probes vary.
-    """
-    passes = max(_PASS_FACTOR.get(n, 1.0) for n in cls.needs) if cls.needs else 0.0
-    seconds = 0.5 + passes * 2 * params * calib_tokens / _FLOPS["cuda" if device.startswith("cuda") else "cpu"]
-    extra_mb = params * 4 / 2**20 * (1.0 if Need.BACKWARD in cls.needs else 0.1 if passes else 0.0)
-    return seconds, extra_mb
