@@ -77,7 +77,7 @@ def plan_page(page, out: Path, presses: int) -> None:
 
 def run_and_compare(page, out: Path, windows: int, seq_len: int, timeout: float) -> None:
     goto_page(page, "Prune & evaluate")
-    page.get_by_label("Run name").fill("magnitude 30% (README)")
+    page.get_by_label("Run name").fill("flap 30% (README)")
     page.get_by_label(r"Windows per dataset", exact=False).fill(str(windows))
     page.get_by_label("Window length (tokens)").fill(str(seq_len))
     page.get_by_label("Window length (tokens)").press("Tab")

@@ -14,6 +14,8 @@ from ui import figures, state
 from ui.models import model_handle
 from ui.widgets import scorer_options
 
+DEFAULT_SCORER = "flap"
+
 st.title("Importance")
 with state.user_errors():
     handle = model_handle(*state.model_key())
@@ -21,7 +23,8 @@ g = handle.geometry
 
 # --- choose and run a scorer ------------------------------------------------------------------------------------
 names = SCORERS.names()
-name = st.selectbox("Scorer", names, index=names.index("magnitude") if "magnitude" in names else 0)
+# FLAP by default: forward-only, seconds on a CPU, and the best criterion at 20% in bench/results/scoring.md
+name = st.selectbox("Scorer", names, index=names.index(DEFAULT_SCORER) if DEFAULT_SCORER in names else 0)
 cls = SCORERS.get(name)
 with st.expander("Scorer options", expanded=False):
     options = scorer_options(cls, key=f"opt.{name}")

@@ -77,8 +77,9 @@ def metric_value(page, label: str):
 
 
 def params_after(model_dir: Path, *ratios: float) -> list[str]:
-    """'Parameters after' as the Plan page should show it for each ratio: the core's own magnitude plan at the
-    page's default options (uniform, both, q-heads, channels rounded to 8, default protected layers)."""
+    """'Parameters after' as the Plan page should show it for each ratio: the core's own plan at the page's default
+    options (uniform, both, q-heads, channels rounded to 8, default protected layers). Uniform widths do not depend
+    on the scores, so magnitude's stand in for the page's."""
     from minillm_core.allocation import build_plan
     from minillm_core.loading import load_model
     from minillm_core.pipeline import geometry_of, score
@@ -109,17 +110,17 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     expect(page.get_by_test_id("stSidebar")).to_contain_text(str(tiny_model_dir))
     shot(page, "01-model")
 
-    # 2. Importance: magnitude scores -> heatmaps (Plotly charts drawn in the page)
+    # 2. Importance: the default scorer (FLAP, on the default calibration set) -> heatmaps drawn by Plotly
     goto_page(page, "Importance")
     expect(page.get_by_text("No scores yet")).to_be_visible()
-    expect(page.get_by_role("combobox", name="Scorer")).to_have_value("magnitude")
+    expect(page.get_by_role("combobox", name="Scorer")).to_have_value("flap")
     rerun(page, page.get_by_role("button", name="Compute scores").click)
     charts = page.get_by_test_id("stPlotlyChart")
     expect(charts).to_have_count(3)
     heads = charts.first
-    expect(heads.locator(".gtitle")).to_have_text("magnitude: attention heads")
+    expect(heads.locator(".gtitle")).to_have_text("flap: attention heads")
     expect(heads.locator(".heatmaplayer image")).to_have_count(1)  # plotly.js paints the heatmap as an image
-    expect(charts.nth(1).locator(".gtitle")).to_have_text("magnitude: MLP channels")
+    expect(charts.nth(1).locator(".gtitle")).to_have_text("flap: MLP channels")
     shot(page, "02-importance", heads)
 
     # 3. Plan: the ratio slider moved with the keyboard changes the preview
@@ -142,7 +143,7 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
 
     # 4. Prune & evaluate: a background job with a tiny perplexity budget, followed to the end
     goto_page(page, "Prune & evaluate")
-    expect(page.get_by_label("Run name")).to_have_value("magnitude 40%")  # the plan the server built last
+    expect(page.get_by_label("Run name")).to_have_value("flap 40%")  # the plan the server built last
     page.get_by_label(re.compile(r"^Windows per dataset")).fill("2")
     page.get_by_label("Window length (tokens)").fill("16")
     page.get_by_label("Window length (tokens)").press("Tab")
@@ -172,7 +173,7 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
 
     # 5b. Runs & report: the HTML report downloads and carries the Plotly figures
     goto_page(page, "Runs & report")
-    expect(table_row(page, job_id)).to_contain_text([job_id, "magnitude 40%", "done"])
+    expect(table_row(page, job_id)).to_contain_text([job_id, "flap 40%", "done"])
     button = page.get_by_test_id("stDownloadButton").filter(has_text="HTML report")
     with page.expect_download() as download:
         button.click()

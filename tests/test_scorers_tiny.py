@@ -319,3 +319,22 @@ def test_cost_estimate_tracks_each_engine():
     assert cost("minillm", estimator="exact-layerwise").engine == "layer streaming"
     assert cost("minillm", estimator="exact-gates").extra_mb < cost("minillm", estimator="exact-backprop").extra_mb
     assert cost("taylor", checkpoint=True).extra_mb < full.extra_mb
+
+
+@pytest.mark.parametrize("keep_every", [1, 3, 4])
+def test_layerwise_streaming_segments_do_not_change_the_scores(keep_every):
+    from minillm_core.scoring.activations import layer_group_scores
+    from minillm_core.scoring.fms import fms_per_weight
+    from minillm_core.scoring.taylor import slice_grads
+
+    model, cal = tiny_model("qwen2"), _calibration()
+    adapter = get_adapter(model)
+
+    def run(every):
+        return stream_layer_scores(
+            model, adapter, cal, lambda i: [lin.weight for lin in layer_linears(adapter)[i]],
+            lambda i, st: layer_group_scores(adapter, i, fms_per_weight(st, lambda _i, s: slice_grads(s)[0])),
+            batch_size=3, keep_every=every)
+
+    want, got = run(2), run(keep_every)
+    assert all(torch.equal(a, b) for a, b in zip(want[0] + want[1], got[0] + got[1], strict=True))

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 SITES: tuple[str, ...] = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 MOMENTS: tuple[str, ...] = ("sq_norm", "mean", "var")
 DEFAULT_BATCH_SIZE = 8
-LOSS_CHUNK_TOKENS = 256  # logits of 256 tokens x a 50k vocabulary: ~50 MB in float32
+LOSS_CHUNK_TOKENS = 128  # logits of 128 tokens x a 50k vocabulary: ~25 MB in float32
 
 
 def merge_moments(

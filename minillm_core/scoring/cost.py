@@ -5,13 +5,14 @@ Memory beyond the loaded weights, per engine (b = bytes per element of the model
 - forward probes (minillm spsa / gates): the same plus a chunk of logits and one weight-sized z / G_hat at a time;
 - full backprop (taylor, minillm exact-backprop): a float32 gradient per prunable weight plus the mini-batch's stored
   activations (every layer's, or only layer inputs when layers are recomputed);
-- layer streaming (minillm exact-layerwise, taylor stream=True): every calibration row's input to every layer, one
-  output gradient per row, and one layer's activations and gradients.
+- layer streaming (minillm exact-layerwise, taylor stream=True): every calibration row's input to ~2 sqrt(layers)
+  layers, one output gradient per row, and one layer's activations and gradients.
 Measured figures for SmolLM2 are in bench/results/scoring.md; this is an estimate, not a promise.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,8 +75,8 @@ def estimate_cost(
         "activations": act,
         "forward probes": act + logits + 2 * max(hidden * inter, hidden * hidden) * 4,
         "full backprop": prunable * 4 + act * n_layers + logits,
-        "layer streaming": (n_samples + batch) * seq_len * hidden * (n_layers + 1) * b + prunable / n_layers * 4
-        + act * 3 + logits,
+        "layer streaming": (n_samples * (2 * math.isqrt(n_layers) + 1) + batch) * seq_len * hidden * b
+        + prunable / n_layers * 4 + act * 3 + logits,
     }[engine]
     if engine == "full backprop" and scorer.options().get("checkpoint", True) is not False:
         extra = prunable * 4 + batch * seq_len * hidden * n_layers * b + act * 3 + logits  # layers recomputed
