@@ -324,13 +324,20 @@ def prune(
 
 @app.command()
 def scorers(as_json: JsonOpt = False) -> None:
-    """List the importance criteria, what each needs, and what it does."""
-    from minillm_core.scoring import SCORERS
+    """List the importance criteria with their default options: what each needs, its engine, and what it does."""
+    from minillm_core.scoring import SCORERS, Need, make_scorer
+    from minillm_core.scoring.cost import engine_of
 
-    rows = {n: {"needs": sorted(x.value for x in SCORERS.get(n).needs), "description": SCORERS.get(n).description}
-            for n in SCORERS.names()}
+    rows = {}
+    for n in SCORERS.names():
+        s = make_scorer(n)
+        rows[n] = {"needs": sorted(x.value for x in s.needs), "engine": engine_of(s),
+                   "forward_only": Need.BACKWARD not in s.needs, "options": s.options(),
+                   "description": SCORERS.get(n).description}
     _emit(as_json, rows, lambda: typer.echo("\n".join(
-        f"{n:>12}  [{', '.join(r['needs'])}]  {r['description']}" for n, r in rows.items())))
+        f"{n:>12}  [{r['engine']}{', forward-only' if r['forward_only'] and r['engine'] != 'weights' else ''}]  "
+        f"{r['description']}"
+        for n, r in rows.items())))
 
 
 from minillm_core import cli_eval, cli_recover  # noqa: E402, F401  (register eval, check, search, recover)

@@ -53,6 +53,9 @@ def test_info_and_scorers(model_dir):
     assert (info["layers"], info["heads"], info["kv_heads"]) == (4, 6, 2)
     scorers = _json(runner.invoke(app, ["scorers", "--json"]))
     assert scorers["magnitude"]["needs"] == ["weights"]
+    assert (scorers["flap"]["engine"], scorers["flap"]["forward_only"]) == ("activations", True)
+    assert (scorers["taylor"]["engine"], scorers["taylor"]["forward_only"]) == ("full backprop", False)
+    assert scorers["minillm"]["options"]["estimator"] in ("spsa", "gates", "exact-layerwise")
 
 
 @pytest.mark.parametrize(
