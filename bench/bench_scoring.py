@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process scoring runs per criterion (median)")
     parser.add_argument("--ratios", default="0.2,0.5")
     parser.add_argument("--full-ratios", default="0.2", help="ratios evaluated on the full splits")
+    parser.add_argument("--labels", help="full stage: ';'-separated criteria (default: the top ones); results merge")
     parser.add_argument("--limit", type=int, default=40, help="perplexity windows per set (subset stage)")
     parser.add_argument("--task-limit", type=int, default=50, help="items per zero-shot task")
     parser.add_argument("--tasks", default="arc_easy,piqa,winogrande")
@@ -277,9 +278,10 @@ def main() -> None:
     if "full" in stages:
         rows = _load("score")
         configs = {"ppl": EvalConfig(perplexity=("wikitext2", "ptb"), limit=None)}
-        labels = [k for k in FULL_SPLIT if "scores" in rows.get(k, {})]
+        labels = [k for k in (args.labels.split(";") if args.labels else FULL_SPLIT) if "scores" in rows.get(k, {})]
         _prune_and_evaluate(rows, labels, [float(r) for r in args.full_ratios.split(",")], configs, "full", False)
-        _save("full", {"dense": _dense_full_split(), "rows": {k: rows[k]["full"] for k in labels}})
+        done = (_load("full") or {}).get("rows", {}) | {k: rows[k]["full"] for k in labels}  # stages may be split
+        _save("full", {"dense": _dense_full_split(), "rows": done})
     if "fidelity" in stages:
         _save("fidelity", {"date": time.strftime("%Y-%m-%d"), "samples": args.fidelity_samples,
                            "rows": _fidelity(args.fidelity_samples, tuple(int(p) for p in args.probes.split(",")))})

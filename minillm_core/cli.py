@@ -37,8 +37,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 DataDirOpt = Annotated[Path | None, typer.Option(
     envvar="MINILLM_DATA_DIR", help="Local data mirror (WikiText-2, PTB, C4 sample, ...); unset: the Hugging Face Hub."
 )]
-ScorerOpt = Annotated[str, typer.Option(help="Importance criterion: minillm (forward-only FMS), wanda-sp, flap, taylor "
-                                             "(backprop), magnitude, random; see `minillm scorers`.")]
+# FLAP: forward-only, seconds on a CPU, and the lowest perplexity at 20% in bench/results/scoring.md
+DEFAULT_SCORER = "flap"
+ScorerOpt = Annotated[str, typer.Option(help="Importance criterion: flap, minillm (Feature Map Sensitivity), wanda-sp, "
+                                             "taylor (backprop), magnitude, random; see `minillm scorers`.")]
 RatioOpt = Annotated[float, typer.Option(help="Fraction of *total* parameters to remove, in (0, 1).")]
 AllocationOpt = Annotated[str, typer.Option(help="uniform: same widths in every unprotected layer; global: rank "
                                                  "groups across layers after per-layer standardisation.")]
@@ -233,7 +235,7 @@ def info(model: ModelOpt = "smollm2-135m", dtype: DtypeOpt = "auto", device: Dev
 @app.command("plan")
 def plan_cmd(
     model: ModelOpt = "smollm2-135m",
-    scorer: ScorerOpt = "magnitude",
+    scorer: ScorerOpt = DEFAULT_SCORER,
     ratio: RatioOpt = 0.2,
     allocation: AllocationOpt = "uniform",
     protect: ProtectOpt = None,
@@ -274,7 +276,7 @@ def plan_cmd(
 def prune(
     out: Annotated[Path, typer.Option(help="Directory for the pruned model (safetensors, config, tokenizer, plan).")],
     model: ModelOpt = "smollm2-135m",
-    scorer: ScorerOpt = "magnitude",
+    scorer: ScorerOpt = DEFAULT_SCORER,
     ratio: RatioOpt = 0.2,
     allocation: AllocationOpt = "uniform",
     protect: ProtectOpt = None,
@@ -296,7 +298,7 @@ def prune(
 ) -> None:
     """Physically remove heads and channels and save a smaller dense model.
 
-    Example: minillm prune --model smollm2-135m --scorer magnitude --ratio 0.2 --out runs/demo
+    Example: minillm prune --model smollm2-135m --scorer flap --ratio 0.2 --out runs/demo
     """
     from minillm_core.io import save_pruned
     from minillm_core.pipeline import apply_plan, count_params, geometry_of

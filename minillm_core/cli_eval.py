@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from minillm_core.cli import (
+    DEFAULT_SCORER,
     AllocationOpt,
     Calib,
     CalibFileOpt,
@@ -213,7 +214,7 @@ def check(
 def search(
     contract: Annotated[Path, typer.Option(help="Quality contract the pruned model must meet (YAML or JSON).")],
     model: ModelOpt = "smollm2-135m",
-    scorer: ScorerOpt = "magnitude",
+    scorer: ScorerOpt = DEFAULT_SCORER,
     ratios: Annotated[str | None, typer.Option(help="Sweep these comma-separated ratios instead of bisecting.")] = None,
     low: Annotated[float, typer.Option(help="Bisection: smallest ratio tried.")] = 0.05,
     high: Annotated[float, typer.Option(help="Bisection: largest ratio tried.")] = 0.6,
@@ -279,20 +280,22 @@ def score_cmd(
     out: Annotated[Path | None, typer.Option(help="Save the group scores (safetensors) for `plan`/the dashboard.")]
     = None,
     diagnose: Annotated[bool, typer.Option(
-        help="Fidelity diagnostic: score with each probe count of --probes and compare against backprop FMS "
-             "(minillm estimator exact-layerwise): cosine similarity and per-layer Spearman rank correlation.")]
+        help="Fidelity diagnostic: compare against exact FMS (minillm estimator exact-layerwise): cosine similarity "
+             "and per-layer Spearman rank correlation; forward-only minillm estimators are also swept over --probes.")]
     = False,
     probes: Annotated[str, typer.Option(help="Probe counts for --diagnose.")] = "4,16,64",
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Score heads and MLP channels. minillm estimators: spsa (the paper's weight-space SPSA, default) and gates are
-    forward-only; exact-layerwise and exact-gates use backprop (references). Example:
+    """Score heads and MLP channels. minillm estimators: spsa (the paper's weight-space SPSA) and gates are
+    forward-only; exact-layerwise (default: exact gradient one decoder layer at a time, near-inference memory),
+    exact-backprop and exact-gates use backprop. Example:
     minillm score --scorer minillm -o estimator=spsa -o n_probes=8 --diagnose"""
     import time
 
     from minillm_core.scoring.fidelity import fidelity, probe_sweep
+    from minillm_core.scoring.fms import FORWARD_ONLY
 
     with _user_errors():
         try:
@@ -312,7 +315,7 @@ def score_cmd(
                 reference = _score_model(loaded, "minillm", seed, ["estimator=exact-layerwise"], calib_opts, bar)
                 payload["fidelity"] = {k: v for k, v in fidelity(scores, reference).items()
                                        if not isinstance(v, list)}
-                if scorer == "minillm" and "n_probes" in scores.options:
+                if scorer == "minillm" and scores.options.get("estimator") in FORWARD_ONLY:
                     calibration = _calibration_of(loaded, seed, calib_opts)
                     payload["probe_sweep"] = probe_sweep(
                         loaded.model, loaded.adapter, calibration, reference, probes=counts, progress=bar,

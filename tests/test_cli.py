@@ -26,8 +26,9 @@ def _json(result) -> dict:
 
 
 def test_plan_json_and_plan_file(model_dir, tmp_path):
-    out = _json(runner.invoke(app, ["plan", "--model", str(model_dir), "--ratio", "0.2", "--protect", "",
-                                    "--out", str(tmp_path / "plan.json"), "--json", "--device", "cpu"]))
+    out = _json(runner.invoke(app, ["plan", "--model", str(model_dir), "--scorer", "magnitude", "--ratio", "0.2",
+                                    "--protect", "", "--out", str(tmp_path / "plan.json"), "--json",
+                                    "--device", "cpu"]))
     assert 0.15 < out["summary"]["removed_fraction"] < 0.25
     assert PruningPlan.load(tmp_path / "plan.json").config.ratio == 0.2
 
@@ -89,7 +90,8 @@ def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):
     text = tmp_path / "train.txt"
     text.write_text("\n\n".join(" ".join(f"w{(i * 7 + j) % 90}" for j in range(40)) for i in range(20)))
     pruned = tmp_path / "pruned"
-    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--ratio", "0.3", "--protect", "",
+    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "magnitude", "--ratio", "0.3",
+                              "--protect", "",
                               "--out", str(pruned), "--json"]))
     out = _json(runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "rec"), "--data",
                                     str(text), "--max-steps", "6", "--batch-size", "2", "--max-length", "32",
@@ -117,6 +119,13 @@ def test_score_with_fidelity_diagnostic(model_dir, calib_file, tmp_path):
     assert (tmp_path / "s.safetensors").is_file()
 
 
+def test_the_default_scorer_is_flap_on_calibration_data(model_dir, data_dir, tmp_path):
+    _json(runner.invoke(app, ["plan", "--model", str(model_dir), "--ratio", "0.2", "--protect", "", "--calib",
+                              "wikitext2", "--n-samples", "2", "--calib-seq-len", "16", "--out",
+                              str(tmp_path / "plan.json"), "--json"]))
+    assert PruningPlan.load(tmp_path / "plan.json").scorer == "flap"
+
+
 def test_prune_with_a_calibrated_scorer(model_dir, calib_file, tmp_path):
     out = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "wanda-sp", "--calib-file",
                                     str(calib_file), "--n-samples", "4", "--calib-seq-len", "8", "--protect", "",
@@ -133,7 +142,8 @@ def test_bad_scorer_option_is_reported(model_dir):
 
 def test_eval_compare_to_with_speed_writes_the_run_dir(model_dir, tmp_path, data_dir):
     pruned = tmp_path / "pruned"
-    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--ratio", "0.3", "--protect", "",
+    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "magnitude", "--ratio", "0.3",
+                              "--protect", "",
                               "--out", str(pruned), "--json"]))
     out = _json(runner.invoke(app, ["eval", "--model", str(pruned), "--compare-to", str(model_dir), "--tasks",
                                     "arc_easy", "--limit", "2", "--seq-len", "16", "--speed", "--run-dir",
