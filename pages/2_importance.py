@@ -97,8 +97,9 @@ else:
 # --- estimator fidelity: forward-only scores vs backprop FMS as probes grow --------------------------------------
 with st.expander("Estimator fidelity: forward-only gradient estimates vs backprop, as probes grow"):
     st.caption("Scores the model with MINI-LLM's forward-only estimators at several probe counts and compares each "
-               "with FMS computed from the exact gradient (backprop): cosine similarity and mean per-layer Spearman "
-               "rank correlation. Uses the calibration set of **Model & data**; each probe costs two forward passes.")
+               "with FMS computed from the exact gradient (backprop, one layer at a time): cosine similarity and "
+               "mean per-layer Spearman rank correlation. Uses the calibration set of **Model & data**; each probe "
+               "costs two forward passes.")
     f1, f2 = st.columns(2)
     estimators = f1.multiselect("Estimators", ["spsa", "gates"], default=["spsa"])
     probe_counts = f2.multiselect("Probes", [1, 2, 4, 8, 16, 32, 64], default=[2, 4, 8])

@@ -112,7 +112,7 @@ def test_declared_needs():
     assert make_scorer("wanda-sp").needs == {Need.ACTIVATIONS}
     assert make_scorer("flap").needs == {Need.ACTIVATIONS}
     assert make_scorer("taylor").needs == {Need.BACKWARD}
-    assert make_scorer("minillm").needs == {Need.ACTIVATIONS, Need.FORWARD_PROBES}
+    assert make_scorer("minillm").needs == {Need.ACTIVATIONS, Need.BACKWARD}  # default: exact-layerwise
     assert make_scorer("minillm", estimator="spsa").needs == {Need.ACTIVATIONS, Need.FORWARD_PROBES}
     assert make_scorer("minillm", estimator="gates", combine="taylor").needs == {Need.FORWARD_PROBES}
     assert make_scorer("minillm", estimator="exact-layerwise").needs == {Need.ACTIVATIONS, Need.BACKWARD}
@@ -310,9 +310,9 @@ def test_cost_estimate_tracks_each_engine():
     cost = lambda name, **o: estimate_cost(make_scorer(name, **o), g, n_samples=64, seq_len=128)  # noqa: E731
     assert cost("magnitude").engine == "weights" and cost("magnitude").extra_mb == 0
     assert (cost("flap").engine, cost("flap").forward_only, cost("flap").passes) == ("activations", True, 1.0)
-    spsa2, spsa8 = cost("minillm", n_probes=2), cost("minillm", n_probes=8)
+    spsa2, spsa8 = cost("minillm", estimator="spsa", n_probes=2), cost("minillm", estimator="spsa", n_probes=8)
     assert spsa2.engine == "forward probes" and spsa2.forward_only and spsa8.passes == 17.0 > spsa2.passes
-    assert cost("minillm", n_probes=2, perturb="layer").passes == 1 + 2 * 2 * len(g.layers)
+    assert cost("minillm", estimator="spsa", perturb="layer").passes == 1 + 2 * 2 * len(g.layers)
     full, streamed = cost("taylor"), cost("taylor", stream=True)
     assert (full.engine, streamed.engine) == ("full backprop", "layer streaming")
     assert not full.forward_only and not cost("minillm", estimator="exact-layerwise").forward_only
