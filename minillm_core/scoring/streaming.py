@@ -1,16 +1,17 @@
 """Exact loss gradients one decoder layer at a time: backprop at near-inference memory, no model-sized gradients.
 
-Pass 1 runs the calibration once without an autograd graph in the decoder, keeps every decoder layer's input for
-every row, and backpropagates the loss through the final norm and LM head only, which gives the gradient at the last
-layer's output. The sweep then walks the layers top-down: it recomputes layer l from its cached inputs with autograd on
-for that layer's parameters only and backpropagates the cached output gradient. That yields layer l's weight
-gradients (summed over all rows, hence exact) and the gradient at its input, the next output gradient down. A callback
-reduces layer l's gradients to group scores and they are freed before layer l-1.
+Pass 1 runs the calibration once without an autograd graph in the decoder, keeps the input of every ~sqrt(L)-th
+decoder layer for every row, and backpropagates the loss through the final norm and LM head only, which gives the
+gradient at the last layer's output. The sweep then walks the layers top-down, one segment at a time: it refills the
+segment's layer inputs from its cached start, then recomputes each layer l from its input with autograd on for that
+layer's parameters only and backpropagates the cached output gradient. That yields layer l's weight gradients
+(summed over all rows, hence exact) and the gradient at its input, the next output gradient down. A callback reduces
+layer l's gradients to group scores and they are freed before layer l-1.
 
-Memory: the weights, cached layer inputs (n_samples x seq_len x hidden, in the model's dtype, for ~2 sqrt(layers)
-layers: segment starts plus the segment being swept), one output gradient per row, and one layer's activations and
-weight gradients. Not forward-only: every layer runs one local
-backward; the result equals full backprop up to floating-point summation order.
+Memory: the weights, cached layer inputs (n_samples x seq_len x hidden, in the model's dtype, for ~2 sqrt(L) layers:
+segment starts plus the segment being swept), one output gradient per row, and one layer's activations and weight
+gradients. Not forward-only: every layer runs one local backward; the result equals full backprop up to
+floating-point summation order (bit-identical on CPU in the tests).
 """
 
 from __future__ import annotations
