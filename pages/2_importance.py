@@ -55,7 +55,9 @@ if st.button("Compute scores", type="primary"):
         t0 = time.perf_counter()
         with handle.lock:  # the cached model is shared: scorers that hook it take turns
             result = score(handle.loaded.model, name, calibration=calibration, progress=progress, **options)
-    label = name + (f" {options}" if options else "")
+    defaults = make_scorer(name).options()
+    changed = {k: v for k, v in options.items() if defaults.get(k) != v}  # the label names what differs
+    label = name + (f" {changed}" if changed else "")
     state.scores_for_model()[label] = result
     st.session_state[state.ACTIVE_SCORER] = label
     st.session_state[state.PLAN] = None
