@@ -21,10 +21,20 @@ def heads_heatmap(scores: GroupScores) -> go.Figure:
     z = np.full((scores.num_layers, width), np.nan)
     for i, h in enumerate(scores.heads):
         z[i, : h.numel()] = h.float().numpy()
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar={"title": "score"},
-                               hovertemplate="layer %{y}, head %{x}<br>score %{z:.6g}<extra></extra>"))
+    color, title = color_values(z)
+    fig = go.Figure(go.Heatmap(z=color, customdata=z, colorscale="Viridis", colorbar={"title": title},
+                               hovertemplate="layer %{y}, head %{x}<br>score %{customdata:.6g}<extra></extra>"))
     fig.update_layout(title=f"{scores.scorer}: attention heads", xaxis_title="head", yaxis_title="layer")
     return fig
+
+
+def color_values(z: np.ndarray, span: float = 100.0) -> tuple[np.ndarray, str]:
+    """What a heatmap colours: log10 of the scores when all are positive and they span more than `span`x (FLAP's
+    and Taylor's heavy tails would otherwise paint one cell bright and the rest dark), else the scores themselves."""
+    finite = z[np.isfinite(z)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > span:
+        return np.log10(z), "log10 score"
+    return z, "score"
 
 
 def binned_channels(channels: list, bins: int = CHANNEL_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,9 +55,10 @@ def channels_heatmap(scores: GroupScores, mode: str = "binned") -> go.Figure:
     """Layers x MLP channels, sorted per layer; `binned` averages 64 rank bins so thousands stay readable."""
     if mode == "binned":
         mean, lo, hi = binned_channels(scores.channels)
+        color, title = color_values(mean)
         fig = go.Figure(go.Heatmap(
-            z=mean, customdata=np.stack([lo, hi], axis=-1), colorscale="Viridis", colorbar={"title": "score"},
-            hovertemplate="layer %{y}, rank bin %{x}<br>mean %{z:.6g}<br>min %{customdata[0]:.6g}, "
+            z=color, customdata=np.stack([lo, hi, mean], axis=-1), colorscale="Viridis", colorbar={"title": title},
+            hovertemplate="layer %{y}, rank bin %{x}<br>mean %{customdata[2]:.6g}<br>min %{customdata[0]:.6g}, "
                           "max %{customdata[1]:.6g}<extra></extra>"))
         xtitle = f"channel rank bin (1/{CHANNEL_BINS} of the layer each, most important first)"
     else:
@@ -55,8 +66,9 @@ def channels_heatmap(scores: GroupScores, mode: str = "binned") -> go.Figure:
         z = np.full((scores.num_layers, width), np.nan)
         for i, c in enumerate(scores.channels):
             z[i, : c.numel()] = np.sort(c.float().numpy())[::-1]
-        fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar={"title": "score"},
-                                   hovertemplate="layer %{y}, rank %{x}<br>score %{z:.6g}<extra></extra>"))
+        color, title = color_values(z)
+        fig = go.Figure(go.Heatmap(z=color, customdata=z, colorscale="Viridis", colorbar={"title": title},
+                                   hovertemplate="layer %{y}, rank %{x}<br>score %{customdata:.6g}<extra></extra>"))
         xtitle = "channel rank within the layer (most important first)"
     fig.update_layout(title=f"{scores.scorer}: MLP channels", xaxis_title=xtitle, yaxis_title="layer")
     return fig

@@ -1,0 +1,26 @@
+"""Dashboard figures: what the heatmaps colour and what their hover shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from minillm_core.scoring import GroupScores
+from ui import figures
+
+
+def test_heavy_tailed_positive_scores_are_coloured_by_log10_and_hover_shows_the_raw_score():
+    z = np.array([[1e-3, 1.0], [np.nan, 10.0]])
+    color, title = figures.color_values(z)
+    assert title == "log10 score" and np.allclose(color[np.isfinite(z)], [-3.0, 0.0, 1.0])
+    scores = GroupScores("flap", [torch.tensor([1e-3, 1.0]), torch.tensor([10.0])],
+                         [torch.tensor([1e-3, 5.0, 2.0]), torch.tensor([1.0, 4.0])])
+    heads = figures.heads_heatmap(scores).data[0]
+    assert heads.colorbar.title.text == "log10 score" and heads.customdata[1][0] == 10.0
+    channels = figures.channels_heatmap(scores, "sorted").data[0]
+    assert np.allclose(channels.customdata[0], [5.0, 2.0, 1e-3])  # sorted, raw (float32 scores)
+
+
+def test_narrow_or_signed_scores_keep_a_linear_colour_scale():
+    assert figures.color_values(np.array([[1.0, 50.0]]))[1] == "score"
+    assert figures.color_values(np.array([[-1.0, 1e4]]))[1] == "score"  # standardised scores can be negative
