@@ -9,6 +9,7 @@ Writes bench/results/scoring.json and scoring.md. Run: `MINILLM_DATA_DIR=../shar
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -282,9 +283,10 @@ def main() -> None:
         rows = _load("score")
         configs = {"ppl": EvalConfig(perplexity=("wikitext2", "ptb"), limit=None)}
         labels = [k for k in (args.labels.split(";") if args.labels else FULL_SPLIT) if "scores" in rows.get(k, {})]
-        _prune_and_evaluate(rows, labels, [float(r) for r in args.full_ratios.split(",")], configs, "full", False)
-        done = (_load("full") or {}).get("rows", {}) | {k: rows[k]["full"] for k in labels}  # stages may be split
-        _save("full", {"dense": _dense_full_split(), "rows": done})
+        ratios_full = [float(r) for r in args.full_ratios.split(",")]
+        _prune_and_evaluate(rows, labels, ratios_full, configs, "full", False)
+        part = "full-" + hashlib.sha1(json.dumps([labels, ratios_full]).encode()).hexdigest()[:8]  # parallel-safe
+        _save(part, {"dense": _dense_full_split(), "rows": {k: rows[k]["full"] for k in labels}})
     if "fidelity" in stages:
         _save("fidelity", {"date": time.strftime("%Y-%m-%d"), "samples": args.fidelity_samples,
                            "rows": _fidelity(args.fidelity_samples, tuple(int(p) for p in args.probes.split(",")))})
@@ -293,7 +295,13 @@ def main() -> None:
 
 
 def _report(args, ratios: list[float]) -> None:
-    rows, subset, full, fid = _load("score"), _load("subset") or {}, _load("full") or {}, _load("fidelity")
+    rows, subset, fid = _load("score"), _load("subset") or {}, _load("fidelity")
+    full: dict = {"rows": {}}
+    for path in sorted(PARTS.glob("full*.json")):  # one file per full-split run; ratios merge per criterion
+        part = json.loads(path.read_text())
+        full["dense"] = part["dense"]
+        for label, by_ratio in part["rows"].items():
+            full["rows"].setdefault(label, {}).update(by_ratio)
     for label, row in rows.items():
         row.pop("scores", None)
         for key, part in (("subset", subset), ("full", full)):
