@@ -55,7 +55,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def score_one(scorer: str, options: dict, n_samples: int, out: Path) -> dict:
+def score_one(scorer: str, options: dict, n_samples: int, out: Path, device: str = "cpu") -> dict:
     """In a fresh process: load, page every weight in, calibrate, score; report time and peak RSS (ru_maxrss).
 
     The weights are memory-mapped, so they are touched once before scoring: `loaded_rss_mb` is the resident model and
@@ -64,20 +64,30 @@ def score_one(scorer: str, options: dict, n_samples: int, out: Path) -> dict:
     from minillm_core.loading import load_model
     from minillm_core.pipeline import score
 
-    lm = load_model("smollm2-135m", device="cpu", dtype="float32")
+    lm = load_model("smollm2-135m", device=device, dtype="float32")
     with torch.no_grad():
         float(sum(p.detach().double().sum() for p in lm.model.parameters()))
     calibration = _calibration(lm.tokenizer, n_samples)
-    loaded = _rss_mb()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    loaded, loaded_cuda = _rss_mb(), torch.cuda.memory_allocated() / 2**20 if cuda else 0.0
     t0 = time.perf_counter()
     scores = score(lm.model, scorer, calibration, **options)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     scores.save(out)
     peak = _rss_mb()
-    return {"seconds": seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded, "overhead_mb": peak - loaded}
+    row = {"seconds": seconds, "peak_rss_mb": peak, "loaded_rss_mb": loaded, "overhead_mb": peak - loaded}
+    if cuda:  # on GPU the figure that matters is device memory (torch.cuda.max_memory_allocated)
+        peak_cuda = torch.cuda.max_memory_allocated() / 2**20
+        row |= {"peak_cuda_mb": peak_cuda, "cuda_overhead_mb": peak_cuda - loaded_cuda}
+    return row
 
 
-def _run_scorers(n_samples: int, repeats: int) -> dict[str, dict]:
+def _run_scorers(n_samples: int, repeats: int, device: str = "cpu") -> dict[str, dict]:
     """Each scorer `repeats` times, each in a fresh process; medians. glibc's mmap threshold is fixed so freed
     tensors go back to the OS and peak RSS tracks live memory (with the default dynamic threshold the same run varied
     by up to 400 MB here)."""
@@ -86,7 +96,7 @@ def _run_scorers(n_samples: int, repeats: int) -> dict[str, dict]:
     rows = {}
     for i, (label, (scorer, options, forward_only, evaluate)) in enumerate(VARIANTS.items()):
         out = PARTS / f"scores{i}.safetensors"
-        cmd = [sys.executable, __file__, "--score-one", json.dumps([scorer, options, n_samples, str(out)])]
+        cmd = [sys.executable, __file__, "--score-one", json.dumps([scorer, options, n_samples, str(out), device])]
         runs = []
         for _ in range(repeats):
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -186,15 +196,18 @@ def targets(result: dict, split: str) -> dict:
 def _markdown(result: dict) -> str:
     ratios, rows, d = result["ratios"], result["criteria"], result["dense"]
     wanda = rows.get("wanda-sp", {}).get("peak_rss_mb")
+    gpu = any("peak_cuda_mb" in r for r in rows.values())
     lines = ["## Scoring cost", "", "| criterion | forward-only | scoring s | peak RSS MB | scoring overhead MB | "
-             "peak / Wanda-sp |", "|---|---|---:|---:|---:|---:|"]
+             "peak / Wanda-sp |" + (" peak CUDA MB | CUDA overhead MB |" if gpu else ""),
+             "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")]
     for label, row in rows.items():
         if "error" in row:
             lines.append(f"| {label} | failed: {row['error']} | | | | |")
             continue
         ratio = f"{row['peak_rss_mb'] / wanda:.2f}" if wanda else "-"
+        cuda = f" {row['peak_cuda_mb']:.0f} | {row['cuda_overhead_mb']:.0f} |" if gpu else ""
         lines.append(f"| {label} | {'yes' if row['forward_only'] else 'no'} | {row['seconds']:.1f} | "
-                     f"{row['peak_rss_mb']:.0f} | {row['overhead_mb']:.0f} | {ratio} |")
+                     f"{row['peak_rss_mb']:.0f} | {row['overhead_mb']:.0f} | {ratio} |{cuda}")
     lines += ["", f"## Quality on subsets ({result['eval']})", "",
               "| criterion | " + " | ".join(f"wiki2 ppl {r} | PTB ppl {r} | acc {r}" for r in ratios) + " |",
               "|---|" + "---:|---:|---:|" * len(ratios)]
@@ -253,6 +266,7 @@ def main() -> None:
     parser.add_argument("--stage", choices=("all", "score", "subset", "full", "fidelity", "report"), default="all",
                         help="run one stage (outputs in bench/results/scoring_parts/) or all; report merges them")
     parser.add_argument("--n-samples", type=int, default=16, help="calibration sequences of 128 tokens (C4 sample)")
+    parser.add_argument("--device", default="cpu", help="score stage: cpu or cuda (adds torch.cuda peak memory)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process scoring runs per criterion (median)")
     parser.add_argument("--ratios", default="0.2,0.5")
     parser.add_argument("--full-ratios", default="0.2", help="ratios evaluated on the full splits")
@@ -264,14 +278,14 @@ def main() -> None:
     parser.add_argument("--probes", default="4,16,64")
     args = parser.parse_args()
     if args.score_one:
-        scorer, options, n, out = json.loads(args.score_one)
-        print(json.dumps(score_one(scorer, options, n, Path(out))))
+        scorer, options, n, out, *rest = json.loads(args.score_one)
+        print(json.dumps(score_one(scorer, options, n, Path(out), *rest)))
         return
     stages = ("score", "subset", "full", "fidelity", "report") if args.stage == "all" else (args.stage,)
     ratios = [float(r) for r in args.ratios.split(",")]
     tasks = tuple(args.tasks.split(","))
     if "score" in stages:
-        _save("score", _run_scorers(args.n_samples, args.repeats))
+        _save("score", _run_scorers(args.n_samples, args.repeats, args.device))
     if "subset" in stages:
         rows = _load("score")
         configs = {"ppl": EvalConfig(perplexity=("wikitext2", "ptb"), limit=args.limit),
