@@ -1,9 +1,14 @@
-"""Scoring benchmark: every criterion and estimator on SmolLM2-135M, side by side in one run, same calibration.
+"""Scoring benchmark: every criterion and estimator on SmolLM2-135M, side by side, same calibration for all.
 
-Each scorer runs in a fresh process (peak RSS and wall time of scoring alone); then 20% / 50% plans are evaluated
-(WikiText-2 + PTB perplexity on the first `--limit` 128-token windows, mean acc on a fixed zero-shot subset), and the
-forward-only estimators' fidelity against backprop FMS is swept over probe counts.
-Writes bench/results/scoring.json and scoring.md. Run: `MINILLM_DATA_DIR=../shared/data python bench/bench_scoring.py`.
+Stages (`--stage`, default all; outputs in bench/results/scoring_parts/, which `report` merges):
+- score: each scorer `--repeats` times in a fresh process: wall time and peak memory of scoring alone;
+- subset: 20% / 50% plans evaluated on the first `--limit` 128-token windows of WikiText-2 and PTB and a fixed
+  zero-shot subset (every criterion);
+- full: the whole WikiText-2 test / PTB validation splits (paper protocol) for `--labels` at `--full-ratios`
+  (~16 min per model on one CPU core; runs of different labels may go in parallel);
+- fidelity: forward-only estimators against exact FMS over probe counts;
+- report: bench/results/scoring.json and scoring.md, with issue 3's targets computed from the rows.
+Run: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/bench_scoring.py`.
 """
 
 from __future__ import annotations
