@@ -95,7 +95,7 @@ def score_one(scorer: str, options: dict, n_samples: int, out: Path, device: str
 def _run_scorers(n_samples: int, repeats: int, device: str = "cpu") -> dict[str, dict]:
     """Each scorer `repeats` times, each in a fresh process; medians. glibc's mmap threshold is fixed so freed
     tensors go back to the OS and peak RSS tracks live memory (with the default dynamic threshold the same run varied
-    by up to 400 MB here)."""
+    by over 400 MB here: 921-1354 MB for Wanda-sp)."""
     PARTS.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
     rows = {}
