@@ -70,18 +70,17 @@ def estimate_cost(
     vocab = geometry.embedding_params // max(hidden, 1)
     act = batch * seq_len * (4 * hidden + 3 * inter) * b  # one layer's live activations for one mini-batch
     logits = min(LOSS_CHUNK_TOKENS, batch * seq_len) * vocab * 4 * 3  # logits, softmax, gradient
+    recomputed = scorer.options().get("checkpoint", True)  # minillm's backprop estimators always recompute layers
+    stored = batch * seq_len * hidden * n_layers * b + act * 3 if recomputed else act * n_layers
+    gradients = 0 if scorer.options().get("estimator") == "exact-gates" else prunable * 4  # gates only
     extra = {
         "weights": 0,
         "activations": act,
         "forward probes": act + logits + 2 * max(hidden * inter, hidden * hidden) * 4,
-        "full backprop": prunable * 4 + act * n_layers + logits,
+        "full backprop": gradients + stored + logits,
         "layer streaming": (n_samples * (2 * math.isqrt(n_layers) + 1) + batch) * seq_len * hidden * b
         + prunable / n_layers * 4 + act * 3 + logits,
     }[engine]
-    if engine == "full backprop" and scorer.options().get("checkpoint", True) is not False:
-        extra = prunable * 4 + batch * seq_len * hidden * n_layers * b + act * 3 + logits  # layers recomputed
-    if scorer.options().get("estimator") == "exact-gates":
-        extra -= prunable * 4  # gradients reach the gates only
     passes = _passes(scorer, engine, n_layers)
     flops = FLOPS["cuda" if device.startswith("cuda") else "cpu"]
     seconds = 0.5 + passes * 2 * geometry.total_params * n_samples * seq_len / flops

@@ -31,7 +31,13 @@ from minillm_core.scoring.activations import (
 )
 from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
 from minillm_core.scoring.streaming import gradients_only_for, stream_layer_scores
-from minillm_core.scoring.taylor import accumulate_gradients, checkpointed_layers, slice_grads
+from minillm_core.scoring.taylor import (
+    accumulate_gradients,
+    checkpointed_layers,
+    linears_of_layer,
+    prunable_linears,
+    slice_grads,
+)
 from minillm_core.scoring.wanda import wanda_per_weight
 
 logger = logging.getLogger(__name__)
@@ -91,8 +97,8 @@ class ProbeState:
 
 
 def layer_linears(adapter: ArchAdapter) -> list[list[nn.Linear]]:
-    return [[s.linear for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)]
-            for layer in adapter.layers()]
+    """`linears_of_layer` of every layer: the probe seeds index this order."""
+    return [linears_of_layer(adapter, i) for i in range(len(adapter.layers()))]
 
 
 @contextmanager
@@ -385,11 +391,11 @@ class MiniLLMScorer(Scorer):
                 rounds, i, index[id(s.linear)], s.linear.weight, self.n_probes, self.seed)))
         if self.estimator == "exact-layerwise":  # records its own activation statistics in its forward pass
             return stream_layer_scores(
-                model, adapter, calibration, lambda i: [lin.weight for lin in layer_linears(adapter)[i]],
+                model, adapter, calibration, lambda i: [lin.weight for lin in linears_of_layer(adapter, i)],
                 lambda i, st: layer_group_scores(adapter, i, fms_per_weight(st, lambda _i, s: slice_grads(s)[0])),
                 batch_size=self.batch_size, progress=progress)
         if self.estimator == "exact-backprop":
-            params = [lin.weight for ls in layer_linears(adapter) for lin in ls]  # FMS scores weights only
+            params = [lin.weight for lin in prunable_linears(adapter)]  # FMS scores weights only
             with gradients_only_for(model, params), checkpointed_layers(adapter):
                 accumulate_gradients(model, calibration, self.batch_size, progress, "minillm exact backward")
                 return group_scores(adapter, fms_per_weight(stats, lambda i, s: slice_grads(s)[0]))

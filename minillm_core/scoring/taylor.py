@@ -34,7 +34,7 @@ def taylor_vector(signed_unit_sums: torch.Tensor) -> torch.Tensor:
     return signed_unit_sums.abs()
 
 
-def layer_linears(adapter: ArchAdapter, i: int) -> list[nn.Linear]:
+def linears_of_layer(adapter: ArchAdapter, i: int) -> list[nn.Linear]:
     """Every linear a head or channel of layer i owns, in a fixed order."""
     layer = adapter.layers()[i]
     return [s.linear for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)]
@@ -42,7 +42,7 @@ def layer_linears(adapter: ArchAdapter, i: int) -> list[nn.Linear]:
 
 def prunable_linears(adapter: ArchAdapter) -> list[nn.Linear]:
     """Every linear a head or channel owns, layer by layer, in a fixed order."""
-    return [lin for i in range(len(adapter.layers())) for lin in layer_linears(adapter, i)]
+    return [lin for i in range(len(adapter.layers())) for lin in linears_of_layer(adapter, i)]
 
 
 @contextmanager
@@ -139,7 +139,7 @@ class TaylorScorer(Scorer):
             raise MiniLLMError("the taylor scorer needs calibration data")
         if self.stream:
             heads, channels = stream_layer_scores(
-                model, adapter, calibration, lambda i: linear_params(layer_linears(adapter, i)),
+                model, adapter, calibration, lambda i: linear_params(linears_of_layer(adapter, i)),
                 lambda i, _stats: taylor_layer_scores(adapter, i, self.variant), sites=(),
                 batch_size=self.batch_size, progress=progress)
             return GroupScores(self.name, heads, channels, self.options())
