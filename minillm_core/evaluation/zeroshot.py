@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from minillm_core.errors import DataError
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS, Item, build_items, load_docs
+from minillm_core.modeling.base import max_context
 from minillm_core.progress import Progress, no_progress
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def loglikelihoods(
     Inputs are (context + continuation)[-(max_length + 1):][:-1] as in lm-eval; longest first, right-padded.
     """
     device = next(model.parameters()).device
-    max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
+    max_length = max_length or max_context(model) or 2048  # lm-eval HFLM's default when the model states none
     encoded = []
     for context, continuation in requests:
         if context:

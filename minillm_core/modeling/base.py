@@ -198,3 +198,9 @@ def get_adapter(model: nn.Module) -> ArchAdapter:
             f"architecture {model_type!r} is not supported; supported: {', '.join(ADAPTERS.names())}"
         ) from None
     return cls(model)
+
+
+def max_context(model: nn.Module) -> int | None:
+    """The longest sequence the model's positions allow, or None when its positions are unbounded (ALiBi: BLOOM)."""
+    value = getattr(model.config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None

@@ -5,6 +5,7 @@ A scorer returns `GroupScores` (one score per query head and per MLP channel, hi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -110,3 +111,29 @@ def make_scorer(name: str, **options: Any) -> Scorer:
         return cls(**options)
     except TypeError as exc:
         raise MiniLLMError(f"bad options for scorer {name!r}: {exc}") from None
+
+
+#: FLAP: forward-only, seconds on a CPU, and the lowest perplexity at 20% in bench/results/scoring.md
+DEFAULT_SCORER = "flap"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Which criterion to run: a registered scorer name, its options, and the seed scorers with randomness use."""
+
+    scorer: str = DEFAULT_SCORER
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        SCORERS.get(self.scorer)  # an unknown name fails now, listing the registered ones
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise MiniLLMError(f"seed must be an integer, got {self.seed!r}")
+
+    def scorer_options(self) -> dict[str, Any]:
+        """The options the scorer is built with; `seed` is passed to scorers that take one unless set explicitly."""
+        opts = dict(self.options)
+        cls = SCORERS.get(self.scorer)
+        if dataclasses.is_dataclass(cls) and "seed" in {f.name for f in dataclasses.fields(cls)}:
+            opts.setdefault("seed", self.seed)
+        return opts

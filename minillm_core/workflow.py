@@ -1,0 +1,214 @@
+"""The one facade over the core: load, calibrate, score, plan, prune, save, evaluate, and prune-and-evaluate.
+
+The CLI, the dashboard's jobs, `search` and the benchmarks call these; each workflow step has one implementation here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from minillm_core.allocation import build_plan
+from minillm_core.calibration import CalibrationConfig, build_calibration
+from minillm_core.errors import MiniLLMError, PlanError
+from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
+from minillm_core.loading import LoadedModel, load_model
+from minillm_core.modeling import get_adapter, max_context
+from minillm_core.planning import ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
+from minillm_core.progress import Progress, no_progress
+from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
+from minillm_core.surgery import apply_indices, copy_model
+
+__all__ = [
+    "CalibrationConfig", "EvalConfig", "LoadedModel", "ModelGeometry", "PlanConfig", "PlanSummary", "PruneOutcome",
+    "PruningPlan", "RunMetrics", "ScoreConfig", "calibrate", "count_params", "evaluate", "evaluate_pair",
+    "geometry_of", "load", "make_plan", "prune", "prune_and_evaluate", "save", "score", "summary_of",
+]
+
+logger = logging.getLogger(__name__)
+
+#: `step(name) -> progress`: called when a named step starts; returns the progress callback for that step.
+StepHook = Callable[[str], Progress]
+
+#: Step names of `prune_and_evaluate`, in order (the job's status shows them).
+EVALUATE_ORIGINAL, PRUNE, SAVE, EVALUATE_PRUNED, COMPARE = (
+    "evaluate original", "prune", "save pruned model", "evaluate pruned", "compare with original")
+
+
+def _no_steps(_name: str) -> Progress:
+    return no_progress
+
+
+# --- model --------------------------------------------------------------------------------------------------------
+
+
+def load(model: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Load a bundled name, a local directory (plain or pruned), a `.gguf` file or a Hub id."""
+    return load_model(model, dtype=dtype, device=device)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, counting tied tensors once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def geometry_of(model: nn.Module) -> ModelGeometry:
+    return ModelGeometry.from_model(model, get_adapter(model))
+
+
+# --- score -> plan -> prune -----------------------------------------------------------------------------------------
+
+
+def calibrate(loaded: LoadedModel, config: CalibrationConfig, data_dir: str | os.PathLike | None = None
+              ) -> torch.Tensor:
+    """The calibration batch `[n_samples, seq_len]` the config describes (deterministic for its seed)."""
+    return build_calibration(loaded.tokenizer, config, data_dir=data_dir, max_length=max_context(loaded.model))
+
+
+def score(
+    model: nn.Module | LoadedModel,
+    scorer: str | ScoreConfig,
+    calibration: torch.Tensor | CalibrationConfig | None = None,
+    progress: Progress = no_progress,
+    data_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> GroupScores:
+    """Run a registered scorer; calibration is built (from a `CalibrationConfig`) only if the scorer needs it.
+
+    `scorer` is a name with `options`, or a `ScoreConfig`; a `CalibrationConfig` needs a `LoadedModel` (its tokenizer).
+    """
+    config = scorer if isinstance(scorer, ScoreConfig) else ScoreConfig(scorer, options)
+    s = make_scorer(config.scorer, **config.scorer_options())
+    net = model.model if isinstance(model, LoadedModel) else model
+    if not s.needs_calibration:
+        calibration = None
+    elif isinstance(calibration, CalibrationConfig):
+        if not isinstance(model, LoadedModel):
+            raise MiniLLMError("building calibration from a CalibrationConfig needs the loaded model (its tokenizer)")
+        calibration = calibrate(model, calibration, data_dir)
+    elif calibration is None:
+        raise PlanError(f"scorer {config.scorer!r} needs calibration data "
+                        f"({', '.join(sorted(n.value for n in s.needs))})")
+    return s.score(net, get_adapter(net), calibration, progress)
+
+
+def make_plan(model: nn.Module | LoadedModel, scores: GroupScores, config: PlanConfig, model_name: str = ""
+              ) -> PruningPlan:
+    """Per-layer kept heads/channels from scores; a JSON-serialisable plan with provenance."""
+    if isinstance(model, LoadedModel):
+        model_name = model_name or model.name
+        model = model.model
+    return build_plan(geometry_of(model), scores, config, model_name)
+
+
+def summary_of(plan: PruningPlan, model: nn.Module | ModelGeometry) -> PlanSummary:
+    """Widths, parameters, MB and loadability of a plan, from shapes alone."""
+    return summarize(plan, model if isinstance(model, ModelGeometry) else geometry_of(model))
+
+
+def prune(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Module:
+    """Physically prune (a copy of) `model` to `plan`; the parameter count must equal the plan's prediction."""
+    plan.validate(geometry_of(model))
+    target = model if inplace else copy_model(model)
+    apply_indices(get_adapter(target), plan.layers)
+    got = count_params(target)
+    if got != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
+        raise AssertionError(f"pruned model has {got} parameters, the plan predicted {plan.predicted_params}")
+    return target
+
+
+def save(pruned: nn.Module, tokenizer: Any, out: str | os.PathLike, plan: PruningPlan, overwrite: bool = False
+         ) -> Path:
+    """Save weights (safetensors) + config + tokenizer + plan + shape manifest, atomically."""
+    from minillm_core.io import save_pruned
+
+    return save_pruned(pruned, tokenizer, out, plan=plan, overwrite=overwrite)
+
+
+# --- evaluate -------------------------------------------------------------------------------------------------------
+
+
+def evaluate_pair(original: nn.Module, pruned: nn.Module, tokenizer: Any, config: EvalConfig, model_name: str = "",
+                  pruned_dir: str | os.PathLike | None = None, original_dir: str | os.PathLike | None = None,
+                  progress: Progress = no_progress) -> RunMetrics:
+    """Both models with the same config, plus KL/agreement and measured speed-ups."""
+    outcome = prune_and_evaluate(
+        original, tokenizer, None, config, model_name=model_name, pruned=pruned, pruned_dir=pruned_dir,
+        original_dir=original_dir,
+        step=lambda name: (lambda d, t, label: progress(d, t, f"{name.split()[-1]}: {label}")))
+    return outcome.run
+
+
+@dataclass
+class PruneOutcome:
+    """What `prune_and_evaluate` produced: the measurements, the pruned model and where it was saved."""
+
+    run: RunMetrics
+    pruned: nn.Module
+    model_dir: Path | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prune_and_evaluate(
+    original: nn.Module,
+    tokenizer: Any,
+    plan: PruningPlan | None,
+    config: EvalConfig,
+    *,
+    model_name: str = "",
+    out_dir: str | os.PathLike | None = None,
+    evaluate_original: bool = True,
+    original_metrics: tuple[dict[str, float], dict[str, Any]] | None = None,
+    pruned: nn.Module | None = None,
+    pruned_dir: str | os.PathLike | None = None,
+    original_dir: str | os.PathLike | None = None,
+    step: StepHook = _no_steps,
+) -> PruneOutcome:
+    """Evaluate the original -> prune a copy -> (save) -> evaluate the pruned model -> compare.
+
+    `original_metrics` reuses an earlier evaluation of the original (a search over ratios measures it once);
+    `pruned` skips the pruning (an already pruned model, e.g. `minillm eval --compare-to`). `step(name)` is told when
+    each step starts and returns its progress callback. `tokenizer` may be None only when `pruned` carries none.
+    """
+    t0 = time.time()
+    orig_m: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    if original_metrics is not None:
+        orig_m, details["original"] = original_metrics
+    elif evaluate_original:
+        orig_m, details["original"] = evaluate(original, tokenizer, config, original_dir,
+                                               progress=step(EVALUATE_ORIGINAL))
+    if pruned is None:
+        if plan is None:
+            raise MiniLLMError("prune_and_evaluate needs a plan or an already pruned model")
+        step(PRUNE)
+        pruned = prune(original, plan)  # a copy: the original stays intact for the comparison
+    model_dir = None
+    if out_dir is not None:
+        step(SAVE)
+        model_dir = save(pruned, tokenizer, out_dir, plan, overwrite=True)
+    pr_m, details["pruned"] = evaluate(pruned, tokenizer, config, model_dir or pruned_dir,
+                                       progress=step(EVALUATE_PRUNED))
+    comparison: dict[str, float] = {}
+    if orig_m:
+        if config.perplexity:
+            comparison = compare_metrics(original, pruned, tokenizer, config, progress=step(COMPARE))
+        comparison |= speedups(orig_m, pr_m)
+    run = RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
+    return PruneOutcome(run, pruned, model_dir, time.time() - t0)
+
+
+def steps_of(evaluate_original: bool, save_model: bool = True) -> list[str]:
+    """The step names `prune_and_evaluate` reports, in order, for a progress display."""
+    steps = [EVALUATE_ORIGINAL] if evaluate_original else []
+    steps += [PRUNE] + ([SAVE] if save_model else []) + [EVALUATE_PRUNED]
+    return steps + ([COMPARE] if evaluate_original else [])
