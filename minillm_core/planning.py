@@ -18,6 +18,7 @@ from torch import nn
 from minillm_core.errors import PlanError
 from minillm_core.groups import HEAD_GRANULARITIES, validate_heads
 from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
+from minillm_core.options import option
 
 ALLOCATIONS = ("uniform", "global")
 TARGETS = ("heads", "channels", "both")
@@ -35,12 +36,18 @@ def default_protected_layers(num_layers: int) -> tuple[int, ...]:
 class PlanConfig:
     """What to remove and how to spread it. `ratio` is the fraction of *total* parameters to remove."""
 
-    ratio: float = 0.2
-    allocation: str = "uniform"
-    protected_layers: tuple[int, ...] | None = None  # None: default_protected_layers()
-    target: str = "both"
-    head_granularity: str = "q-heads"
-    round_to: int = 8
+    ratio: float = option(0.2, "Fraction of *total* parameters to remove, in (0, 1).", min=0.01, max=0.9, step=0.01)
+    allocation: str = option("uniform", "uniform: same widths in every unprotected layer; global: rank groups across "
+                             "layers after per-layer standardisation.", choices=ALLOCATIONS)
+    protected_layers: tuple[int, ...] | None = option(
+        None, "Layer indices never pruned. Default: LLM-Pruner's rule scaled to depth (first 4/32 and last 2/32 of "
+        "the layers; layers 0-3 and 28-29 of a 30-layer model). Pass '' to protect none.", cli="protect")
+    target: str = option("both", "What to prune: heads, channels or both.", choices=TARGETS)
+    head_granularity: str = option(
+        "q-heads", "GQA head removal: q-heads (the same number of query heads from every KV group) or kv-groups "
+        "(whole KV groups with their query heads). Multi-head models always remove whole heads.",
+        choices=HEAD_GRANULARITIES)
+    round_to: int = option(8, "Kept MLP channels per layer are a multiple of this (hardware-friendly).", min=1)
 
     def __post_init__(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:

@@ -24,6 +24,7 @@ from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.evaluation.suite import evaluate as evaluate_model
 from minillm_core.modeling import get_adapter
+from minillm_core.options import option
 from minillm_core.planning import PruningPlan
 from minillm_core.progress import Progress, no_progress
 from minillm_core.recovery_data import (  # noqa: F401 (re-exported: the recovery API in one import)
@@ -68,30 +69,38 @@ class RecoveryConfig:
     blocks); None keeps all. `target_modules` None means every attention and MLP linear, named by the adapter.
     """
 
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None
-    learning_rate: float = 3e-4
-    warmup_steps: int = 5
-    weight_decay: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None  # when set, overrides epochs (the data is cycled)
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 256
-    data: str = "alpaca"
-    n_samples: int | None = 200
-    train_on_inputs: bool = False
-    seed: int = 0
-    merge: bool = True
+    rank: int = option(8, "LoRA rank.", min=1)
+    alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank).", min=0.0)
+    dropout: float = option(0.05, "LoRA dropout.", min=0.0, max=0.99)
+    target_modules: tuple[str, ...] | None = option(
+        None, "Linear names to adapt; default: every attention and MLP linear of the architecture.")
+    learning_rate: float = option(3e-4, "Peak AdamW learning rate.", min=0.0)
+    warmup_steps: int = option(5, "Linear warmup updates, then linear decay to 0.", min=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
+    epochs: int = option(1, "Passes over the records.", min=1, max=100)
+    max_steps: int | None = option(None, "Stop after this many updates (overrides --epochs; the data is cycled).",
+                                   min=1)
+    batch_size: int = option(4, "Records per forward pass (micro-batch).", min=1)
+    grad_accum: int = option(1, "Micro-batches per update.", min=1)
+    max_length: int = option(256, "Tokens per record (LLM-Pruner cutoff_len).", min=2)
+    data: str = option("alpaca", "alpaca (Alpaca-cleaned: data mirror, else the Hub), c4/ptb/wikitext2 (plain text, "
+                       "train split), or a .json/.jsonl file of Alpaca records (instruction, input, output) or a .txt "
+                       "file.", label="training data")
+    n_samples: int | None = option(200, "Seeded subset of records (plain text: max-length blocks); 0 or empty = all.",
+                                   min=0, label="records")
+    train_on_inputs: bool = option(False, "Also train on the prompt tokens (LLM-Pruner: off).")
+    seed: int = option(0, "Seed for the record subset, dropout and shuffling.")
+    merge: bool = option(True, "Merge LoRA into the pruned weights, or save the PEFT adapter on its own.",
+                         cli="merge/--keep-adapter", label="merge adapters into the weights")
     data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
-    overwrite: bool = False
+    overwrite: bool = option(False, "Replace a non-empty --out (its checkpoint included).")
 
     def __post_init__(self) -> None:
         for name in ("rank", "epochs", "batch_size", "grad_accum", "max_length"):
             _check_int(name, getattr(self, name), 1)
         _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.n_samples == 0:  # 0 = every record, as on the command line
+            object.__setattr__(self, "n_samples", None)
         for name in ("max_steps", "n_samples"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
@@ -418,7 +427,7 @@ def recover(
     """LoRA-tune a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
 
     With `out_dir`: a checkpoint after each epoch (and on stop) in `out_dir/checkpoint`, resumed when `resume`; at the
-    end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`, default `model.minillm_plan`) or
+    end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`) or
     the PEFT adapter (`merge=False`), plus `recovery.json`. `progress(step, total, "recover")` after each update;
     `on_step` gets loss, learning rate, tokens/s and ETA. A stopped run returns `stopped=True` and the PEFT model.
     `evaluation` runs the evaluation suite before and after (None: skip; default `DEFAULT_EVAL`).
@@ -433,7 +442,6 @@ def recover(
     data_hash = fingerprint(examples)
     if meta is not None:
         _check_resumable(meta, config, data_hash, out / CHECKPOINT_DIR)
-    plan = plan if plan is not None else getattr(model, "minillm_plan", None)
     work = model if inplace else copy_model(model)
     targets = _resolve_targets(work, config.target_modules)
     device = next(work.parameters()).device

@@ -11,11 +11,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from minillm_core.allocation import build_plan
+from minillm_core import workflow
 from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.evaluation.gates import Contract, passed
-from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
-from minillm_core.pipeline import apply_plan, geometry_of
+from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.planning import PlanConfig
 from minillm_core.progress import Progress, no_progress
 from minillm_core.scoring import GroupScores
@@ -45,17 +44,14 @@ class _Evaluator:
     def __init__(self, model, tokenizer, scores, base, contract, eval_config, progress):
         self.model, self.tokenizer, self.scores = model, tokenizer, scores
         self.base, self.contract, self.eval_config = base, contract, eval_config
-        self.geometry = geometry_of(model)
         self.progress = progress
-        self.original, _ = evaluate(model, tokenizer, eval_config, progress=progress)
+        self.original = workflow.evaluate(model, tokenizer, eval_config, progress=progress)  # measured once
 
     def __call__(self, ratio: float) -> dict[str, Any]:
-        plan = build_plan(self.geometry, self.scores, replace(self.base, ratio=ratio))
-        pruned = apply_plan(self.model, plan)
-        metrics, _ = evaluate(pruned, self.tokenizer, self.eval_config, progress=self.progress)
-        comparison = compare_metrics(self.model, pruned, self.tokenizer, self.eval_config, self.progress)
-        comparison |= speedups(self.original, metrics)
-        run = RunMetrics("", self.eval_config, self.original, metrics, comparison, {})
+        plan = workflow.make_plan(self.model, self.scores, replace(self.base, ratio=ratio))
+        outcome = workflow.prune_and_evaluate(self.model, self.tokenizer, plan, self.eval_config,
+                                              original_metrics=self.original, step=lambda _name: self.progress)
+        run = outcome.run
         results = self.contract.check(run.flat())
         return {"ratio": ratio, "removed_fraction": plan.removed_fraction, "params": plan.predicted_params,
                 "passed": passed(results), "clauses": [r.to_dict() for r in results], **run.flat()}

@@ -20,17 +20,19 @@ from minillm_core.allocation import build_plan
 from minillm_core.calibration import CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
-from minillm_core.loading import LoadedModel, load_model
-from minillm_core.modeling import get_adapter, max_context
+from minillm_core.loading import LoadConfig, LoadedModel, load_model
+from minillm_core.modeling import count_params, get_adapter, max_context
 from minillm_core.planning import ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
 from minillm_core.progress import Progress, no_progress
 from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
 from minillm_core.surgery import apply_indices, copy_model
 
 __all__ = [
-    "CalibrationConfig", "EvalConfig", "LoadedModel", "ModelGeometry", "PlanConfig", "PlanSummary", "PruneOutcome",
-    "PruningPlan", "RunMetrics", "ScoreConfig", "calibrate", "count_params", "evaluate", "evaluate_pair",
-    "geometry_of", "load", "make_plan", "prune", "prune_and_evaluate", "save", "score", "summary_of",
+    "CalibrationConfig", "EvalConfig", "GroupScores", "LoadConfig", "LoadedModel", "ModelGeometry", "PlanConfig",
+    "PlanSummary", "PruneOutcome", "PruningPlan", "RunMetrics", "ScoreConfig", "architecture", "calibrate",
+    "count_params", "describe_scorers", "diagnose", "evaluate", "evaluate_pair", "geometry_of", "load", "make_plan",
+    "measure_memory", "model_dir_of", "needs_calibration", "perplexity_of_text", "prune", "prune_and_evaluate",
+    "save", "score", "summary_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,9 +57,19 @@ def load(model: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     return load_model(model, dtype=dtype, device=device)
 
 
-def count_params(model: nn.Module) -> int:
-    """Parameters, counting tied tensors once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+def model_dir_of(name: str) -> Path | None:
+    """The local directory a model name loads from (GGUF: its converted cache), or None for a Hub id."""
+    from minillm_core.loading import resolve_source
+
+    src = resolve_source(name)
+    return src if isinstance(src, Path) else None
+
+
+def measure_memory(model: str, dtype: str = "auto", device: str = "auto") -> dict[str, float]:
+    """Peak memory at load and during a forward pass, from a fresh process (nothing else counted)."""
+    from minillm_core.evaluation.speed import measure_memory_fresh
+
+    return measure_memory_fresh(model, dtype, device)
 
 
 def geometry_of(model: nn.Module) -> ModelGeometry:
@@ -71,6 +83,11 @@ def calibrate(loaded: LoadedModel, config: CalibrationConfig, data_dir: str | os
               ) -> torch.Tensor:
     """The calibration batch `[n_samples, seq_len]` the config describes (deterministic for its seed)."""
     return build_calibration(loaded.tokenizer, config, data_dir=data_dir, max_length=max_context(loaded.model))
+
+
+def needs_calibration(config: ScoreConfig) -> bool:
+    """Whether the scorer runs forward passes on calibration data (weights-only scorers do not)."""
+    return make_scorer(config.scorer, **config.scorer_options()).needs_calibration
 
 
 def score(
@@ -109,6 +126,50 @@ def make_plan(model: nn.Module | LoadedModel, scores: GroupScores, config: PlanC
     return build_plan(geometry_of(model), scores, config, model_name)
 
 
+def architecture(model: nn.Module) -> dict[str, Any]:
+    """Layers, heads, KV heads, hidden and MLP sizes, parameters and size per dtype (`minillm info`, Model page)."""
+    g = geometry_of(model)
+    shape = g.layers[0]
+    return {"model_type": g.model_type, "layers": g.num_layers, "heads": shape.num_heads,
+            "kv_heads": shape.num_kv_heads, "head_dim": g.head_dim, "hidden_size": g.hidden_size,
+            "intermediate_size": shape.intermediate, "parameters": g.total_params,
+            "embedding_parameters": g.embedding_params,
+            "size_mb": {"float32": g.total_params * 4 / 2**20, "float16": g.total_params * 2 / 2**20}}
+
+
+def describe_scorers() -> dict[str, dict[str, Any]]:
+    """Every registered criterion: needs, engine, forward-only, default options, description."""
+    from minillm_core.scoring import SCORERS, Need
+    from minillm_core.scoring.cost import engine_of
+
+    rows = {}
+    for name in SCORERS.names():
+        s = make_scorer(name)
+        rows[name] = {"needs": sorted(x.value for x in s.needs), "engine": engine_of(s),
+                      "forward_only": Need.BACKWARD not in s.needs, "options": s.options(),
+                      "description": SCORERS.get(name).description}
+    return rows
+
+
+def diagnose(loaded: LoadedModel, scores: GroupScores, config: ScoreConfig, calib: CalibrationConfig,
+             probes: tuple[int, ...], data_dir: str | os.PathLike | None = None, progress: Progress = no_progress
+             ) -> dict[str, Any]:
+    """Fidelity of `scores` against exact FMS (cosine, per-layer Spearman); forward-only FMS estimators are also
+    swept over probe counts."""
+    from minillm_core.scoring.fidelity import fidelity, probe_sweep
+    from minillm_core.scoring.fms import FORWARD_ONLY
+
+    reference = score(loaded, ScoreConfig("minillm", {"estimator": "exact-layerwise"}, config.seed), calib,
+                      progress, data_dir)
+    out: dict[str, Any] = {"fidelity": {k: v for k, v in fidelity(scores, reference).items()
+                                        if not isinstance(v, list)}}
+    if config.scorer == "minillm" and scores.options.get("estimator") in FORWARD_ONLY:
+        out["probe_sweep"] = probe_sweep(
+            loaded.model, loaded.adapter, calibrate(loaded, calib, data_dir), reference, probes=probes,
+            progress=progress, **{k: v for k, v in scores.options.items() if k != "n_probes"})
+    return out
+
+
 def summary_of(plan: PruningPlan, model: nn.Module | ModelGeometry) -> PlanSummary:
     """Widths, parameters, MB and loadability of a plan, from shapes alone."""
     return summarize(plan, model if isinstance(model, ModelGeometry) else geometry_of(model))
@@ -145,6 +206,14 @@ def evaluate_pair(original: nn.Module, pruned: nn.Module, tokenizer: Any, config
         original_dir=original_dir,
         step=lambda name: (lambda d, t, label: progress(d, t, f"{name.split()[-1]}: {label}")))
     return outcome.run
+
+
+def perplexity_of_text(loaded: LoadedModel, text: str, config: EvalConfig, progress: Progress = no_progress):
+    """Perplexity of `text` with the config's window length, batch size and limit (a `PerplexityResult`)."""
+    from minillm_core.evaluation.perplexity import perplexity
+
+    return perplexity(loaded.model, loaded.tokenizer, text, seq_len=config.seq_len, batch_size=config.batch_size,
+                      limit=config.limit, progress=progress)
 
 
 @dataclass

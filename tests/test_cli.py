@@ -65,7 +65,7 @@ def test_info_and_scorers(model_dir):
         (["prune", "--model", "./nowhere", "--out", "x"], "error: model path ./nowhere does not exist"),
         (["plan", "--ratio", "1.5"], "error: ratio must be a fraction of parameters in (0, 1), got 1.5"),
         (["plan", "--allocation", "best"], "error: unknown allocation 'best'; allowed: uniform, global"),
-        (["plan", "--protect", "a,b"], "error: --protect must be comma-separated layer indices"),
+        (["plan", "--protect", "a,b"], "error: --protect must be comma-separated integers"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

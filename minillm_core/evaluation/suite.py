@@ -18,8 +18,10 @@ from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.compare import compare_models, retained
 from minillm_core.evaluation.perplexity import perplexity_on, token_windows
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
-from minillm_core.evaluation.tasks import TASKS
+from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
 from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
+from minillm_core.modeling.base import count_params
+from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 
 RUN_SCHEMA = "minillm.run/1"
@@ -36,15 +38,24 @@ def lower_is_better(metric: str) -> bool:
 class EvalConfig:
     """What to measure. `limit` caps perplexity windows and task items alike (None: full splits)."""
 
-    perplexity: tuple[str, ...] = ("wikitext2",)
-    seq_len: int = 128
-    tasks: tuple[str, ...] = ()
-    limit: int | None = None
-    task_seed: int | None = None  # None: first `limit` items (lm-eval's --limit); else a seeded subset
-    speed: bool = False
+    perplexity: tuple[str, ...] = option(
+        ("wikitext2",), "Perplexity set(s): wikitext2 (test), ptb (validation, the LLM-Pruner protocol).",
+        choices=PPL_DATASETS, cli="ppl", label="perplexity on")
+    seq_len: int = option(128, "Perplexity window: 128 (LLM-Pruner/FLAP/MINI-LLM tables) or 2048 (Wanda/SliceGPT).",
+                          min=16, max=8192, label="window length (tokens)")
+    tasks: tuple[str, ...] = option(
+        (), "Zero-shot tasks, or 'all' for boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa "
+        "(lm-eval prompts, acc and acc_norm).", choices=lambda: ALL_TASKS, label="zero-shot tasks")
+    limit: int | None = option(None, "Quick runs: at most N perplexity windows and N items per task (0 or unset: all).",
+                               min=1, label="windows per dataset / items per task")
+    task_seed: int | None = option(None, "With --limit: a seeded random subset of items instead of the first N "
+                                   "(lm-eval's --limit takes the first N).")
+    speed: bool = option(False, "Measure prefill latency and decode tokens/s at batch 1 and 8 (medians after "
+                         "warm-up) and peak memory.", label="measure speed and memory")
     speed_config: SpeedConfig = field(default_factory=SpeedConfig)
-    compare_windows: int = 16  # windows of the first perplexity set used for KL/agreement
-    batch_size: int = 8
+    compare_windows: int = option(16, "Windows of each perplexity set used for KL divergence / top-1 agreement.",
+                                  min=1, hidden=True)
+    batch_size: int = option(8, "Sequences per forward pass.", min=1)
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -64,8 +75,6 @@ class EvalConfig:
 
 
 def _size_metrics(model: Any, model_dir: str | os.PathLike | None) -> dict[str, float]:
-    from minillm_core.pipeline import count_params
-
     params = count_params(model)
     bytes_per = next(model.parameters()).element_size()
     out = {"params": params, "size_mb": params * bytes_per / 2**20}

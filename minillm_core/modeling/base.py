@@ -204,3 +204,8 @@ def max_context(model: nn.Module) -> int | None:
     """The longest sequence the model's positions allow, or None when its positions are unbounded (ALiBi: BLOOM)."""
     value = getattr(model.config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, counting tied tensors (a shared embedding and LM head) once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

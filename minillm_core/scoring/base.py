@@ -19,6 +19,7 @@ from torch import nn
 
 from minillm_core.errors import MiniLLMError
 from minillm_core.modeling.base import ArchAdapter
+from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 from minillm_core.registry import Registry
 
@@ -121,9 +122,13 @@ DEFAULT_SCORER = "flap"
 class ScoreConfig:
     """Which criterion to run: a registered scorer name, its options, and the seed scorers with randomness use."""
 
-    scorer: str = DEFAULT_SCORER
-    options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    scorer: str = option(DEFAULT_SCORER, "Importance criterion: flap, minillm (Feature Map Sensitivity), wanda-sp, "
+                         "taylor (backprop), magnitude, random; see `minillm scorers`.",
+                         choices=lambda: SCORERS.names())
+    options: dict[str, Any] = option(
+        default_factory=dict, cli="option", short="-o",
+        help="Scorer option key=value, repeatable (-o n_probes=16 -o eps=1e-3); see `minillm scorers`.")
+    seed: int = option(0, "Seed for random scores, calibration sampling and SPSA probes.")
 
     def __post_init__(self) -> None:
         SCORERS.get(self.scorer)  # an unknown name fails now, listing the registered ones

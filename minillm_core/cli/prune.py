@@ -1,0 +1,183 @@
+"""`minillm info`, `scorers`, `score`, `plan` and `prune`: the headless twins of the Model, Importance and Plan pages.
+
+Options come from the config dataclasses (`minillm_core.cli.options`); every step is a `minillm_core.workflow` call.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from minillm_core import workflow
+from minillm_core.cli.app import (
+    Bar,
+    DataDirOpt,
+    JsonOpt,
+    app,
+    calibration,
+    emit,
+    load,
+    score_model,
+    stderr,
+    user_errors,
+)
+from minillm_core.cli.options import config_command
+from minillm_core.errors import MiniLLMError
+from minillm_core.workflow import CalibrationConfig, LoadConfig, PlanConfig, ScoreConfig
+
+
+def _print_summary(summary: workflow.PlanSummary) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(summary.rows).set_index("layer")
+    typer.echo(table.to_string())
+    typer.echo(
+        f"parameters {summary.params_before:,} -> {summary.params_after:,} "
+        f"(-{summary.removed_fraction:.1%} total, -{summary.removed_fraction_non_embedding:.1%} non-embedding); "
+        f"fp32 {summary.size_mb_before['float32']:.1f} -> {summary.size_mb_after['float32']:.1f} MB; "
+        f"ideal speed-up x{summary.ideal_speedup:.2f}; "
+        f"plain from_pretrained: {'yes' if summary.loads_with_from_pretrained else 'no (use minillm_core.load_pruned)'}"
+    )
+
+
+@app.command()
+@config_command
+def info(load_config: LoadConfig, as_json: JsonOpt = False) -> None:
+    """Show a model's architecture: layers, heads, KV heads, hidden and MLP sizes, parameters, size per dtype."""
+    with user_errors():
+        loaded = load(load_config)
+        payload = {"model": load_config.model, "source": loaded.source, **workflow.architecture(loaded.model)}
+        emit(as_json, payload, lambda: typer.echo("\n".join(f"{k:>22}: {v}" for k, v in payload.items())))
+
+
+@app.command()
+def scorers(as_json: JsonOpt = False) -> None:
+    """List the importance criteria with their default options: what each needs, its engine, and what it does."""
+    rows = workflow.describe_scorers()
+    emit(as_json, rows, lambda: typer.echo("\n".join(
+        f"{n:>12}  [{r['engine']}{', forward-only' if r['forward_only'] and r['engine'] != 'weights' else ''}]  "
+        f"{r['description']}"
+        for n, r in rows.items())))
+
+
+def _scored_plan(loaded, score: ScoreConfig, calib: CalibrationConfig, plan: PlanConfig, data_dir, bar: Bar
+                 ) -> workflow.PruningPlan:
+    scores = score_model(loaded, score, calib, data_dir, bar)
+    return workflow.make_plan(loaded, scores, plan)
+
+
+@app.command("plan")
+@config_command
+def plan_cmd(
+    load_config: LoadConfig,
+    score: ScoreConfig,
+    plan: PlanConfig,
+    calib: CalibrationConfig,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the plan JSON here (replayable with `prune --plan`).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the model and preview a pruning plan: per-layer widths, parameters and size before/after."""
+    with user_errors():
+        loaded = load(load_config)
+        with Bar(not as_json) as bar:
+            p = _scored_plan(loaded, score, calib, plan, data_dir, bar)
+        summary = workflow.summary_of(p, loaded.model)
+        if out is not None:
+            p.save(out)
+            stderr(f"plan written to {out}")
+        emit(as_json, {"plan": str(out) if out else None, "summary": summary.to_dict()},
+             lambda: _print_summary(summary))
+
+
+@app.command()
+@config_command
+def prune(
+    out: Annotated[Path, typer.Option(help="Directory for the pruned model (safetensors, config, tokenizer, plan).")],
+    load_config: LoadConfig,
+    score: ScoreConfig,
+    plan: PlanConfig,
+    calib: CalibrationConfig,
+    data_dir: DataDirOpt = None,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Replay a saved plan instead of scoring.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Physically remove heads and channels and save a smaller dense model.
+
+    Example: minillm prune --model smollm2-135m --scorer flap --ratio 0.2 --out runs/demo
+    """
+    with user_errors():
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise MiniLLMError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        loaded = load(load_config)
+        with Bar(not as_json) as bar:
+            p = workflow.PruningPlan.load(plan_file) if plan_file else _scored_plan(
+                loaded, score, calib, plan, data_dir, bar)
+        summary = workflow.summary_of(p, loaded.model)
+        t0 = time.perf_counter()
+        pruned = workflow.prune(loaded.model, p)
+        workflow.save(pruned, loaded.tokenizer, out, plan=p, overwrite=overwrite)
+        payload = {"out": str(out), "params_before": summary.params_before,
+                   "params_after": workflow.count_params(pruned), "removed_fraction": summary.removed_fraction,
+                   "removed_fraction_non_embedding": summary.removed_fraction_non_embedding,
+                   "loads_with_from_pretrained": summary.loads_with_from_pretrained,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+        emit(as_json, payload, lambda: (_print_summary(summary), typer.echo(f"saved to {out}")))
+
+
+@app.command("score")
+@config_command
+def score_cmd(
+    load_config: LoadConfig,
+    calib: CalibrationConfig,
+    score: ScoreConfig = ScoreConfig("minillm"),  # noqa: B008 (a config default, read by the option generator)
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Save the group scores (safetensors) for `plan`/the dashboard.")]
+    = None,
+    diagnose: Annotated[bool, typer.Option(
+        help="Fidelity diagnostic: compare against exact FMS (minillm estimator exact-layerwise): cosine similarity "
+             "and per-layer Spearman rank correlation; forward-only minillm estimators are also swept over --probes.")]
+    = False,
+    probes: Annotated[str, typer.Option(help="Probe counts for --diagnose.")] = "4,16,64",
+    as_json: JsonOpt = False,
+) -> None:
+    """Score heads and MLP channels. minillm estimators: spsa (the paper's weight-space SPSA) and gates are
+    forward-only; exact-layerwise (default: exact gradient one decoder layer at a time, near-inference memory),
+    exact-backprop and exact-gates use backprop. Example:
+    minillm score --scorer minillm -o estimator=spsa -o n_probes=8 --diagnose"""
+    with user_errors():
+        try:
+            counts = tuple(int(p) for p in probes.split(","))
+        except ValueError:
+            raise MiniLLMError(f"--probes must be comma-separated integers, got {probes!r}") from None
+        loaded = load(load_config)
+        with Bar(not as_json) as bar:
+            t0 = time.perf_counter()
+            scores = score_model(loaded, score, calib, data_dir, bar)
+            payload: dict[str, Any] = {"scorer": score.scorer, "options": scores.options,
+                                       "seconds": round(time.perf_counter() - t0, 2),
+                                       "per_layer_head_mean": [float(h.mean()) for h in scores.heads],
+                                       "per_layer_channel_mean": [float(c.mean()) for c in scores.channels]}
+            if diagnose:
+                payload |= workflow.diagnose(loaded, scores, score, calibration(calib, score.seed), counts, data_dir,
+                                             bar)
+        if out is not None:
+            scores.save(out)
+        emit(as_json, payload, lambda: _render_scores(payload))
+
+
+def _render_scores(payload: dict[str, Any]) -> None:
+    typer.echo(f"{payload['scorer']} {payload['options']} in {payload['seconds']} s")
+    for i, (h, c) in enumerate(zip(payload["per_layer_head_mean"], payload["per_layer_channel_mean"], strict=True)):
+        typer.echo(f"layer {i:>3}: mean head score {h:.4g}, mean channel score {c:.4g}")
+    if "fidelity" in payload:
+        typer.echo("fidelity vs backprop FMS: " + ", ".join(f"{k} {v:.3f}" for k, v in payload["fidelity"].items()
+                                                          if isinstance(v, float)))
+    for row in payload.get("probe_sweep", []):
+        typer.echo(f"  {row['n_probes']:>3} probes: cosine {row['cosine']:.3f}, Spearman heads "
+                   f"{row['mean_spearman_heads']:.3f}, channels {row['mean_spearman_channels']:.3f} "
+                   f"({row['seconds']:.1f} s)")
