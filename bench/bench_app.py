@@ -64,7 +64,7 @@ def slider_times(repeats: int) -> dict[str, float]:
     assert not at.exception, [e.value for e in at.exception]
     out: dict[str, float] = {}
     for allocation in ("uniform", "global"):
-        at.radio(key="plan.allocation").set_value(allocation)
+        at.selectbox(key="plan.allocation").set_value(allocation)
         at.run()
         times = []
         for i in range(repeats):

@@ -15,8 +15,9 @@ from typing import Any
 
 from torch import nn
 
+from minillm_core.devices import resolve_device, resolve_dtype
 from minillm_core.errors import MiniLLMError, ModelLoadError
-from minillm_core.modeling import LayerPlanIndices, LayerShape, get_adapter
+from minillm_core.modeling import LayerPlanIndices, LayerShape, check_supported, get_adapter
 from minillm_core.planning import PruningPlan
 from minillm_core.surgery import prune_layer
 
@@ -106,8 +107,6 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from minillm_core.loading import check_supported, resolve_device, resolve_dtype
 
     path = Path(path).expanduser()
     if not path.is_dir():

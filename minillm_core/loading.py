@@ -18,16 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from minillm_core.errors import ModelLoadError, UnsupportedArchitectureError
-from minillm_core.modeling import ADAPTERS, ArchAdapter, get_adapter
+from minillm_core.devices import DEVICES, DTYPES, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
+from minillm_core.errors import ModelLoadError
+from minillm_core.modeling import ArchAdapter, check_supported, get_adapter
 from minillm_core.options import option
 from minillm_core.settings import cache_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "name" or "org/name"
 
 
@@ -75,30 +74,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA when available, else CPU; `cuda` without a GPU is an error, not a silent fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-        return torch.device(device)
-    raise ModelLoadError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is float32 on CPU (fast kernels, exact scores) and bfloat16 on GPUs that support it."""
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, dtype)
 
 
 def bundled_gguf_path(name: str) -> Path:
@@ -158,13 +133,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def check_supported(model_type: str | None) -> None:
-    if model_type not in ADAPTERS:
-        raise UnsupportedArchitectureError(
-            f"architecture {model_type!r} is not supported; supported: {', '.join(ADAPTERS.names())}"
-        )
 
 
 def resolve_source(name: str) -> Path | str:

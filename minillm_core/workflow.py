@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from minillm_core.allocation import build_plan
-from minillm_core.calibration import CalibrationConfig, build_calibration
+from minillm_core.calibration import FILE_SOURCE, CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
 from minillm_core.loading import LoadConfig, LoadedModel, load_model
@@ -28,11 +28,41 @@ from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
 from minillm_core.surgery import apply_indices, copy_model
 
 __all__ = [
-    "CalibrationConfig", "EvalConfig", "GroupScores", "LoadConfig", "LoadedModel", "ModelGeometry", "PlanConfig",
-    "PlanSummary", "PruneOutcome", "PruningPlan", "RunMetrics", "ScoreConfig", "architecture", "calibrate",
-    "count_params", "describe_scorers", "diagnose", "evaluate", "evaluate_pair", "geometry_of", "load", "make_plan",
-    "measure_memory", "model_dir_of", "needs_calibration", "perplexity_of_text", "prune", "prune_and_evaluate",
-    "save", "score", "summary_of",
+    "FILE_SOURCE",
+    "CalibrationConfig",
+    "EvalConfig",
+    "GroupScores",
+    "LoadConfig",
+    "LoadedModel",
+    "ModelGeometry",
+    "PlanConfig",
+    "PlanSummary",
+    "PruneOutcome",
+    "PruningPlan",
+    "RunMetrics",
+    "ScoreConfig",
+    "architecture",
+    "bundled_models",
+    "calibrate",
+    "count_params",
+    "describe_scorers",
+    "diagnose",
+    "evaluate",
+    "evaluate_pair",
+    "geometry_of",
+    "load",
+    "make_plan",
+    "measure_memory",
+    "model_dir_of",
+    "needs_calibration",
+    "perplexity_of_text",
+    "plan_defaults",
+    "prune",
+    "prune_and_evaluate",
+    "read_calibration_file",
+    "save",
+    "score",
+    "summary_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +100,20 @@ def measure_memory(model: str, dtype: str = "auto", device: str = "auto") -> dic
     from minillm_core.evaluation.speed import measure_memory_fresh
 
     return measure_memory_fresh(model, dtype, device)
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside pip packages (no download needed)."""
+    from minillm_core.loading import BUNDLED
+
+    return list(BUNDLED)
+
+
+def read_calibration_file(path: str | os.PathLike) -> list[str]:
+    """A user's calibration documents (.txt paragraphs or .jsonl `text`), validated; raises `DataError` if unusable."""
+    from minillm_core.calibration import read_calibration_file as read
+
+    return read(path)
 
 
 def geometry_of(model: nn.Module) -> ModelGeometry:
@@ -168,6 +212,16 @@ def diagnose(loaded: LoadedModel, scores: GroupScores, config: ScoreConfig, cali
             loaded.model, loaded.adapter, calibrate(loaded, calib, data_dir), reference, probes=probes,
             progress=progress, **{k: v for k, v in scores.options.items() if k != "n_probes"})
     return out
+
+
+def plan_defaults(model: nn.Module | ModelGeometry) -> PlanConfig:
+    """The default plan options with the default protected layers spelled out for this model's depth."""
+    import dataclasses
+
+    from minillm_core.planning import default_protected_layers
+
+    g = model if isinstance(model, ModelGeometry) else geometry_of(model)
+    return dataclasses.replace(PlanConfig(), protected_layers=default_protected_layers(g.num_layers))
 
 
 def summary_of(plan: PruningPlan, model: nn.Module | ModelGeometry) -> PlanSummary:

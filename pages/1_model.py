@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pandas as pd
 import streamlit as st
 
-from minillm_core.calibration import FILE_SOURCE, CalibrationConfig, calibration_sources, read_calibration_file
-from minillm_core.loading import BUNDLED, DTYPES
+from minillm_core import workflow
+from minillm_core.workflow import CalibrationConfig, LoadConfig
 from ui import state
 from ui.models import model_handle
+from ui.widgets import config_widgets
 
 MAX_UPLOAD_MB = 20
 SOURCES = ("Bundled", "Hugging Face Hub id", "Local directory or .gguf file")
@@ -18,21 +21,21 @@ st.title("Model & data")
 # --- model ------------------------------------------------------------------------------------------------------
 current = st.session_state[state.MODEL]
 with st.form("model_form"):
-    kind = st.radio("Model source", SOURCES, index=0 if current in BUNDLED else 2, horizontal=True)
-    bundled = st.selectbox("Bundled model", list(BUNDLED), help="Shipped with the app; no download needed.")
-    typed = st.text_input("Hub id or local path", value="" if current in BUNDLED else current,
+    bundled_names = workflow.bundled_models()
+    kind = st.radio("Model source", SOURCES, index=0 if current in bundled_names else 2, horizontal=True)
+    bundled = st.selectbox("Bundled model", bundled_names, help="Shipped with the app; no download needed.")
+    typed = st.text_input("Hub id or local path", value="" if current in bundled_names else current,
                           placeholder="HuggingFaceTB/SmolLM2-135M or /path/to/model_dir or model.gguf")
-    col1, col2 = st.columns(2)
-    dtype = col1.selectbox("dtype", DTYPES, index=DTYPES.index(st.session_state[state.DTYPE]))
-    device = col2.selectbox("device", ("auto", "cpu", "cuda"),
-                            index=("auto", "cpu", "cuda").index(st.session_state[state.DEVICE]))
+    picked = config_widgets(LoadConfig, "load", LoadConfig(current, st.session_state[state.DTYPE],
+                                                           st.session_state[state.DEVICE]),
+                            only=("dtype", "device"), choices={"device": ("auto", "cpu", "cuda")}, columns=2)
     if st.form_submit_button("Use this model", type="primary"):
         name = bundled if kind == SOURCES[0] else typed.strip()
         if not name:
             st.error("Type a Hub id or a local path first.")
         else:
-            st.session_state[state.MODEL], st.session_state[state.DTYPE] = name, dtype
-            st.session_state[state.DEVICE] = device
+            st.session_state[state.MODEL], st.session_state[state.DTYPE] = name, picked["dtype"]
+            st.session_state[state.DEVICE] = picked["device"]
             st.session_state[state.PLAN] = st.session_state[state.UPLOADED_PLAN] = None
             st.rerun()
 
@@ -59,16 +62,11 @@ if len(set(g.layers)) > 1:
 st.subheader("Calibration data")
 st.caption("Used by scorers that look at activations or losses; weights-only scorers ignore it.")
 calib = st.session_state[state.CALIBRATION]
-sources = calibration_sources()
-source = st.selectbox("Source", sources, index=sources.index(calib["source"]) if calib["source"] in sources else 0,
-                      format_func=lambda s: "uploaded file (.txt / .jsonl)" if s == FILE_SOURCE else s,
-                      key="calib_source")
-c1, c2, c3 = st.columns(3)
-n_samples = int(c1.number_input("samples", 1, 1024, int(calib["n_samples"])))
-seq_len = int(c2.number_input("tokens per sample", 8, 4096, int(calib["seq_len"])))
-seed = int(c3.number_input("seed", 0, 2**31 - 1, int(calib["seed"])))
-path = calib.get("path") if source == FILE_SOURCE else None
-if source == FILE_SOURCE:
+values = config_widgets(CalibrationConfig, "calib", SimpleNamespace(**calib),  # "file" has no path yet
+                        only=("source", "n_samples", "seq_len", "seed"), columns=4)
+source, n_samples, seq_len, seed = values["source"], values["n_samples"], values["seq_len"], values["seed"]
+path = calib.get("path") if source == workflow.FILE_SOURCE else None
+if source == workflow.FILE_SOURCE:
     upload = st.file_uploader("Calibration file", type=["txt", "jsonl"], max_upload_size=MAX_UPLOAD_MB,
                               key="calib_file",
                               help=".txt: paragraphs split on blank lines; .jsonl: one {\"text\": ...} per line. "
@@ -83,13 +81,13 @@ if source == FILE_SOURCE:
             target = state.upload_dir() / f"calibration{suffix}"
             target.write_bytes(data)
             with state.user_errors():
-                docs = read_calibration_file(target)
+                docs = workflow.read_calibration_file(target)
             st.success(f"{upload.name}: {len(docs):,} documents, {len(data) / 1024:,.1f} KB")
             path = str(target)
     if path is None:
         st.info("Upload a file to use it for calibration.")
 with state.user_errors():
-    if source != FILE_SOURCE or path is not None:
+    if source != workflow.FILE_SOURCE or path is not None:
         config = CalibrationConfig(source=source, n_samples=n_samples, seq_len=seq_len, seed=seed, path=path)
         st.session_state[state.CALIBRATION] = {"source": source, "n_samples": n_samples, "seq_len": seq_len,
                                                "seed": seed, "path": path}

@@ -5,21 +5,21 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from minillm_core.allocation import build_plan
-from minillm_core.groups import HEAD_GRANULARITIES
-from minillm_core.planning import ALLOCATIONS, TARGETS, PlanConfig, PruningPlan, default_protected_layers, summarize
-from minillm_core.runs import widths_figure
+from minillm_core import workflow
+from minillm_core.runs import widths_figure  # moves to ui.figures with the runs package
+from minillm_core.workflow import PlanConfig, PruningPlan
 from ui import state
 from ui.models import model_handle
+from ui.widgets import config_widgets
 
-P = "plan."  # widget key prefix
+PROTECTED = "plan.protected_layers"  # the protected-layers widget's key
 
 
 def _toggle_clicked_layers() -> None:
     """Click a layer's bar to protect it (or to unprotect it); runs before the script, so it may set the widget."""
     points = st.session_state["widths_chart"].selection.get("points", [])
     clicked = {int(p["x"]) for p in points if "x" in p}
-    st.session_state[P + "protected"] = sorted(set(st.session_state.get(P + "protected", [])) ^ clicked)
+    st.session_state[PROTECTED] = sorted(set(st.session_state.get(PROTECTED, [])) ^ clicked)
 
 
 st.title("Plan")
@@ -50,31 +50,15 @@ elif scores is None:
     st.stop()
 else:
     st.caption(f"Ranking by **{st.session_state.get(state.ACTIVE_SCORER) or scores.scorer}** scores.")
-    defaults = {"ratio": 0.2, "allocation": ALLOCATIONS[0], "target": "both", "granularity": HEAD_GRANULARITIES[0],
-                "round_to": 8, "protected": list(default_protected_layers(g.num_layers))}
-    state.restore_widgets(state.PLAN_OPTIONS, defaults, P)
-    st.session_state[P + "protected"] = [i for i in st.session_state[P + "protected"] if i < g.num_layers]
-    ratio = st.slider("Fraction of parameters to remove", 0.01, 0.90, step=0.01, key=P + "ratio")
-    c1, c2, c3 = st.columns(3)
-    allocation = c1.radio("Allocation", ALLOCATIONS, horizontal=True, key=P + "allocation",
-                          help="uniform: the same widths in every unprotected layer; global: rank across layers.")
-    target = c2.radio("Prune", TARGETS, horizontal=True, key=P + "target")
-    granularity = c3.radio("Head granularity", HEAD_GRANULARITIES, horizontal=True, key=P + "granularity")
-    c4, c5 = st.columns([3, 1])
-    protected = c4.multiselect("Protected layers (never pruned)", list(range(g.num_layers)), key=P + "protected")
-    round_to = int(c5.number_input("Round channels to", 1, 256, step=1, key=P + "round_to"))
-    state.remember_widgets(state.PLAN_OPTIONS, {"ratio": ratio, "allocation": allocation, "target": target,
-                                                "granularity": granularity, "round_to": round_to,
-                                                "protected": protected})
+    values = config_widgets(PlanConfig, "plan", workflow.plan_defaults(g), columns=1, sliders=("ratio",),
+                            choices={"protected_layers": list(range(g.num_layers))})
     with state.user_errors():
-        config = PlanConfig(ratio=ratio, allocation=allocation, protected_layers=tuple(protected), target=target,
-                            head_granularity=granularity, round_to=round_to)
-        plan = build_plan(g, scores, config, handle.loaded.name)
+        plan = workflow.make_plan(handle.loaded, scores, PlanConfig(**values))
 st.session_state[state.PLAN] = plan
 state.sidebar_status()
 
 # --- preview ----------------------------------------------------------------------------------------------------
-s = summarize(plan, g)
+s = workflow.summary_of(plan, g)
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Parameters after", f"{s.params_after:,}", f"-{s.removed_fraction:.1%}", delta_color="off")
 m2.metric("Non-embedding removed", f"{s.removed_fraction_non_embedding:.1%}")

@@ -75,7 +75,7 @@ def test_model_page_bad_path_shows_an_error(tiny_model_dir, runs_dir):  # noqa: 
 
 
 def test_calibration_upload_is_validated_and_private(app):
-    app.selectbox(key="calib_source").set_value("file")
+    app.selectbox(key="calib.source").set_value("file")
     ok(app.run())
     up = app.file_uploader(key="calib_file")
     up.set_value(("notes.jsonl", b'{"nope": 1}\n', "application/json"))
@@ -116,14 +116,14 @@ def test_plan_page_slider_updates_the_preview(app):
     assert 0.35 < plan.removed_fraction < 0.45
     assert len(app.get("download_button")) == 1
     app.slider(key="plan.ratio").set_value(0.2)
-    app.multiselect(key="plan.protected").set_value([0, 1])
-    app.radio(key="plan.allocation").set_value("global")
+    app.multiselect(key="plan.protected_layers").set_value([0, 1])
+    app.selectbox(key="plan.allocation").set_value("global")
     ok(app.run())
     assert not app.error
     assert app.session_state[state.PLAN].config.protected_layers == (0, 1)
     goto(app, "4_run.py")
     goto(app, "3_plan.py")  # the options survive a visit to another page
-    assert app.slider(key="plan.ratio").value == 0.2 and app.multiselect(key="plan.protected").value == [0, 1]
+    assert app.slider(key="plan.ratio").value == 0.2 and app.multiselect(key="plan.protected_layers").value == [0, 1]
     assert app.session_state[state.PLAN].config.allocation == "global"
 
 

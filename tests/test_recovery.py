@@ -136,7 +136,7 @@ def test_merged_model_equals_the_adapter_model_and_reloads(text_file, tmp_path):
 def test_out_dir_becomes_a_pruned_model_with_its_plan_and_record(text_file, tmp_path):
     model, p = pruned()
     out = tmp_path / "recovered"
-    result = train(model, tiny_tokenizer(), config(text_file), out_dir=out)
+    result = train(model, tiny_tokenizer(), config(text_file), out_dir=out, plan=p)
     reloaded, _ = load_pruned(out)
     torch.testing.assert_close(logits(reloaded), logits(result.model), atol=1e-5, rtol=1e-5)
     assert load_plan(out).to_dict() == p.to_dict()

@@ -1,21 +1,92 @@
-"""Shared widgets: scorer options built from a scorer's dataclass fields.
+"""Widgets generated from the config dataclasses (`minillm_core.options`) and from a scorer's dataclass fields.
 
-New scorers in `minillm_core.scoring.SCORERS` get their option widgets automatically.
+Choices render as select boxes (several choices: multiselect), booleans as checkboxes, bounded numbers as number
+inputs or sliders; the defaults are the dataclass's, so the dashboard and the CLI cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
 
-from minillm_core.scoring import Scorer
+from minillm_core.options import OptionSpec, describe
 
 
-def scorer_options(cls: type[Scorer], key: str) -> dict[str, Any]:
-    """One widget per dataclass field of the scorer (int, float, bool, str, Literal); returns the options."""
+def _seed(key: str, value: Any) -> None:
+    """Give the widget its default through session state only (never both a value and a key: Streamlit warns)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def _number(spec: OptionSpec, where: Any, key: str, value: Any, slider: bool) -> Any:
+    cast = int if spec.type is int else float
+    fmt = {"step": 1} if cast is int else {"format": "%.6g"}
+    if spec.optional:  # None is shown as 0 ("all", "none")
+        _seed(key, cast(value or 0))
+        return cast(where.number_input(f"{spec.label} (0 = all)", min_value=cast(0), key=key, help=spec.help,
+                                       **fmt)) or None
+    _seed(key, cast(value))
+    bounds = {k: cast(v) for k, v in (("min_value", spec.min), ("max_value", spec.max)) if v is not None}
+    if slider and bounds.keys() == {"min_value", "max_value"}:
+        return cast(where.slider(spec.label, step=cast(spec.step or 1), key=key, help=spec.help, **bounds))
+    return cast(where.number_input(spec.label, key=key, help=spec.help, **bounds, **fmt))
+
+
+def option_widget(spec: OptionSpec, key: str, value: Any, where: Any = st, choices: Sequence[Any] | None = None,
+                  slider: bool = False) -> Any:
+    """One input for one declared option; returns the chosen value (typed as the field)."""
+    choices = list(choices if choices is not None else spec.choices or [])
+    if spec.multiple:
+        _seed(key, [v for v in (value or ()) if v in choices])
+        st.session_state[key] = [v for v in st.session_state[key] if v in choices]  # choices may have narrowed
+        return tuple(where.multiselect(spec.label, choices, key=key, help=spec.help))
+    if choices:
+        _seed(key, value if value in choices else choices[0])
+        return where.selectbox(spec.label, choices, key=key, help=spec.help)
+    if spec.type is bool:
+        _seed(key, bool(value))
+        return where.checkbox(spec.label, key=key, help=spec.help)
+    if spec.type in (int, float):
+        return _number(spec, where, key, value, slider)
+    _seed(key, "" if value is None else str(value))
+    text = where.text_input(spec.label, key=key, help=spec.help)
+    return (text.strip() or None) if spec.optional else text
+
+
+def config_widgets(
+    cls: type,
+    key: str,
+    defaults: Any | None = None,
+    *,
+    only: Sequence[str] | None = None,
+    choices: dict[str, Sequence[Any]] | None = None,
+    sliders: Sequence[str] = (),
+    columns: int = 1,
+) -> dict[str, Any]:
+    """Inputs for the declared options of `cls` (or `only` those), defaulting to `defaults` or the class defaults.
+
+    Returns {field name: value}; build the config with `dataclasses.replace(defaults or cls(), **values)`.
+    `choices` narrows or supplies choices per field (e.g. the model's layer indices); `sliders` names bounded numbers
+    to show as sliders.
+    """
+    specs = [s for s in describe(cls, defaults) if s.type is not dict and (only is None or s.name in only)]
+    cols = st.columns(columns) if columns > 1 else [st]
+    # Streamlit forgets the state of widgets a run did not draw: keep the values so they survive other pages.
+    saved = st.session_state.setdefault(f"_saved:{key}", {})
+    values = {}
+    for i, spec in enumerate(specs):
+        values[spec.name] = option_widget(spec, f"{key}.{spec.name}", saved.get(spec.name, spec.default),
+                                          cols[i % len(cols)], (choices or {}).get(spec.name), spec.name in sliders)
+    saved.update(values)
+    return values
+
+
+def scorer_options(cls: type, key: str) -> dict[str, Any]:
+    """One widget per dataclass field of a scorer (int, float, bool, str, Literal); returns the options."""
     if not dataclasses.is_dataclass(cls):
         return {}
     hints = typing.get_type_hints(cls)

@@ -152,9 +152,12 @@ def config_command(func: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # typer must read the generated signature, not func's
+    wrapper.config_groups = groups  # type: ignore[attr-defined]  (read by tests and docs)
     return wrapper
 
 
-def cli_defaults(func: Callable[..., Any]) -> dict[str, Any]:
-    """{flag parameter: default} of a generated command (tests compare them with the dataclass defaults)."""
-    return {name: p.default for name, p in inspect.signature(func).parameters.items()}
+def offered_options(command: Callable[..., Any]) -> list[tuple[type, Any, OptionSpec, Any]]:
+    """(config class, its default instance, option, flag default) for every generated flag of a command."""
+    params = inspect.signature(command).parameters
+    return [(g.cls, g.default, spec, params[_param_name(spec)].default)
+            for g in command.config_groups.values() for spec in g.specs]

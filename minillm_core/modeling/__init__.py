@@ -10,11 +10,13 @@ from minillm_core.modeling.base import (
     LayerPlanIndices,
     LayerShape,
     Slice,
+    check_supported,
     count_params,
     get_adapter,
     max_context,
 )
 
 __all__ = [
-    "ADAPTERS", "ArchAdapter", "LayerPlanIndices", "LayerShape", "Slice", "count_params", "get_adapter", "max_context",
+    "ADAPTERS", "ArchAdapter", "LayerPlanIndices", "LayerShape", "Slice", "check_supported", "count_params",
+    "get_adapter", "max_context",
 ]

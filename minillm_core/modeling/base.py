@@ -209,3 +209,13 @@ def max_context(model: nn.Module) -> int | None:
 def count_params(model: nn.Module) -> int:
     """Parameters, counting tied tensors (a shared embedding and LM head) once."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def check_supported(model_type: str | None) -> None:
+    """Raise `UnsupportedArchitectureError`, listing the supported families, unless `model_type` has an adapter."""
+    from minillm_core.errors import UnsupportedArchitectureError
+
+    if model_type not in ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not supported; supported: {', '.join(ADAPTERS.names())}"
+        )

@@ -11,15 +11,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from minillm_core import data as textdata
 from minillm_core.errors import DataError
-
-if TYPE_CHECKING:  # recovery imports this module
-    from minillm_core.recovery import RecoveryConfig
+from minillm_core.recovery.config import RecoveryConfig
 
 IGNORE = -100  # label of tokens that do not count in the loss (prompt tokens, padding)
 FILE_KINDS = {".json": "Alpaca records (JSON array)", ".jsonl": "Alpaca records (one per line)", ".txt": "plain text"}

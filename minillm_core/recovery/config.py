@@ -1,0 +1,97 @@
+"""Settings of a LoRA recovery run (`RecoveryConfig`) and what it measures before and after by default.
+
+Validated on construction (errors name the allowed values); the CLI and the dashboard generate their inputs from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.suite import EvalConfig
+from minillm_core.options import option
+
+# Settings that may change when a run resumes: everything else must match the checkpoint.
+_RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite")
+#: What `recover` measures before and after unless told otherwise: WikiText-2 perplexity on the first 40 windows.
+DEFAULT_EVAL = EvalConfig(perplexity=("wikitext2",), limit=40)
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Settings of one LoRA recovery run; validated on construction (errors name the allowed values).
+
+    Paper-scale recipe (LLM-Pruner, Ma et al. 2023, `post_training.py`): rank 8, alpha 16, dropout 0.05 on every
+    attention and MLP linear, Alpaca-cleaned (~50k records), 2 epochs, lr 1e-4, batch 64 (micro-batch 4), cutoff
+    256 tokens, prompt tokens masked (`train_on_inputs` False): `RecoveryConfig(learning_rate=1e-4, epochs=2,
+    n_samples=None, batch_size=4, grad_accum=16, warmup_steps=100)` with `MINILLM_DATA_DIR` unset (the Hub copy).
+    The defaults here are a CPU-sized run (50 updates of 4 records, 200 Alpaca records, one epoch): lr 3e-4, the
+    default of LLM-Pruner's and Alpaca-LoRA's scripts, because 1e-4 barely moves an adapter in so few updates.
+
+    `data`: a registered text dataset (`alpaca` is instruction data; wikitext2, ptb, c4 are plain text, their train
+    split), or a path to a `.json`/`.jsonl` file of Alpaca records (`instruction`, `output`, optional `input`) or to a
+    `.txt` file of plain text. `n_samples` keeps a seeded random subset of records (plain text: of `max_length`
+    blocks); None keeps all. `target_modules` None means every attention and MLP linear, named by the adapter.
+    """
+
+    rank: int = option(8, "LoRA rank.", min=1)
+    alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank).", min=0.0)
+    dropout: float = option(0.05, "LoRA dropout.", min=0.0, max=0.99)
+    target_modules: tuple[str, ...] | None = option(
+        None, "Linear names to adapt; default: every attention and MLP linear of the architecture.")
+    learning_rate: float = option(3e-4, "Peak AdamW learning rate.", min=0.0)
+    warmup_steps: int = option(5, "Linear warmup updates, then linear decay to 0.", min=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
+    epochs: int = option(1, "Passes over the records.", min=1, max=100)
+    max_steps: int | None = option(None, "Stop after this many updates (overrides --epochs; the data is cycled).",
+                                   min=1)
+    batch_size: int = option(4, "Records per forward pass (micro-batch).", min=1)
+    grad_accum: int = option(1, "Micro-batches per update.", min=1)
+    max_length: int = option(256, "Tokens per record (LLM-Pruner cutoff_len).", min=2)
+    data: str = option("alpaca", "alpaca (Alpaca-cleaned: data mirror, else the Hub), c4/ptb/wikitext2 (plain text, "
+                       "train split), or a .json/.jsonl file of Alpaca records (instruction, input, output) or a .txt "
+                       "file.", label="training data")
+    n_samples: int | None = option(200, "Seeded subset of records (plain text: max-length blocks); 0 or empty = all.",
+                                   min=0, label="records")
+    train_on_inputs: bool = option(False, "Also train on the prompt tokens (LLM-Pruner: off).")
+    seed: int = option(0, "Seed for the record subset, dropout and shuffling.")
+    merge: bool = option(True, "Merge LoRA into the pruned weights, or save the PEFT adapter on its own.",
+                         cli="merge/--keep-adapter", label="merge adapters into the weights")
+    data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
+    overwrite: bool = option(False, "Replace a non-empty --out (its checkpoint included).")
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "epochs", "batch_size", "grad_accum", "max_length"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.n_samples == 0:  # 0 = every record, as on the command line
+            object.__setattr__(self, "n_samples", None)
+        for name in ("max_steps", "n_samples"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.max_length < 2:
+            raise MiniLLMError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MiniLLMError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (self.learning_rate > 0 and self.alpha > 0 and self.weight_decay >= 0):
+            raise MiniLLMError("learning_rate and alpha must be > 0 and weight_decay >= 0")
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules.split(",")))
+        elif self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name not in _RESUMABLE_CHANGES}
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MiniLLMError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
