@@ -14,7 +14,7 @@ from torch import nn
 from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape, Slice
 
 
-def _unit_index(units: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
+def unit_index(units: Sequence[int], width: int, device: torch.device | None = None) -> torch.Tensor:
     """Weight rows/columns owned by `units` (each `width` wide), in order."""
     base = torch.as_tensor(list(units), dtype=torch.long, device=device)
     return (base[:, None] * width + torch.arange(width, device=device)).reshape(-1)
@@ -24,7 +24,7 @@ def _sliced_linear(s: Slice, units: Sequence[int]) -> nn.Linear:
     """A new nn.Linear holding only the kept rows (dim 0) or columns (dim 1) of `s.linear`."""
     old = s.linear
     w = old.weight
-    idx = _unit_index(units, s.width, w.device)
+    idx = unit_index(units, s.width, w.device)
     weight = w.index_select(s.dim, idx)
     bias = old.bias
     if bias is not None and s.dim == 0:
@@ -81,4 +81,4 @@ def zero_mask(adapter: ArchAdapter, kept_per_layer: Sequence[LayerPlanIndices]) 
                 continue
             removed = sorted(set(range(s.n_units)) - set(_kept_units(s, kept)))
             if removed:
-                s.linear.weight.index_fill_(1, _unit_index(removed, s.width, s.linear.weight.device), 0.0)
+                s.linear.weight.index_fill_(1, unit_index(removed, s.width, s.linear.weight.device), 0.0)

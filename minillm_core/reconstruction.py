@@ -1,0 +1,260 @@
+"""Layer-wise reconstruction after pruning: re-fit the kept columns of each output projection by least squares.
+
+After heads/channels are removed, the attention output projection and the MLP output projection of every pruned
+layer are re-fitted so that, on the pruned model's own inputs, they reproduce the original layer's projection output
+(`target="local"`, SlimGPT/FLAP-style) or the dense model's activations (`target="dense"`, OSSCAR's variant, which
+also corrects the error accumulated in earlier layers). Forward passes only, one layer at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.modeling import get_adapter
+from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices
+from minillm_core.options import option
+from minillm_core.progress import Progress, no_progress
+from minillm_core.scoring.activations import eval_mode
+from minillm_core.sequential import LayerInput, capture_input, first_layer_inputs, replace_inputs
+from minillm_core.surgery import unit_index
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("local", "dense")
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """Whether and how to re-fit the kept weights after pruning (needs calibration data, forward passes only)."""
+
+    enabled: bool = option(True, "Re-fit each pruned layer's output projections by least squares to reproduce the "
+                           "original layer's output (forward passes only).", cli="reconstruct/--no-reconstruct",
+                           label="reconstruct the kept weights")
+    damping: float = option(0.01, "Ridge damping of the re-fit, as a fraction of the mean diagonal of the input "
+                            "Gram matrix.", min=0.0, max=10.0, cli="recon-damping", label="re-fit damping")
+    target: str = option("local", "local: the original layer's output on the pruned model's inputs; dense: the dense "
+                         "model's own activations (OSSCAR; also corrects earlier layers' error).", choices=TARGETS,
+                         cli="recon-target", label="re-fit target")
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise MiniLLMError(f"unknown reconstruction target {self.target!r}; allowed: {', '.join(TARGETS)}")
+        if not isinstance(self.damping, (int, float)) or self.damping < 0:
+            raise MiniLLMError(f"reconstruction damping must be >= 0, got {self.damping!r}")
+
+
+# --- the math -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Gram:
+    """Running second moments over rows: `cross = T^T S` (target-side x source-side) and `gram = S^T S`.
+
+    T: [rows, n] inputs of the original projection (all columns); S: [rows, k] inputs of the pruned one (kept
+    columns). With a bias both get a trailing column of ones. Accumulated in float64.
+    """
+
+    cross: torch.Tensor
+    gram: torch.Tensor
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, n: int, k: int, device: torch.device) -> Gram:
+        return cls(torch.zeros(n, k, dtype=torch.float64, device=device),
+                   torch.zeros(k, k, dtype=torch.float64, device=device))
+
+    def add(self, target: torch.Tensor, source: torch.Tensor) -> None:
+        t, s = target.to(torch.float64), source.to(torch.float64)
+        self.cross += t.T @ s
+        self.gram += s.T @ s
+        self.rows += t.shape[0]
+
+
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """[rows, n] -> [rows, n + 1] with a column of ones (the bias input)."""
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+def refit(weight: torch.Tensor, stats: Gram, damping: float) -> torch.Tensor:
+    """The kept-column weights W' [out, k] minimising ||S W'^T - T W^T||^2 + lam ||W'||^2 over the recorded rows.
+
+    `weight`: [out, n] original weights (bias appended as a column when the stats carry ones). Closed form
+    `W' = W C (G + lam I)^-1` with C = T^T S, G = S^T S and lam = damping x mean(diag G) (SlimGPT, FLAP).
+    """
+    g = stats.gram
+    lam = damping * g.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    rhs = (weight.to(torch.float64) @ stats.cross).T  # [k, out]
+    for _ in range(6):  # a singular Gram matrix (dead channels) gets more damping, never a crash
+        chol, info = torch.linalg.cholesky_ex(g + lam * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs, chol).T
+        lam = lam * 10 if lam > 0 else g.diagonal().mean().clamp_min(1e-12) * 1e-6
+    raise MiniLLMError("reconstruction failed: the calibration inputs' Gram matrix is not positive definite")
+
+
+def objective(candidate: torch.Tensor, weight: torch.Tensor, stats: Gram) -> float:
+    """||S W''^T - T W^T||^2 up to the constant ||T W^T||^2: -2 tr(W'' C^T W^T) + tr(W'' G W''^T)."""
+    c = candidate.to(torch.float64)
+    w = weight.to(torch.float64)
+    return float(-2 * torch.sum((w @ stats.cross) * c) + torch.sum((c @ stats.gram) * c))
+
+
+def best_fit(weight: torch.Tensor, kept_weight: torch.Tensor, stats: Gram, damping: float) -> tuple[torch.Tensor, bool]:
+    """The re-fit, unless simply keeping the columns reproduces the target better (then those: never worse)."""
+    fitted = refit(weight, stats, damping)
+    if objective(fitted, weight, stats) <= objective(kept_weight, weight, stats):
+        return fitted, True
+    return kept_weight.to(torch.float64), False
+
+
+# --- the driver -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconstructReport:
+    """Per re-fitted projection: layer, which ("attention"/"mlp"), relative error before and after the re-fit."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"projections": self.rows}
+
+
+def _rel_error(candidate: torch.Tensor, weight: torch.Tensor, stats: Gram, energy: float) -> float:
+    return max(0.0, (energy + objective(candidate, weight, stats)) / max(energy, 1e-30)) ** 0.5
+
+
+def _fit_projection(dense: nn.Linear, pruned: nn.Linear, kept: torch.Tensor, stats: Gram, energy: float,
+                    damping: float) -> dict[str, float]:
+    """Re-fit `pruned` (the kept columns `kept` of `dense`) in place from `stats`; returns the errors."""
+    weight = dense.weight.detach()
+    kept_w = weight.index_select(1, kept)
+    if dense.bias is not None:  # bias as one more input column of ones
+        weight = torch.cat([weight, dense.bias.detach()[:, None]], dim=1)
+        kept_w = torch.cat([kept_w, dense.bias.detach()[:, None]], dim=1)
+    fitted, used = best_fit(weight, kept_w, stats, damping)
+    before = _rel_error(kept_w, weight, stats, energy)
+    after = _rel_error(fitted, weight, stats, energy)
+    with torch.no_grad():
+        n = pruned.weight.shape[1]
+        pruned.weight.copy_(fitted[:, :n].to(pruned.weight.dtype))
+        if pruned.bias is not None:
+            pruned.bias.copy_(fitted[:, n].to(pruned.bias.dtype))
+    return {"error_before": before, "error_after": after, "refit": used}
+
+
+def _energy(dense: nn.Linear, targets: list[torch.Tensor]) -> float:
+    """||T W^T + b||^2 summed over the recorded rows (for relative errors)."""
+    return float(sum(dense(t).double().pow(2).sum() for t in targets))
+
+
+class _Layer:
+    """One layer's dense original, pruned copy and kept indices."""
+
+    def __init__(self, dense: ArchAdapter, pruned: ArchAdapter, index: int, kept: LayerPlanIndices) -> None:
+        self.dense, self.pruned = dense.layers()[index], pruned.layers()[index]
+        self.index, self.kept = index, kept
+        self.d_adapter, self.p_adapter = dense, pruned
+
+    def head_columns(self, device: torch.device) -> torch.Tensor:
+        return unit_index(self.kept.heads, self.d_adapter.head_dim, device)
+
+    def channel_columns(self, device: torch.device) -> torch.Tensor:
+        return unit_index(self.kept.channels, 1, device)
+
+
+def _stats_for(proj: nn.Linear, targets: list[torch.Tensor], sources: list[torch.Tensor], kept: torch.Tensor) -> Gram:
+    bias = proj.bias is not None
+    n, k = proj.weight.shape[1] + bias, kept.numel() + bias
+    stats = Gram.empty(n, k, proj.weight.device)
+    for t, s in zip(targets, sources, strict=True):
+        s = s.index_select(1, kept)
+        stats.add(with_ones(t) if bias else t, with_ones(s) if bias else s)
+    return stats
+
+
+@torch.no_grad()
+def _attention(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, damping: float
+               ) -> dict[str, Any]:
+    """Re-fit the attention output projection: kept heads' outputs are the original layer's, on the same input."""
+    o_dense = layer.d_adapter.attention_out_proj(layer.dense)
+    sources, targets = [], []
+    with capture_input(o_dense) as cap:
+        for b, x in enumerate(xs):
+            x.run(layer.dense)
+            sources.append(cap.take())
+            if xd is not None:
+                xd[b].run(layer.dense)
+                targets.append(cap.take())
+    targets = targets or sources
+    kept = layer.head_columns(o_dense.weight.device)
+    stats = _stats_for(o_dense, targets, sources, kept)
+    o_pruned = layer.p_adapter.attention_out_proj(layer.pruned)
+    return _fit_projection(o_dense, o_pruned, kept, stats, _energy(o_dense, targets), damping)
+
+
+@torch.no_grad()
+def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, damping: float) -> dict[str, Any]:
+    """Re-fit the MLP output projection on the pruned layer's own MLP input (after its re-fitted attention)."""
+    down_dense = layer.d_adapter.mlp_out_proj(layer.dense)
+    first_in = layer.p_adapter.mlp_in_projs(layer.pruned)[0]
+    sources, targets = [], []
+    for b, x in enumerate(xs):
+        with capture_input(first_in) as mlp_in:
+            x.run(layer.pruned)
+        u = mlp_in.values[0]
+        # The original MLP on the pruned layer's MLP input: every channel, so removed ones count in the target.
+        with replace_inputs(layer.d_adapter.mlp_in_projs(layer.dense), lambda u=u: u), \
+                capture_input(down_dense) as z:
+            x.run(layer.dense)
+        sources.append(z.take())
+        if xd is not None:
+            with capture_input(down_dense) as zd:
+                xd[b].run(layer.dense)
+            targets.append(zd.take())
+    targets = targets or sources
+    kept = layer.channel_columns(down_dense.weight.device)
+    stats = _stats_for(down_dense, targets, sources, kept)
+    down_pruned = layer.p_adapter.mlp_out_proj(layer.pruned)
+    return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets), damping)
+
+
+def reconstruct(
+    original: nn.Module,
+    pruned: nn.Module,
+    kept: list[LayerPlanIndices],
+    calibration: torch.Tensor,
+    config: ReconstructConfig = ReconstructConfig(),  # frozen: safe as a default
+    progress: Progress = no_progress,
+) -> ReconstructReport:
+    """Re-fit, in place, the output projections of every pruned layer of `pruned` (a pruned copy of `original`).
+
+    `kept[i]`: the kept indices of layer i in the original's numbering (`PruningPlan.layers`); `calibration`:
+    [n, seq] token ids. `original` is only read. Returns the per-projection relative errors before/after.
+    """
+    da, pa = get_adapter(original), get_adapter(pruned)
+    report = ReconstructReport()
+    with eval_mode(original), eval_mode(pruned):
+        xs = first_layer_inputs(pruned, pa, calibration, config.batch_size)
+        xd = first_layer_inputs(original, da, calibration, config.batch_size) if config.target == "dense" else None
+        n = len(kept)
+        for i, k in enumerate(kept):
+            layer = _Layer(da, pa, i, k)
+            shape = da.layer_shape(i)
+            if len(k.heads) < shape.num_heads:
+                report.rows.append({"layer": i, "projection": "attention", **_attention(layer, xs, xd, config.damping)})
+            if len(k.channels) < shape.intermediate:
+                report.rows.append({"layer": i, "projection": "mlp", **_mlp(layer, xs, xd, config.damping)})
+            with torch.no_grad():
+                xs = [x.advanced(layer.pruned) for x in xs]
+                xd = [x.advanced(layer.dense) for x in xd] if xd is not None else None
+            progress(i + 1, n, "reconstruct")
+    return report

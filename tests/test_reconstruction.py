@@ -1,0 +1,129 @@
+"""Layer-wise reconstruction: the re-fit math on hand-made tensors, and tiny models of every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minillm_core import workflow
+from minillm_core.errors import MiniLLMError
+from minillm_core.modeling import get_adapter
+from minillm_core.planning import PlanConfig
+from minillm_core.reconstruction import Gram, ReconstructConfig, best_fit, objective, reconstruct, refit, with_ones
+from minillm_core.surgery import zero_mask
+from tests.conftest import tiny_model
+
+KINDS = ["llama-gqa", "llama-mha", "mistral", "qwen2", "opt", "bloom"]
+
+
+def _stats(t: torch.Tensor, s: torch.Tensor) -> Gram:
+    g = Gram.empty(t.shape[1], s.shape[1], t.device)
+    g.add(t, s)
+    return g
+
+
+def test_refit_is_the_least_squares_solution():
+    torch.manual_seed(0)
+    x, w = torch.randn(200, 12, dtype=torch.float64), torch.randn(5, 12, dtype=torch.float64)
+    kept = torch.tensor([0, 2, 3, 7, 9, 11])
+    fitted = refit(w, _stats(x, x[:, kept]), damping=0.0)
+    expected = torch.linalg.lstsq(x[:, kept], x @ w.T).solution.T
+    torch.testing.assert_close(fitted, expected)
+
+
+def test_refit_with_a_bias_column():
+    torch.manual_seed(1)
+    x, w, b = torch.randn(300, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 1)
+    kept = torch.tensor([1, 4, 5])
+    full = torch.cat([w, b.double()], dim=1)
+    fitted = refit(full, _stats(with_ones(x), with_ones(x[:, kept])), damping=0.0)
+    expected = torch.linalg.lstsq(with_ones(x[:, kept]), x @ w.T + b.double().T).solution.T
+    torch.testing.assert_close(fitted, expected)
+
+
+def test_exact_when_the_removed_columns_carry_nothing():
+    torch.manual_seed(2)
+    x, w = torch.randn(100, 10, dtype=torch.float64), torch.randn(3, 10, dtype=torch.float64)
+    kept = torch.tensor([0, 1, 2, 5, 6])
+    w[:, [3, 4, 7, 8, 9]] = 0.0  # the removed units never reach the output
+    fitted = refit(w, _stats(x, x[:, kept]), damping=1e-8)
+    torch.testing.assert_close(x[:, kept] @ fitted.T, x @ w.T, atol=1e-6, rtol=1e-6)
+
+
+def test_best_fit_never_increases_the_error():
+    torch.manual_seed(3)
+    for damping in (0.0, 0.01, 1.0, 100.0):
+        x, w = torch.randn(50, 16, dtype=torch.float64), torch.randn(6, 16, dtype=torch.float64)
+        kept = torch.arange(0, 16, 2)
+        stats = _stats(x, x[:, kept])
+        chosen, _ = best_fit(w, w[:, kept], stats, damping)
+        assert objective(chosen, w, stats) <= objective(w[:, kept], w, stats) + 1e-9
+
+
+def test_a_singular_gram_matrix_gets_more_damping():
+    x = torch.zeros(20, 4, dtype=torch.float64)
+    x[:, 0] = 1.0  # three dead inputs
+    w = torch.randn(2, 4, dtype=torch.float64)
+    fitted = refit(w, _stats(x, x), damping=0.0)
+    assert torch.isfinite(fitted).all()
+
+
+def _pruned(kind: str, ratio: float = 0.3):
+    model = tiny_model(kind)
+    plan = workflow.make_plan(model, workflow.score(model, "random", seed=0),
+                              PlanConfig(ratio=ratio, allocation="global", protected_layers=()))
+    return model, plan
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["local", "dense"])
+def test_reconstruction_brings_the_pruned_model_closer(kind, target):
+    model, plan = _pruned(kind)
+    calib = torch.randint(3, 96, (16, 24), generator=torch.Generator().manual_seed(8))
+    held = torch.randint(3, 96, (8, 24), generator=torch.Generator().manual_seed(9))
+    ref = _logits(model, held)
+    naive = workflow.prune(model, plan)
+    refitted = workflow.prune(model, plan)
+    hooks = _hook_count(model) + _hook_count(refitted)
+    report = reconstruct(model, refitted, plan.layers, calib, ReconstructConfig(target=target))
+    assert _hook_count(model) + _hook_count(refitted) == hooks  # every hook came off
+    assert report.rows and all(r["error_after"] <= r["error_before"] + 1e-6 for r in report.rows)
+    assert (_logits(refitted, held) - ref).pow(2).mean() < (_logits(naive, held) - ref).pow(2).mean()
+    assert workflow.count_params(refitted) == plan.predicted_params  # shapes untouched, only values
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exact_recovery_when_the_removed_units_were_zero(kind):
+    model, plan = _pruned(kind)
+    zero_mask(get_adapter(model), plan.layers)  # removed heads/channels now contribute nothing
+    pruned = workflow.prune(model, plan)
+    reconstruct(model, pruned, plan.layers, torch.randint(3, 96, (16, 24)), ReconstructConfig(damping=1e-9))
+    ids = torch.randint(3, 96, (4, 24))
+    torch.testing.assert_close(_logits(pruned, ids), _logits(model, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_reconstruction_is_deterministic_and_leaves_the_original_alone():
+    model, plan = _pruned("llama-gqa")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calib = torch.randint(3, 96, (8, 16))
+    a, b = workflow.prune(model, plan), workflow.prune(model, plan)
+    reconstruct(model, a, plan.layers, calib)
+    reconstruct(model, b, plan.layers, calib)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_config_is_validated():
+    with pytest.raises(MiniLLMError, match="allowed: local, dense"):
+        ReconstructConfig(target="global")
+    with pytest.raises(MiniLLMError, match="damping"):
+        ReconstructConfig(damping=-1)
