@@ -18,7 +18,7 @@ from minillm_core.evaluation.zeroshot import (
     select_items,
     to_lm_eval_json,
 )
-from tests.conftest import tiny_model, tiny_tokenizer
+from tests.helpers import tiny_model, tiny_tokenizer
 
 HAND_MADE = {
     "boolq": ({"passage": "Cats purr.", "question": "do cats purr", "label": 1},
