@@ -29,11 +29,13 @@ JOB_TIMEOUT_S = 150
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(url, runs_dir) of a Streamlit server with a private run store; stopped after the module."""
+def server(tmp_path_factory, data_root):
+    """(url, runs_dir) of a Streamlit server with a private run store, reading `data_root` (the real mirror or the
+    fixture mirror); stopped after the module."""
     tmp = tmp_path_factory.mktemp("browser")
     ARTIFACTS.mkdir(exist_ok=True)
-    with streamlit_server(app_env(tmp / "runs"), ARTIFACTS / "server.log") as url:
+    env = app_env(tmp / "runs", MINILLM_DATA_DIR=str(data_root))
+    with streamlit_server(env, ARTIFACTS / "server.log") as url:
         yield url, tmp / "runs"
 
 
