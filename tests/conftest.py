@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random models built in-process (no downloads) and the offline data mirror."""
+"""Every shared fixture: the data mirror (real, or the fixture mirror when absent), tiny model dirs, run stores.
+
+Plain helpers (tiny models and tokenizers, job specs) live in `tests/helpers.py`; the fake mirror in
+`tests/fixture_data.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,77 +10,83 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+from minillm_core.settings import DATA_DIR_ENV
+from tests.fixture_data import write_fixture_mirror
+from tests.helpers import save_tiny_model_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"  # where CI (.ci/run) and the Makefile look for the mirror
 
 
-def tiny_config(kind: str):
-    """Tiny configs of every supported family; widths chosen so uniform head pruning stays config-expressible."""
-    from transformers import BloomConfig, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
-
-    common = {"vocab_size": 96, "num_hidden_layers": 4}
-    if kind == "llama-gqa":
-        return LlamaConfig(hidden_size=48, intermediate_size=80, num_attention_heads=6, num_key_value_heads=2,
-                           **common)
-    if kind == "llama-mha":
-        return LlamaConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=4,
-                           **common)
-    if kind == "mistral":
-        return MistralConfig(hidden_size=48, intermediate_size=80, num_attention_heads=6, num_key_value_heads=2,
-                             **common)
-    if kind == "qwen2":
-        return Qwen2Config(hidden_size=48, intermediate_size=80, num_attention_heads=6, num_key_value_heads=3,
-                           **common)
-    if kind == "opt":
-        return OPTConfig(hidden_size=48, ffn_dim=80, num_attention_heads=4, word_embed_proj_dim=48,
-                         max_position_embeddings=64, **common)
-    if kind == "bloom":
-        return BloomConfig(hidden_size=48, n_layer=4, n_head=6, vocab_size=96)
-    raise ValueError(kind)
+def real_mirror() -> Path:
+    """Where the real offline mirror should be: $MINILLM_DATA_DIR when set, else ../shared/data (may not exist)."""
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser().resolve() if value else SHARED_DATA.resolve()
 
 
-def tiny_model(kind: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind))
-    # Random biases and norm gains, so tests see every parameter (HF initialises them to 0/1).
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+
+def pytest_report_header(config) -> str:
+    real = real_mirror()
+    if real.is_dir():
+        return f"data mirror: {real} (real)"
+    return f"data mirror: none at {real}; tests use the fixture mirror (tests/fixture_data.py)"
+
+
+@pytest.fixture(scope="session")
+def fixture_mirror(tmp_path_factory) -> Path:
+    """The fake mirror of tests/fixture_data.py, written once per session (what a fresh clone tests on)."""
+    return write_fixture_mirror(tmp_path_factory.mktemp("fixture-data"))
+
+
+@pytest.fixture(scope="session")
+def data_root(request) -> Path:
+    """The real mirror when present, else the fixture mirror; session-scoped for module-scoped users (servers)."""
+    real = real_mirror()
+    return real if real.is_dir() else request.getfixturevalue("fixture_mirror")
 
 
 @pytest.fixture
-def data_dir(monkeypatch) -> Path:
-    """The offline data mirror (CI: ../shared/data), exported as MINILLM_DATA_DIR."""
-    path = Path(os.environ.get("MINILLM_DATA_DIR", SHARED_DATA))
-    if not path.is_dir():
-        pytest.skip(f"offline data mirror not found at {path}")
-    monkeypatch.setenv("MINILLM_DATA_DIR", str(path))
-    return path
+def data_dir(data_root, monkeypatch) -> Path:
+    """A data mirror every loader can read, exported as MINILLM_DATA_DIR: the real one, else the fixture mirror.
+
+    Tests on it may only assume what holds for both (the formats, not the real files' sizes or contents).
+    """
+    monkeypatch.setenv(DATA_DIR_ENV, str(data_root))
+    return data_root
 
 
-def tiny_tokenizer(vocab_size: int = 96):
-    """A word-level tokenizer over a tiny vocabulary, built in-process (no downloads)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+@pytest.fixture
+def real_data_dir(monkeypatch) -> Path:
+    """The real offline mirror, exported as MINILLM_DATA_DIR. Missing: a skip locally, an error in CI (CI=true)."""
+    real = real_mirror()
+    if not real.is_dir():
+        message = (f"the real offline data mirror is missing: {real} is not a directory (set {DATA_DIR_ENV}, "
+                   f"or put the mirror at {SHARED_DATA}); tests that check the real data sets need it")
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    monkeypatch.setenv(DATA_DIR_ENV, str(real))
+    return real
 
-    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab_size - 3)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (GQA) with a character tokenizer, saved as a loadable model directory."""
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
-def save_tiny(kind: str, path: Path) -> Path:
-    """A tiny model + tokenizer saved as a plain Hugging Face directory."""
-    tiny_model(kind).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch, data_dir) -> Path:
+    """A private run store (MINILLM_RUNS_DIR) for jobs, which read the data mirror of `data_dir`."""
+    from minillm_core import jobs
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv(jobs.RUNS_DIR_ENV, str(root))
+    return root

@@ -16,7 +16,7 @@ from minillm_core.modeling import get_adapter
 from minillm_core.pipeline import apply_plan, count_params, geometry_of, plan, score
 from minillm_core.planning import PlanConfig, summarize
 from minillm_core.surgery import zero_mask
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 PLANS = {
     "uniform-both": PlanConfig(ratio=0.25, allocation="uniform", protected_layers=(0,)),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from minillm_core.calibration import CalibrationConfig, build_calibration, calib
 from minillm_core.errors import DataError
 from minillm_core.settings import DATA_DIR_ENV
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'<>"
 
 
@@ -100,15 +98,12 @@ def test_jsonl_file(tokenizer, tmp_path):
     assert batch.shape == (3, 8)
 
 
-def test_registered_source_from_the_mirror(tokenizer, monkeypatch):
-    root = Path(os.environ.get(DATA_DIR_ENV) or SHARED_DATA)
-    if not root.is_dir():
-        pytest.skip(f"offline data mirror not found at {root} (set {DATA_DIR_ENV} to it)")
-    monkeypatch.setenv(DATA_DIR_ENV, str(root))
+def test_registered_source_from_the_mirror(tokenizer, data_dir, monkeypatch):
     config = CalibrationConfig(source="c4", n_samples=4, seq_len=64, seed=0)
     batch = build_calibration(tokenizer, config, max_length=64)
     assert batch.shape == (4, 64)
-    assert torch.equal(batch, build_calibration(tokenizer, config, data_dir=root))
+    monkeypatch.delenv(DATA_DIR_ENV)  # the explicit data_dir alone must give the same batch
+    assert torch.equal(batch, build_calibration(tokenizer, config, data_dir=data_dir))
 
 
 def test_unknown_source_lists_allowed_values():

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from minillm_core.cli import app
 from minillm_core.io import MANIFEST
 from minillm_core.planning import PruningPlan
-from tests.conftest import save_tiny
+from tests.helpers import save_tiny
 
 runner = CliRunner()
 

@@ -5,27 +5,20 @@ No test downloads: the Hub path runs against a monkeypatched `datasets.load_data
 
 from __future__ import annotations
 
-import os
+import json
+import logging
+import re
 from pathlib import Path
 
 import datasets
 import pytest
 
 from minillm_core import data
+from minillm_core.calibration import CalibrationConfig, build_calibration
 from minillm_core.errors import DataError, RegistryError
+from minillm_core.evaluation.tasks import ALL_TASKS, build_items, load_docs
 from minillm_core.settings import DATA_DIR_ENV
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture
-def mirror(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The offline data mirror as MINILLM_DATA_DIR (an already-set value wins); skips only if it is absent."""
-    root = Path(os.environ.get(DATA_DIR_ENV) or SHARED_DATA)
-    if not root.is_dir():
-        pytest.skip(f"offline data mirror not found at {root} (set {DATA_DIR_ENV} to it)")
-    monkeypatch.setenv(DATA_DIR_ENV, str(root))
-    return root
+from tests.helpers import char_tokenizer
 
 
 @pytest.fixture
@@ -63,27 +56,51 @@ def test_unknown_split_lists_the_allowed_ones():
         data.load_rows("ptb", split="dev")
 
 
-def test_wikitext2_rows_follow_the_hf_builder(mirror):
+def test_wikitext2_rows_follow_the_hf_builder(data_dir):
     rows = data.load_rows("wikitext2")
-    assert len(rows) == 4358
+    raw = (data_dir / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")
+    assert len(rows) == raw.count("\n")
     # One row per raw line, kept verbatim with its "\n"; whitespace-only lines become "".
-    assert rows[0] == ""
-    assert rows[1] == " = Robert Boulter = \n"
+    assert rows[0] == "" and rows[1].startswith(" = ") and rows[1].endswith(" = \n")  # the first article's title
     assert all(row == "" or row.strip() for row in rows)
     assert all(row == "" or row.endswith("\n") for row in rows)
+    assert [row for row in rows if row] == [line for line in re.findall(r".*\n", raw) if line.strip()]
 
 
-def test_ptb_rows_are_stripped_lines(mirror):
-    rows = data.load_rows("ptb")
-    assert len(rows) == 3370  # validation is the default split (LLM-Pruner protocol)
-    assert rows[0] == "consumers may want to move their telephones a little closer to the tv set"
+def test_ptb_rows_are_stripped_lines(data_dir):
+    rows = data.load_rows("ptb")  # validation is the default split (LLM-Pruner protocol)
+    valid = (data_dir / "ptb" / "ptb.valid.txt").read_text(encoding="utf-8").splitlines()
+    assert rows == [line.strip() for line in valid] and rows[0] != valid[0]  # the file's lines have edge spaces
     assert all(row == row.strip() for row in rows)
-    assert len(data.load_rows("ptb", split="test")) == 3761
+    test = data.load_rows("ptb", split="test")
+    assert test != rows and len(test) == (data_dir / "ptb" / "ptb.test.txt").read_text().count("\n")
 
 
-def test_c4_and_alpaca_rows(mirror):
+def test_c4_and_alpaca_rows(data_dir):
     c4 = data.load_rows("c4")
-    assert len(c4) == 1000 and all(isinstance(doc, str) and doc for doc in c4)
+    lines = (data_dir / "c4" / "c4-sample.00000-of-00001.json").read_text(encoding="utf-8").splitlines()
+    assert len(c4) == sum(1 for line in lines if line.strip()) and all(isinstance(doc, str) and doc for doc in c4)
+    records = json.loads((data_dir / "alpaca" / "alpaca_data_cleaned_first5000.json").read_text(encoding="utf-8"))
+    alpaca = data.load_rows("alpaca")
+    assert len(alpaca) == len(records)
+    plain = next(i for i, r in enumerate(records) if not r["input"])
+    with_input = next(i for i, r in enumerate(records) if r["input"])
+    assert alpaca[plain] == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        f"request.\n\n### Instruction:\n{records[plain]['instruction']}\n\n### Response:\n{records[plain]['output']}"
+    )
+    assert f"### Input:\n{records[with_input]['input']}\n\n### Response:\n" in alpaca[with_input]
+
+
+def test_the_real_mirror_holds_the_files_sources_md_describes(real_data_dir):
+    """Sizes and first rows of the real files (SOURCES.md), which the fixture mirror does not imitate."""
+    wikitext = data.load_rows("wikitext2")
+    assert len(wikitext) == 4358 and wikitext[1] == " = Robert Boulter = \n"
+    assert data.perplexity_text("wikitext2").startswith("\n\n = Robert Boulter = \n\n\n")
+    ptb = data.load_rows("ptb")
+    assert len(ptb) == 3370 and len(data.load_rows("ptb", split="test")) == 3761
+    assert ptb[0] == "consumers may want to move their telephones a little closer to the tv set"
+    assert len(data.load_rows("c4")) == 1000
     alpaca = data.load_rows("alpaca")
     assert len(alpaca) == 5000
     assert alpaca[0].startswith(
@@ -91,6 +108,35 @@ def test_c4_and_alpaca_rows(mirror):
         "request.\n\n### Instruction:\nGive three tips for staying healthy.\n\n### Response:\n1. Eat"
     )
     assert "### Input:\n4/16\n\n### Response:\n" in alpaca[6]
+
+
+def test_the_fixture_mirror_loads_like_a_mirror(fixture_mirror, caplog):
+    """What a fresh clone tests on: every data set and task loads from the fixture mirror, and the default
+    calibration (32 x 128 tokens of C4) comes from whole documents, not from the joined-text fallback."""
+    for name in data.dataset_names():
+        assert data.load_rows(name, data_dir=fixture_mirror), name
+    for task in ALL_TASKS:
+        assert len(build_items(task, load_docs(task, fixture_mirror))) >= 10, task
+    with caplog.at_level(logging.INFO, logger="minillm_core.calibration"):
+        batch = build_calibration(char_tokenizer(), CalibrationConfig(), data_dir=fixture_mirror)
+    assert batch.shape == (32, 128) and "32 windows from documents" in caplog.text
+
+
+def _layout(root: Path) -> dict[str, list[str] | None]:
+    """Every data file under `root` with the fields of its first JSON record (None for plain text)."""
+    out: dict[str, list[str] | None] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "SOURCES.md"):
+        fields = None
+        if path.suffix in (".json", ".jsonl"):
+            text = path.read_text(encoding="utf-8")
+            first = json.loads(text)[0] if text.lstrip().startswith("[") else json.loads(text.split("\n", 1)[0])
+            fields = sorted(first)
+        out[path.relative_to(root).as_posix()] = fields
+    return out
+
+
+def test_the_fixture_mirror_has_the_real_mirror_layout(fixture_mirror, real_data_dir):
+    assert _layout(fixture_mirror) == _layout(real_data_dir)
 
 
 def test_render_alpaca_templates():
@@ -103,15 +149,15 @@ def test_render_alpaca_templates():
     assert "### Input" not in data.render_alpaca({"instruction": "Add.", "input": "", "output": "2"})
 
 
-def test_perplexity_text_is_the_paper_join(mirror):
+def test_perplexity_text_is_the_paper_join(data_dir):
     rows = data.load_rows("wikitext2")
     text = data.perplexity_text("wikitext2")
     assert text == "\n\n".join(rows)
-    assert text.startswith("\n\n = Robert Boulter = \n\n\n")
+    assert text.startswith("\n\n" + rows[1] + "\n\n")  # rows[0] is the file's blank first line
     assert data.perplexity_text("ptb", split="test") == "\n\n".join(data.load_rows("ptb", split="test"))
 
 
-def test_perplexity_text_refuses_calibration_only_sets(mirror):
+def test_perplexity_text_refuses_calibration_only_sets(data_dir):
     with pytest.raises(DataError, match="c4 is not a perplexity benchmark; allowed: ptb, wikitext2"):
         data.perplexity_text("c4")
 

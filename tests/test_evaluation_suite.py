@@ -19,7 +19,7 @@ from minillm_core.io import save_pruned
 from minillm_core.pipeline import apply_plan, count_params, geometry_of, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.search import search
-from tests.conftest import save_tiny, tiny_model, tiny_tokenizer
+from tests.helpers import save_tiny, tiny_model, tiny_tokenizer
 
 NO_DATA = EvalConfig(perplexity=())
 

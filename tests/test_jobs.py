@@ -12,55 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
 
 from minillm_core import jobs
 from minillm_core.errors import MiniLLMError
-from tests.conftest import SHARED_DATA, tiny_model
-
-ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'=-@()"  # + BOS + unk, well under the tiny vocab of 96
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<s>": 0, "<unk>": 1} | {ch: i + 2 for i, ch in enumerate(ALPHABET)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>", eos_token="<s>")
-
-
-def save_tiny_model_dir(path: Path, kind: str = "llama-gqa") -> Path:
-    """A loadable model directory (config, safetensors, tokenizer) of a tiny random model."""
-    tiny_model(kind).save_pretrained(path)
-    char_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-
-
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    monkeypatch.setenv(jobs.RUNS_DIR_ENV, str(root))
-    data = Path(os.environ.get("MINILLM_DATA_DIR", SHARED_DATA))
-    if not data.is_dir():
-        pytest.skip(f"offline data mirror not found at {data}")
-    monkeypatch.setenv("MINILLM_DATA_DIR", str(data))
-    return root
-
-
-def tiny_plan(model_dir: Path, ratio: float = 0.2) -> dict:
-    from minillm_core.loading import load_model
-    from minillm_core.pipeline import plan, score
-    from minillm_core.planning import PlanConfig
-
-    loaded = load_model(str(model_dir), device="cpu")
-    scores = score(loaded.model, "magnitude")
-    return plan(loaded.model, scores, PlanConfig(ratio=ratio, protected_layers=()), str(model_dir)).to_dict()
+from tests.helpers import spec_for
 
 
 def wait_for(job_id: str, root: Path, states=jobs.TERMINAL, timeout: float = 120) -> jobs.JobStatus:
@@ -71,12 +26,6 @@ def wait_for(job_id: str, root: Path, states=jobs.TERMINAL, timeout: float = 120
             return st
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} still {jobs.status(job_id, root).state} after {timeout} s")
-
-
-def spec_for(model_dir: Path, **kw) -> jobs.JobSpec:
-    base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "perplexity": ("wikitext2",), "limit": 2,
-            "seq_len": 16, "device": "cpu"}
-    return jobs.JobSpec(**(base | kw))
 
 
 def test_job_runs_to_the_end_and_writes_results(tiny_model_dir, runs_dir):

@@ -38,20 +38,20 @@ def _task_dir(tmp: Path, data_dir: Path) -> Path:
     return tmp
 
 
-def test_same_loglikelihoods_and_choices_as_lm_eval(tmp_path, data_dir):
+def test_same_loglikelihoods_and_choices_as_lm_eval(tmp_path, real_data_dir):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     from minillm_core.loading import load_model
 
     lm = load_model("smollm2-135m", device="cpu")
-    tasks = _task_dir(tmp_path, data_dir)
+    tasks = _task_dir(tmp_path, real_data_dir)
     out = lm_eval.simple_evaluate(model=HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=8),
                                   tasks=[f"xcheck_{t}" for t in ALL_TASKS], num_fewshot=0, log_samples=True,
                                   task_manager=TaskManager(include_path=str(tasks)))
     for task in ALL_TASKS:
         theirs = {s["doc_id"]: [r[0] for r in s["filtered_resps"]] for s in out["samples"][f"xcheck_{task}"]}
-        mine = score_items(lm.model, lm.tokenizer, task, build_items(task, load_docs(task, data_dir))[:N_ITEMS])
+        mine = score_items(lm.model, lm.tokenizer, task, build_items(task, load_docs(task, real_data_dir))[:N_ITEMS])
         for p in mine.predictions:
             ref = theirs[p["doc_id"]]
             assert p["loglikelihoods"] == pytest.approx(ref, abs=2e-3), task

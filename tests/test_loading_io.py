@@ -13,7 +13,7 @@ from minillm_core.io import MANIFEST, load_pruned, save_pruned
 from minillm_core.loading import load_model, resolve_device, resolve_dtype, resolve_source
 from minillm_core.pipeline import apply_plan, plan, score
 from minillm_core.planning import PlanConfig
-from tests.conftest import save_tiny, tiny_model, tiny_tokenizer
+from tests.helpers import save_tiny, tiny_model, tiny_tokenizer
 
 
 def test_loads_a_plain_directory_with_tokenizer(tmp_path):

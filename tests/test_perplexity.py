@@ -6,8 +6,6 @@ The model (vocab 64) and a character-level HF tokenizer are built in-process; no
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from minillm_core.data import perplexity_text
 from minillm_core.errors import DataError
 from minillm_core.evaluation.perplexity import PerplexityResult, perplexity, perplexity_on, token_windows
-from minillm_core.settings import DATA_DIR_ENV
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'<>"  # 44 characters + BOS + unk < vocab_size 64
 TEXT = "the quick brown fox jumps over the lazy dog.\n\n" * 6  # 276 characters -> 277 ids with BOS
 
@@ -131,11 +127,7 @@ def test_result_to_dict():
     assert result.to_dict() == {"ppl": 2.0, "nll_sum": 1.5, "n_tokens": 3, "n_windows": 1, "seq_len": 4}
 
 
-def test_perplexity_on_a_registered_dataset(model, tokenizer, monkeypatch):
-    root = Path(os.environ.get(DATA_DIR_ENV) or SHARED_DATA)
-    if not root.is_dir():
-        pytest.skip(f"offline data mirror not found at {root} (set {DATA_DIR_ENV} to it)")
-    monkeypatch.setenv(DATA_DIR_ENV, str(root))
+def test_perplexity_on_a_registered_dataset(model, tokenizer, data_dir):
     result = perplexity_on(model, tokenizer, "ptb", seq_len=64, batch_size=4, limit=4)
     expected = perplexity(model, tokenizer, perplexity_text("ptb"), seq_len=64, batch_size=4, limit=4)
     assert result == expected and result.n_windows == 4

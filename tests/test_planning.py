@@ -12,7 +12,7 @@ from minillm_core.modeling import LayerShape
 from minillm_core.pipeline import geometry_of, plan, score
 from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan, default_protected_layers, summarize
 from minillm_core.scoring import GroupScores
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+from minillm_core.data import perplexity_text
 from minillm_core.evaluation.perplexity import perplexity_on
 from minillm_core.io import load_pruned, save_pruned
 from minillm_core.loading import load_model
@@ -25,6 +28,18 @@ def test_bundled_model_geometry(smollm):
     assert (cfg.model_type, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (
         "llama", 30, 9, 3)
     assert count_params(smollm.model) == 134_515_008
+
+
+def test_the_fixture_mirror_is_big_enough_for_smollm2(smollm, fixture_mirror, caplog):
+    """A fresh clone runs on the fixture mirror: the default calibration (32 x 128 SmolLM2 tokens) comes from whole
+    C4-style documents, and both perplexity benchmarks give well over the windows the tests evaluate."""
+    from minillm_core.calibration import CalibrationConfig, build_calibration
+
+    with caplog.at_level(logging.INFO, logger="minillm_core.calibration"):
+        batch = build_calibration(smollm.tokenizer, CalibrationConfig(), data_dir=fixture_mirror)
+    assert batch.shape == (32, 128) and "32 windows from documents" in caplog.text
+    for name in ("wikitext2", "ptb"):
+        assert len(smollm.tokenizer(perplexity_text(name, fixture_mirror)).input_ids) >= 64 * 128, name
 
 
 def test_prune_20_percent_save_reload_and_evaluate(smollm, tmp_path, data_dir):

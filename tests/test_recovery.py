@@ -33,7 +33,7 @@ from minillm_core.recovery import (
     recover,
     steps_per_epoch,
 )
-from tests.conftest import tiny_model, tiny_tokenizer
+from tests.helpers import tiny_model, tiny_tokenizer
 
 WORDS = " ".join(f"w{i}" for i in range(3, 11))
 

@@ -32,7 +32,7 @@ from minillm_core.scoring.fms import (
 )
 from minillm_core.scoring.streaming import stream_layer_scores
 from minillm_core.scoring.taylor import accumulate_gradients, gradients_only_for, prunable_linears
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 KINDS = ["llama-gqa", "llama-mha", "mistral", "qwen2", "opt", "bloom"]
 CASES = {

@@ -1,0 +1,109 @@
+"""Plain helpers for the tests: tiny random models and tokenizers built in-process, and a tiny job spec.
+
+Fixtures live in `tests/conftest.py`; these are the functions tests call directly (no downloads anywhere).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# The character tokenizer's alphabet (+ BOS + unk, well under the tiny vocab of 96); other characters map to unk.
+CHAR_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'=-@()"
+
+
+def tiny_config(kind: str):
+    """Tiny configs of every supported family; widths chosen so uniform head pruning stays config-expressible."""
+    from transformers import BloomConfig, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
+
+    common = {"vocab_size": 96, "num_hidden_layers": 4}
+    if kind == "llama-gqa":
+        return LlamaConfig(hidden_size=48, intermediate_size=80, num_attention_heads=6, num_key_value_heads=2,
+                           **common)
+    if kind == "llama-mha":
+        return LlamaConfig(hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=4,
+                           **common)
+    if kind == "mistral":
+        return MistralConfig(hidden_size=48, intermediate_size=80, num_attention_heads=6, num_key_value_heads=2,
+                             **common)
+    if kind == "qwen2":
+        return Qwen2Config(hidden_size=48, intermediate_size=80, num_attention_heads=6, num_key_value_heads=3,
+                           **common)
+    if kind == "opt":
+        return OPTConfig(hidden_size=48, ffn_dim=80, num_attention_heads=4, word_embed_proj_dim=48,
+                         max_position_embeddings=64, **common)
+    if kind == "bloom":
+        return BloomConfig(hidden_size=48, n_layer=4, n_head=6, vocab_size=96)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(kind))
+    # Random biases and norm gains, so tests see every parameter (HF initialises them to 0/1).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 96):
+    """A word-level tokenizer over a tiny vocabulary, built in-process (no downloads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab_size - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+def save_tiny(kind: str, path: Path) -> Path:
+    """A tiny model + word-level tokenizer saved as a plain Hugging Face directory."""
+    tiny_model(kind).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def char_tokenizer():
+    """One id per character of `CHAR_ALPHABET` (BOS=0, unk=1), so any English text tokenizes without a download."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<unk>": 1} | {ch: i + 2 for i, ch in enumerate(CHAR_ALPHABET)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>", eos_token="<s>")
+
+
+def save_tiny_model_dir(path: Path, kind: str = "llama-gqa") -> Path:
+    """A loadable model directory (config, safetensors, character tokenizer) of a tiny random model."""
+    tiny_model(kind).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+def tiny_plan(model_dir: Path, ratio: float = 0.2) -> dict:
+    """A magnitude plan of the model in `model_dir`, as the JSON-ready dict a job spec carries."""
+    from minillm_core.loading import load_model
+    from minillm_core.pipeline import plan, score
+    from minillm_core.planning import PlanConfig
+
+    loaded = load_model(str(model_dir), device="cpu")
+    scores = score(loaded.model, "magnitude")
+    return plan(loaded.model, scores, PlanConfig(ratio=ratio, protected_layers=()), str(model_dir)).to_dict()
+
+
+def spec_for(model_dir: Path, **kw):
+    """A prune+eval job spec on `model_dir` with a tiny evaluation budget; `kw` overrides any field."""
+    from minillm_core import jobs
+
+    base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "perplexity": ("wikitext2",), "limit": 2,
+            "seq_len": 16, "device": "cpu"}
+    return jobs.JobSpec(**(base | kw))
