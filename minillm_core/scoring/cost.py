@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from minillm_core.scoring.activations import LOSS_CHUNK_TOKENS
 from minillm_core.scoring.base import Need, Scorer
+from minillm_core.scoring.engine.forward import LOSS_CHUNK_TOKENS
 
 if TYPE_CHECKING:  # planning imports scoring.base
     from minillm_core.planning import ModelGeometry
