@@ -327,15 +327,9 @@ def prune(
 @app.command()
 def scorers(as_json: JsonOpt = False) -> None:
     """List the importance criteria with their default options: what each needs, its engine, and what it does."""
-    from minillm_core.scoring import SCORERS, Need, make_scorer
-    from minillm_core.scoring.cost import engine_of
+    from minillm_core.scoring import describe_scorers
 
-    rows = {}
-    for n in SCORERS.names():
-        s = make_scorer(n)
-        rows[n] = {"needs": sorted(x.value for x in s.needs), "engine": engine_of(s),
-                   "forward_only": Need.BACKWARD not in s.needs, "options": s.options(),
-                   "description": SCORERS.get(n).description}
+    rows = {n: {k: v for k, v in d.items() if k != "estimators"} for n, d in describe_scorers().items()}
     _emit(as_json, rows, lambda: typer.echo("\n".join(
         f"{n:>12}  [{r['engine']}{', forward-only' if r['forward_only'] and r['engine'] != 'weights' else ''}]  "
         f"{r['description']}"

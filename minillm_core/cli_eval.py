@@ -294,8 +294,8 @@ def score_cmd(
     minillm score --scorer minillm -o estimator=spsa -o n_probes=8 --diagnose"""
     import time
 
+    from minillm_core.scoring.estimators import forward_only_estimators
     from minillm_core.scoring.fidelity import fidelity, probe_sweep
-    from minillm_core.scoring.fms import FORWARD_ONLY
 
     with _user_errors():
         try:
@@ -315,7 +315,7 @@ def score_cmd(
                 reference = _score_model(loaded, "minillm", seed, ["estimator=exact-layerwise"], calib_opts, bar)
                 payload["fidelity"] = {k: v for k, v in fidelity(scores, reference).items()
                                        if not isinstance(v, list)}
-                if scorer == "minillm" and scores.options.get("estimator") in FORWARD_ONLY:
+                if scorer == "minillm" and scores.options.get("estimator") in forward_only_estimators():
                     calibration = _calibration_of(loaded, seed, calib_opts)
                     payload["probe_sweep"] = probe_sweep(
                         loaded.model, loaded.adapter, calibration, reference, probes=counts, progress=bar,

@@ -120,6 +120,22 @@ def test_declared_needs():
     assert make_scorer("minillm", estimator="exact-gates").needs == {Need.ACTIVATIONS, Need.BACKWARD}
 
 
+def test_estimator_registry_declares_needs_and_engine_and_the_listing_reads_it():
+    from minillm_core.scoring import SCORERS, describe_scorers
+    from minillm_core.scoring.estimators import ESTIMATORS, forward_only_estimators
+
+    assert ESTIMATORS.registered() == ["spsa", "gates", "exact-layerwise", "exact-backprop", "exact-gates"]
+    assert forward_only_estimators() == ["spsa", "gates"]
+    listed = describe_scorers()
+    assert list(listed) == SCORERS.names() and "estimators" not in listed["flap"]
+    assert list(listed["minillm"]["estimators"]) == ESTIMATORS.registered()
+    for name in ESTIMATORS.registered():
+        entry, scorer = ESTIMATORS.get(name), make_scorer("minillm", estimator=name, combine="taylor")
+        assert scorer.needs == entry.needs and scorer.workload().engine is entry.engine
+        assert listed["minillm"]["estimators"][name]["engine"] == entry.engine.value
+        assert entry.forward_only == (Need.BACKWARD not in entry.needs)
+
+
 @pytest.mark.parametrize("options, allowed", [
     ({"estimator": "magic"}, "spsa, gates, exact-layerwise, exact-backprop, exact-gates"),
     ({"perturb": "some"}, "all, layer"),

@@ -16,7 +16,7 @@ from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import ArchAdapter, Slice
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer
 from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE, Stats, collect_activations
 
 if TYPE_CHECKING:  # planning imports scoring.base: a runtime import here would be circular
@@ -68,6 +68,7 @@ class FlapScorer(Scorer):
     batch_size: int = DEFAULT_BATCH_SIZE
     name = "flap"
     needs = frozenset({Need.ACTIVATIONS})
+    engine = Engine.FORWARD
     description = "Fluctuation metric: Var(X_j) x ||W_out[:, j]||^2 summed per head/channel (An et al. 2024)."
 
     def score(

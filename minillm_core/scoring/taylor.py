@@ -14,7 +14,7 @@ from minillm_core.errors import MiniLLMError
 from minillm_core.groups import head_scores, reduce_to_units
 from minillm_core.modeling.base import ArchAdapter
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer, Workload
 from minillm_core.scoring.engine.backprop import (
     accumulate_gradients,
     checkpointed_layers,
@@ -78,6 +78,10 @@ class TaylorScorer(Scorer):
     def __post_init__(self) -> None:
         if self.variant not in TAYLOR_VARIANTS:
             raise MiniLLMError(f"unknown taylor variant {self.variant!r}; allowed: {', '.join(TAYLOR_VARIANTS)}")
+
+    def workload(self) -> Workload:
+        engine = Engine.LAYERWISE if self.stream else Engine.BACKPROP
+        return Workload(engine, self.batch_size, recompute_layers=self.checkpoint)
 
     def score(
         self, model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor | None = None,

@@ -12,7 +12,7 @@ from torch import nn
 
 from minillm_core.modeling.base import ArchAdapter
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer
 from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE, collect_activations
 from minillm_core.scoring.terms import group_scores, wanda_per_weight
 
@@ -29,6 +29,7 @@ class WandaSpScorer(Scorer):
     batch_size: int = DEFAULT_BATCH_SIZE
     name = "wanda-sp"
     needs = frozenset({Need.ACTIVATIONS})
+    engine = Engine.FORWARD
     description = "|W| x input-activation norm per weight, summed per head/channel (Sun et al. 2023; An et al. 2024)."
 
     def score(
