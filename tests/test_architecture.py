@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "minillm_core"
 ASSERTED = ("minillm_core.scoring",)  # packages whose cycles fail the test; cycles elsewhere are printed for now
+ENGINES = "minillm_core.scoring.engine"
+CRITERIA = {f"minillm_core.scoring.{m}" for m in ("magnitude", "wanda", "flap", "taylor", "fms")}
 
 
 def module_files(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
@@ -114,3 +116,14 @@ def test_no_import_cycles_in_scoring():
         if c not in asserted:
             print("import cycle outside scoring (not asserted yet):", " <-> ".join(c))
     assert asserted == [], asserted
+
+
+def test_scoring_engines_import_no_criterion_and_criteria_import_no_other_criterion():
+    graph = import_graph()
+    engines = {m for m in graph if m.startswith(ENGINES)}
+    assert engines and set(graph) >= CRITERIA
+    for name, deps in graph.items():
+        if name in engines:
+            assert {d for d in deps if d.startswith("minillm_core.scoring")} <= engines, name
+        if name in CRITERIA:
+            assert not deps & CRITERIA, name
