@@ -20,7 +20,7 @@ from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.activations import eval_mode
+from minillm_core.scoring.engine.forward import eval_mode
 from minillm_core.sequential import LayerInput, capture_input, first_layer_inputs, replace_inputs
 from minillm_core.surgery import unit_index
 

@@ -182,17 +182,10 @@ def architecture(model: nn.Module) -> dict[str, Any]:
 
 
 def describe_scorers() -> dict[str, dict[str, Any]]:
-    """Every registered criterion: needs, engine, forward-only, default options, description."""
-    from minillm_core.scoring import SCORERS, Need
-    from minillm_core.scoring.cost import engine_of
+    """Every registered criterion: needs, engine, forward-only, default options, description (the registry's view)."""
+    from minillm_core.scoring import describe_scorers as describe
 
-    rows = {}
-    for name in SCORERS.names():
-        s = make_scorer(name)
-        rows[name] = {"needs": sorted(x.value for x in s.needs), "engine": engine_of(s),
-                      "forward_only": Need.BACKWARD not in s.needs, "options": s.options(),
-                      "description": SCORERS.get(name).description}
-    return rows
+    return {n: {k: v for k, v in d.items() if k != "estimators"} for n, d in describe().items()}
 
 
 def diagnose(loaded: LoadedModel, scores: GroupScores, config: ScoreConfig, calib: CalibrationConfig,
@@ -200,14 +193,14 @@ def diagnose(loaded: LoadedModel, scores: GroupScores, config: ScoreConfig, cali
              ) -> dict[str, Any]:
     """Fidelity of `scores` against exact FMS (cosine, per-layer Spearman); forward-only FMS estimators are also
     swept over probe counts."""
+    from minillm_core.scoring.estimators import forward_only_estimators
     from minillm_core.scoring.fidelity import fidelity, probe_sweep
-    from minillm_core.scoring.fms import FORWARD_ONLY
 
     reference = score(loaded, ScoreConfig("minillm", {"estimator": "exact-layerwise"}, config.seed), calib,
                       progress, data_dir)
     out: dict[str, Any] = {"fidelity": {k: v for k, v in fidelity(scores, reference).items()
                                         if not isinstance(v, list)}}
-    if config.scorer == "minillm" and scores.options.get("estimator") in FORWARD_ONLY:
+    if config.scorer == "minillm" and scores.options.get("estimator") in forward_only_estimators():
         out["probe_sweep"] = probe_sweep(
             loaded.model, loaded.adapter, calibrate(loaded, calib, data_dir), reference, probes=probes,
             progress=progress, **{k: v for k, v in scores.options.items() if k != "n_probes"})

@@ -8,7 +8,7 @@ import streamlit as st
 
 from minillm_core.calibration import CalibrationConfig, build_calibration
 from minillm_core.pipeline import score
-from minillm_core.scoring import SCORERS, make_scorer
+from minillm_core.scoring import SCORERS, describe_scorers, make_scorer
 from minillm_core.scoring.cost import estimate_cost
 from ui import figures, state
 from ui.models import model_handle
@@ -103,9 +103,11 @@ with st.expander("Estimator fidelity: forward-only gradient estimates vs backpro
                "mean per-layer Spearman rank correlation. Uses the calibration set of **Model & data**; each probe "
                "costs two forward passes.")
     f1, f2 = st.columns(2)
-    estimators = f1.multiselect("Estimators", ["spsa", "gates"], default=["spsa"])
+    forward_only = [n for n, e in describe_scorers()["minillm"]["estimators"].items() if e["forward_only"]]
+    estimators = f1.multiselect("Estimators", forward_only, default=forward_only[:1])
     probe_counts = f2.multiselect("Probes", [1, 2, 4, 8, 16, 32, 64], default=[2, 4, 8])
     if st.button("Run fidelity sweep") and estimators and probe_counts:
+        from minillm_core.scoring.estimators import FIDELITY_REFERENCE
         from minillm_core.scoring.fidelity import probe_sweep
 
         sweep_bar = st.progress(0.0, text="backprop reference")
@@ -113,7 +115,7 @@ with st.expander("Estimator fidelity: forward-only gradient estimates vs backpro
             calibration = build_calibration(handle.loaded.tokenizer, CalibrationConfig(**calib),
                                             max_length=getattr(handle.loaded.model.config, "max_position_embeddings",
                                                                None))
-            reference = score(handle.loaded.model, "minillm", calibration, estimator="exact-layerwise")
+            reference = score(handle.loaded.model, "minillm", calibration, estimator=FIDELITY_REFERENCE)
             rows = []
             for i, est in enumerate(estimators):
                 rows += probe_sweep(handle.loaded.model, handle.loaded.adapter, calibration, reference,

@@ -50,6 +50,30 @@ class AdapterContract:
         linears = {id(m) for m in layer.modules() if isinstance(m, nn.Linear)}
         assert owned == linears
 
+    def test_group_linears_and_layer_calls_replay_a_decoder_layer(self, model):
+        adapter = get_adapter(model)
+        layer = adapter.layers()[1]
+        assert adapter.group_linears(layer) == [s.linear for s in adapter.attention_slices(layer)
+                                                + adapter.mlp_slices(layer)]
+        calls, outs = [], []
+        pre = layer.register_forward_pre_hook(lambda m, a, k: calls.append(adapter.layer_call_input(a, k)),
+                                              with_kwargs=True)
+        post = layer.register_forward_hook(lambda m, a, o: outs.append(o))
+        try:
+            with torch.no_grad():
+                model(_ids(), use_cache=False)  # a cache would grow when the call is replayed
+        finally:
+            pre.remove()
+            post.remove()
+        (hidden, args, kwargs), out = calls[0], outs[0]
+        with torch.no_grad():
+            again = adapter.layer_output_hidden(layer(hidden, *args, **kwargs))
+        assert hidden.shape == again.shape == (2, 12, model.config.hidden_size)
+        assert torch.equal(again, adapter.layer_output_hidden(out))
+        swapped = adapter.with_layer_output_hidden(out, torch.zeros_like(again))
+        assert type(swapped) is type(out) and not adapter.layer_output_hidden(swapped).any()
+        assert adapter.model_type == self.model_type
+
     def test_layer_shape_matches_config(self, model):
         adapter = get_adapter(model)
         assert adapter.layer_shapes() == [adapter.original_shape()] * len(adapter.layers())

@@ -13,7 +13,6 @@ from minillm_core.cli.options import _convert, offered_options
 from minillm_core.options import describe, option
 from minillm_core.recovery import DEFAULT_EVAL, RecoveryConfig
 from minillm_core.workflow import CalibrationConfig, EvalConfig, LoadConfig, PlanConfig, ScoreConfig
-from tests.test_jobs import runs_dir, tiny_model_dir  # noqa: F401  (fixtures)
 from ui import state
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -74,7 +73,7 @@ def test_a_field_without_option_metadata_is_not_offered():
 
 
 @pytest.fixture
-def app(tiny_model_dir, runs_dir):  # noqa: F811
+def app(tiny_model_dir, runs_dir):
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state[state.MODEL] = str(tiny_model_dir)
     at.session_state[state.DEVICE] = "cpu"

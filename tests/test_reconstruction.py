@@ -11,7 +11,7 @@ from minillm_core.modeling import get_adapter
 from minillm_core.planning import PlanConfig
 from minillm_core.reconstruction import Gram, ReconstructConfig, best_fit, objective, reconstruct, refit, with_ones
 from minillm_core.surgery import zero_mask
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 KINDS = ["llama-gqa", "llama-mha", "mistral", "qwen2", "opt", "bloom"]
 

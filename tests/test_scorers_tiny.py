@@ -16,13 +16,13 @@ from minillm_core.modeling import get_adapter
 from minillm_core.pipeline import apply_plan, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.scoring import Need, make_scorer
-from minillm_core.scoring.activations import collect_activations, sequence_losses
-from minillm_core.scoring.fidelity import fidelity, probe_sweep
-from minillm_core.scoring.flap import bias_compensation, compensate
-from minillm_core.scoring.fms import (
+from minillm_core.scoring.engine.backprop import accumulate_gradients, gradients_only_for
+from minillm_core.scoring.engine.forward import collect_activations, sequence_losses
+from minillm_core.scoring.engine.hooks import layer_linears, prunable_linears
+from minillm_core.scoring.engine.layerwise import stream_layer_scores
+from minillm_core.scoring.engine.probes import (
     ProbeState,
     exact_gate_gradients,
-    layer_linears,
     normal,
     probe_seed,
     spsa_gate_gradients,
@@ -30,8 +30,8 @@ from minillm_core.scoring.fms import (
     spsa_weight_rounds,
     weight_probes,
 )
-from minillm_core.scoring.streaming import stream_layer_scores
-from minillm_core.scoring.taylor import accumulate_gradients, gradients_only_for, prunable_linears
+from minillm_core.scoring.fidelity import fidelity, probe_sweep
+from minillm_core.scoring.flap import bias_compensation, compensate
 from tests.helpers import tiny_model
 
 KINDS = ["llama-gqa", "llama-mha", "mistral", "qwen2", "opt", "bloom"]
@@ -118,6 +118,22 @@ def test_declared_needs():
     assert make_scorer("minillm", estimator="exact-layerwise").needs == {Need.ACTIVATIONS, Need.BACKWARD}
     assert make_scorer("minillm", estimator="exact-backprop").needs == {Need.ACTIVATIONS, Need.BACKWARD}
     assert make_scorer("minillm", estimator="exact-gates").needs == {Need.ACTIVATIONS, Need.BACKWARD}
+
+
+def test_estimator_registry_declares_needs_and_engine_and_the_listing_reads_it():
+    from minillm_core.scoring import SCORERS, describe_scorers
+    from minillm_core.scoring.estimators import ESTIMATORS, forward_only_estimators
+
+    assert ESTIMATORS.registered() == ["spsa", "gates", "exact-layerwise", "exact-backprop", "exact-gates"]
+    assert forward_only_estimators() == ["spsa", "gates"]
+    listed = describe_scorers()
+    assert list(listed) == SCORERS.names() and "estimators" not in listed["flap"]
+    assert list(listed["minillm"]["estimators"]) == ESTIMATORS.registered()
+    for name in ESTIMATORS.registered():
+        entry, scorer = ESTIMATORS.get(name), make_scorer("minillm", estimator=name, combine="taylor")
+        assert scorer.needs == entry.needs and scorer.workload().engine is entry.engine
+        assert listed["minillm"]["estimators"][name]["engine"] == entry.engine.value
+        assert entry.forward_only == (Need.BACKWARD not in entry.needs)
 
 
 @pytest.mark.parametrize("options, allowed", [
@@ -207,10 +223,10 @@ def test_layerwise_streaming_holds_one_layer_of_gradients_at_a_time():
 
 @pytest.mark.parametrize("kind", ["llama-gqa", "opt", "bloom"])
 def test_chunked_sequence_losses_match_the_models_own_loss_and_gradient(kind, monkeypatch):
-    from minillm_core.scoring import activations
+    from minillm_core.scoring.engine import forward
 
     model, cal = tiny_model(kind), _calibration()
-    monkeypatch.setattr(activations, "LOSS_CHUNK_TOKENS", 7)  # several chunks, one splitting a row
+    monkeypatch.setattr(forward, "LOSS_CHUNK_TOKENS", 7)  # several chunks, one splitting a row
     own = model(input_ids=cal, labels=cal)
     own.loss.backward()
     want = model.get_output_embeddings().weight.grad.clone()
@@ -323,9 +339,9 @@ def test_cost_estimate_tracks_each_engine():
 
 @pytest.mark.parametrize("keep_every", [1, 3, 4])
 def test_layerwise_streaming_segments_do_not_change_the_scores(keep_every):
-    from minillm_core.scoring.activations import layer_group_scores
+    from minillm_core.scoring.engine.backprop import slice_grads
     from minillm_core.scoring.fms import fms_per_weight
-    from minillm_core.scoring.taylor import slice_grads
+    from minillm_core.scoring.terms import layer_group_scores
 
     model, cal = tiny_model("qwen2"), _calibration()
     adapter = get_adapter(model)

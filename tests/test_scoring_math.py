@@ -10,13 +10,14 @@ import math
 import pytest
 import torch
 
-from minillm_core.scoring.activations import ColumnStats, merge_moments
 from minillm_core.scoring.base import GroupScores
+from minillm_core.scoring.engine.forward import ColumnStats, merge_moments
+from minillm_core.scoring.engine.probes import normal, probe_rounds, probe_seed, spsa_coefficient, spsa_gradient
 from minillm_core.scoring.fidelity import cosine, fidelity, spearman
 from minillm_core.scoring.flap import bias_compensation, per_unit, standardize, wifv
-from minillm_core.scoring.fms import fms_weight_term, normal, probe_rounds, probe_seed, spsa_coefficient, spsa_gradient
+from minillm_core.scoring.fms import fms_weight_term
 from minillm_core.scoring.taylor import taylor_element, taylor_vector
-from minillm_core.scoring.wanda import wanda_bias_term, wanda_weight_term
+from minillm_core.scoring.terms import wanda_bias_term, wanda_weight_term
 
 W = torch.tensor([[1.0, -2.0, 0.5], [-3.0, 0.0, 4.0]])  # [out=2, in=3]
 

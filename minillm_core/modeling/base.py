@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import nn
 
 from minillm_core.registry import Registry
@@ -128,6 +129,34 @@ class ArchAdapter(ABC):
     def mlp_in_projs(self, layer: nn.Module) -> list[nn.Linear]:
         """Linears reading the (normalised) MLP input."""
         return [s.linear for s in self.mlp_slices(layer) if s.dim == 0]
+
+    def group_linears(self, layer: nn.Module) -> list[nn.Linear]:
+        """Every linear a head or channel of `layer` owns: attention slices then MLP slices, in slice order."""
+        return [s.linear for s in self.attention_slices(layer) + self.mlp_slices(layer)]
+
+    # --- decoder layer calls (layer-by-layer replay) ---------------------------------------------------------
+    def layer_call_input(self, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, tuple, dict[str, Any]]:
+        """Split a decoder layer call into its hidden-state input [batch, seq, hidden] and the other arguments.
+
+        transformers passes the hidden states positionally or as the `hidden_states` keyword.
+        """
+        if args:
+            return args[0], args[1:], dict(kwargs)
+        rest = dict(kwargs)
+        return rest.pop("hidden_states"), (), rest
+
+    def layer_output_hidden(self, out: Any) -> torch.Tensor:
+        """A decoder layer's hidden-state output: LLaMA-family layers return a tensor, OPT/BLOOM a tuple."""
+        return out[0] if isinstance(out, tuple) else out
+
+    def with_layer_output_hidden(self, out: Any, hidden: torch.Tensor) -> Any:
+        """The decoder layer output `out` with its hidden state replaced by `hidden` (same structure)."""
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    @property
+    def model_type(self) -> str:
+        """The `config.model_type` of the adapted model (for messages)."""
+        return self.config.model_type
 
     # --- shapes ----------------------------------------------------------------------------------------------
     def layer_shape(self, index: int) -> LayerShape:

@@ -1,4 +1,4 @@
-"""The scorer interface: group importance per layer, declared calibration needs, and a registry.
+"""The scorer interface: group importance per layer, declared calibration needs and engine, and a registry.
 
 A scorer returns `GroupScores` (one score per query head and per MLP channel, higher = more important).
 """
@@ -22,6 +22,7 @@ from minillm_core.modeling.base import ArchAdapter
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 from minillm_core.registry import Registry
+from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE
 
 
 class Need(StrEnum):
@@ -31,6 +32,32 @@ class Need(StrEnum):
     ACTIVATIONS = "activations"  # forward passes with input-activation statistics
     FORWARD_PROBES = "forward_probes"  # loss-only forward passes (zeroth-order gradient estimates)
     BACKWARD = "backward"  # real backpropagation
+
+
+class Engine(StrEnum):
+    """The calibration engine (scoring/engine/) a configured scorer runs; the cost model prices each one."""
+
+    WEIGHTS = "weights"  # no data, no passes
+    FORWARD = "activations"  # engine/forward.py: activation statistics from mini-batch passes
+    PROBES = "forward probes"  # engine/probes.py: loss-only forward passes with seeded perturbations
+    BACKPROP = "full backprop"  # engine/backprop.py: one backward per mini-batch through the whole model
+    LAYERWISE = "layer streaming"  # engine/layerwise.py: exact gradients one decoder layer at a time
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a configured scorer runs, as the cost model needs it: its engine and the facts that size that engine."""
+
+    engine: Engine
+    batch_size: int = DEFAULT_BATCH_SIZE  # calibration rows per forward
+    probes: int = 0  # PROBES: probes per round of perturbed layers (two forward passes each) ...
+    probes_per_layer: bool = False  # ... and whether each decoder layer gets its own rounds (else one for all)
+    recompute_layers: bool = True  # BACKPROP: layers recomputed in backward, so only their inputs are stored
+    weight_gradients: bool = True  # BACKPROP: a float32 `.grad` for every prunable weight (else gates only)
+
+    def probe_rounds(self, n_layers: int) -> int:
+        """Two-sided probe rounds over the calibration set on a model with `n_layers` decoder layers."""
+        return self.probes * (n_layers if self.probes_per_layer else 1)
 
 
 @dataclass
@@ -77,10 +104,12 @@ class GroupScores:
 
 
 class Scorer(ABC):
-    """A pruning criterion. Subclasses declare `name`, `needs`, and implement `score`."""
+    """A pruning criterion. Subclasses declare `name`, `needs`, `engine` (or override `workload`) and implement
+    `score`; scorers that read calibration rows in mini-batches call that option `batch_size`."""
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[Need]]
+    engine: ClassVar[Engine]
     description: ClassVar[str] = ""
 
     @abstractmethod
@@ -101,6 +130,16 @@ class Scorer(ABC):
     def needs_calibration(self) -> bool:
         return bool(self.needs - {Need.WEIGHTS})
 
+    def workload(self) -> Workload:
+        """The engine this configured scorer runs and what sizes it (read by the cost model)."""
+        return Workload(self.engine, batch_size=getattr(self, "batch_size", DEFAULT_BATCH_SIZE))
+
+    def describe(self) -> dict[str, Any]:
+        """What the front ends list: needs, engine, whether forward-only, options and description."""
+        return {"needs": sorted(n.value for n in self.needs), "engine": self.workload().engine.value,
+                "forward_only": Need.BACKWARD not in self.needs, "options": self.options(),
+                "description": self.description}
+
 
 SCORERS: Registry[type[Scorer]] = Registry("scorer")
 
@@ -112,6 +151,11 @@ def make_scorer(name: str, **options: Any) -> Scorer:
         return cls(**options)
     except TypeError as exc:
         raise MiniLLMError(f"bad options for scorer {name!r}: {exc}") from None
+
+
+def describe_scorers() -> dict[str, dict[str, Any]]:
+    """`Scorer.describe` of every registered scorer with its default options, by name (`minillm scorers`, the app)."""
+    return {name: make_scorer(name).describe() for name in SCORERS.names()}
 
 
 #: FLAP: forward-only, seconds on a CPU, and the lowest perplexity at 20% in bench/results/scoring.md

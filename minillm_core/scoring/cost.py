@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from minillm_core.scoring.activations import LOSS_CHUNK_TOKENS
-from minillm_core.scoring.base import Need, Scorer
+from minillm_core.scoring.base import Engine, Need, Scorer, Workload
+from minillm_core.scoring.engine.forward import LOSS_CHUNK_TOKENS
 
 if TYPE_CHECKING:  # planning imports scoring.base
     from minillm_core.planning import ModelGeometry
@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # planning imports scoring.base
 # Rough sustained forward-pass throughput in FLOP/s (one CPU core of the benchmark box did ~7e10; a datacenter GPU).
 FLOPS = {"cpu": 5e10, "cuda": 2e12}
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Forward-pass equivalents over the calibration tokens (a backward costs about two forwards).
+_PASSES = {Engine.WEIGHTS: 0.0, Engine.FORWARD: 1.0, Engine.BACKPROP: 3.0, Engine.LAYERWISE: 4.0}
 
 
 @dataclass(frozen=True)
@@ -33,56 +35,46 @@ class ScoringCost:
     extra_mb: float  # beyond the loaded weights
     passes: float  # forward-pass equivalents over the calibration tokens
     forward_only: bool
-    engine: str  # "weights", "activations", "forward probes", "full backprop", "layer streaming"
+    engine: Engine  # the scorer's declared engine (a str: "weights", "activations", "forward probes", ...)
 
 
-def engine_of(scorer: Scorer) -> str:
-    options = scorer.options()
-    if Need.BACKWARD in scorer.needs:
-        streamed = options.get("stream") or options.get("estimator") == "exact-layerwise"
-        return "layer streaming" if streamed else "full backprop"
-    if Need.FORWARD_PROBES in scorer.needs:
-        return "forward probes"
-    return "activations" if scorer.needs_calibration else "weights"
+def _passes(work: Workload, n_layers: int) -> float:
+    if work.engine is Engine.PROBES:
+        return 1.0 + 2.0 * work.probe_rounds(n_layers)  # one statistics pass, two forwards per round
+    return _PASSES[work.engine]
 
 
-def _passes(scorer: Scorer, engine: str, n_layers: int) -> float:
-    options = scorer.options()
-    if engine == "weights":
-        return 0.0
-    if engine == "forward probes":
-        rounds = options.get("n_probes", 1) * (n_layers if options.get("perturb") == "layer" else 1)
-        return 1.0 + 2.0 * rounds
-    return {"activations": 1.0, "full backprop": 3.0, "layer streaming": 4.0}[engine]
+def _extra_bytes(work: Workload, geometry: ModelGeometry, n_samples: int, seq_len: int) -> float:
+    """Peak bytes beyond the weights that `work`'s engine keeps alive (see the module docstring)."""
+    b = _BYTES.get(geometry.dtype, 4)
+    layers = geometry.layers
+    n_layers, hidden = len(layers), geometry.hidden_size
+    inter = max(s.intermediate for s in layers)
+    prunable = geometry.total_params - geometry.embedding_params
+    batch = min(n_samples, int(work.batch_size))
+    vocab = geometry.embedding_params // max(hidden, 1)
+    act = batch * seq_len * (4 * hidden + 3 * inter) * b  # one layer's live activations for one mini-batch
+    logits = min(LOSS_CHUNK_TOKENS, batch * seq_len) * vocab * 4 * 3  # logits, softmax, gradient
+    stored = batch * seq_len * hidden * n_layers * b + act * 3 if work.recompute_layers else act * n_layers
+    gradients = prunable * 4 if work.weight_gradients else 0
+    return {
+        Engine.WEIGHTS: 0,
+        Engine.FORWARD: act,
+        Engine.PROBES: act + logits + 2 * max(hidden * inter, hidden * hidden) * 4,
+        Engine.BACKPROP: gradients + stored + logits,
+        Engine.LAYERWISE: (n_samples * (2 * math.isqrt(n_layers) + 1) + batch) * seq_len * hidden * b
+        + prunable / n_layers * 4 + act * 3 + logits,
+    }[work.engine]
 
 
 def estimate_cost(
     scorer: Scorer, geometry: ModelGeometry, n_samples: int, seq_len: int, device: str = "cpu",
 ) -> ScoringCost:
     """Estimated wall time and peak memory beyond the weights of `scorer` on a model of `geometry`."""
-    engine = engine_of(scorer)
-    b = _BYTES.get(geometry.dtype, 4)
-    layers = geometry.layers
-    n_layers, hidden = len(layers), geometry.hidden_size
-    inter = max(s.intermediate for s in layers)
-    prunable = geometry.total_params - geometry.embedding_params
-    batch = min(n_samples, int(scorer.options().get("batch_size", 8)))
-    vocab = geometry.embedding_params // max(hidden, 1)
-    act = batch * seq_len * (4 * hidden + 3 * inter) * b  # one layer's live activations for one mini-batch
-    logits = min(LOSS_CHUNK_TOKENS, batch * seq_len) * vocab * 4 * 3  # logits, softmax, gradient
-    recomputed = scorer.options().get("checkpoint", True)  # minillm's backprop estimators always recompute layers
-    stored = batch * seq_len * hidden * n_layers * b + act * 3 if recomputed else act * n_layers
-    gradients = 0 if scorer.options().get("estimator") == "exact-gates" else prunable * 4  # gates only
-    extra = {
-        "weights": 0,
-        "activations": act,
-        "forward probes": act + logits + 2 * max(hidden * inter, hidden * hidden) * 4,
-        "full backprop": gradients + stored + logits,
-        "layer streaming": (n_samples * (2 * math.isqrt(n_layers) + 1) + batch) * seq_len * hidden * b
-        + prunable / n_layers * 4 + act * 3 + logits,
-    }[engine]
-    passes = _passes(scorer, engine, n_layers)
+    work = scorer.workload()
+    extra = _extra_bytes(work, geometry, n_samples, seq_len)
+    passes = _passes(work, len(geometry.layers))
     flops = FLOPS["cuda" if device.startswith("cuda") else "cpu"]
     seconds = 0.5 + passes * 2 * geometry.total_params * n_samples * seq_len / flops
     forward_only = Need.BACKWARD not in scorer.needs
-    return ScoringCost(seconds, extra / 2**20, passes, forward_only, engine)
+    return ScoringCost(seconds, extra / 2**20, passes, forward_only, work.engine)

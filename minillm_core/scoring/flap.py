@@ -16,8 +16,8 @@ from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import ArchAdapter, Slice
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.activations import DEFAULT_BATCH_SIZE, Stats, collect_activations
-from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer
+from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE, Stats, collect_activations
 
 if TYPE_CHECKING:  # planning imports scoring.base: a runtime import here would be circular
     from minillm_core.planning import PruningPlan
@@ -68,6 +68,7 @@ class FlapScorer(Scorer):
     batch_size: int = DEFAULT_BATCH_SIZE
     name = "flap"
     needs = frozenset({Need.ACTIVATIONS})
+    engine = Engine.FORWARD
     description = "Fluctuation metric: Var(X_j) x ||W_out[:, j]||^2 summed per head/channel (An et al. 2024)."
 
     def score(
@@ -129,7 +130,7 @@ def compensate(
             delta = bias_compensation(s.linear.weight, mean, removed).to(target.weight.dtype)
             if target.bias is None:
                 if not allow_new_bias:
-                    raise PlanError(f"{pruned.config.model_type} out-projections have no bias; pass "
+                    raise PlanError(f"{after.model_type} out-projections have no bias; pass "
                                     "allow_new_bias=True to add one (the model then cannot be saved and reloaded)")
                 target.bias = nn.Parameter(torch.zeros_like(delta), requires_grad=target.weight.requires_grad)
                 created += 1

@@ -14,7 +14,7 @@ from minillm_core.errors import MiniLLMError
 from minillm_core.groups import head_scores, unit_scores
 from minillm_core.modeling.base import ArchAdapter, Slice
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer
 
 
 def _powered(p: int):
@@ -34,6 +34,7 @@ class MagnitudeScorer(Scorer):
     p: int = 2
     name = "magnitude"
     needs = frozenset({Need.WEIGHTS})
+    engine = Engine.WEIGHTS
     description = "L1/L2 norm of the weights each head/channel owns; needs no data."
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class RandomScorer(Scorer):
     seed: int = 0
     name = "random"
     needs = frozenset({Need.WEIGHTS})
+    engine = Engine.WEIGHTS
     description = "Seeded random ranking; the baseline every criterion must beat."
 
     def score(

@@ -1,25 +1,29 @@
-"""First-order Taylor importance with real backpropagation (LLM-Pruner), and the backprop engine other scorers reuse.
+"""First-order Taylor importance with real backpropagation (LLM-Pruner): the math and its registered scorer.
 
 Ma et al., 2023, "LLM-Pruner: On the Structural Pruning of Large Language Models", eq. 3-5 (element- and vector-wise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from minillm_core.errors import MiniLLMError
 from minillm_core.groups import head_scores, reduce_to_units
-from minillm_core.modeling.base import ArchAdapter, Slice
+from minillm_core.modeling.base import ArchAdapter
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.activations import DEFAULT_BATCH_SIZE, batches, eval_mode, model_device, sequence_losses
-from minillm_core.scoring.base import SCORERS, GroupScores, Need, Scorer
-from minillm_core.scoring.streaming import gradients_only_for, stream_layer_scores
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer, Workload
+from minillm_core.scoring.engine.backprop import (
+    accumulate_gradients,
+    checkpointed_layers,
+    gradients_only_for,
+    slice_grads,
+)
+from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE
+from minillm_core.scoring.engine.hooks import linear_params, linears_of_layer, prunable_linears
+from minillm_core.scoring.engine.layerwise import stream_layer_scores
 
 TAYLOR_VARIANTS = ("element", "vector")
 
@@ -32,58 +36,6 @@ def taylor_element(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def taylor_vector(signed_unit_sums: torch.Tensor) -> torch.Tensor:
     """|sum_{w in unit} W * G|: the first-order loss change of zeroing a whole unit. Input: [n_units] signed sums."""
     return signed_unit_sums.abs()
-
-
-def linears_of_layer(adapter: ArchAdapter, i: int) -> list[nn.Linear]:
-    """Every linear a head or channel of layer i owns, in a fixed order."""
-    layer = adapter.layers()[i]
-    return [s.linear for s in adapter.attention_slices(layer) + adapter.mlp_slices(layer)]
-
-
-def prunable_linears(adapter: ArchAdapter) -> list[nn.Linear]:
-    """Every linear a head or channel owns, layer by layer, in a fixed order."""
-    return [lin for i in range(len(adapter.layers())) for lin in linears_of_layer(adapter, i)]
-
-
-@contextmanager
-def checkpointed_layers(adapter: ArchAdapter, enabled: bool = True) -> Iterator[None]:
-    """Recompute each decoder layer in backward instead of storing its activations (one layer live at a time)."""
-    patched = []
-    try:
-        if enabled:
-            for layer in adapter.layers():
-                original = layer.forward
-
-                def forward(*args, _f=original, **kwargs):
-                    return checkpoint(_f, *args, use_reentrant=False, **kwargs)
-
-                layer.forward = forward  # instance attribute shadows the method; deleted on exit
-                patched.append(layer)
-        yield
-    finally:
-        for layer in patched:
-            del layer.forward
-
-
-def accumulate_gradients(
-    model: nn.Module, calibration: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: Progress = no_progress, label: str = "backward",
-) -> None:
-    """Backpropagate the mean next-token loss over all calibration rows into the `.grad` of parameters that want it."""
-    device, parts = model_device(model), batches(calibration, batch_size)
-    with torch.enable_grad(), eval_mode(model):
-        for k, ids in enumerate(parts):
-            loss = sequence_losses(model, ids.to(device)).sum() / calibration.shape[0]
-            loss.backward()
-            progress(k + 1, len(parts), label)
-
-
-def slice_grads(s: Slice) -> tuple[torch.Tensor, torch.Tensor | None]:
-    lin = s.linear
-    if lin.weight.grad is None:
-        raise MiniLLMError("no gradient reached a prunable weight; is the model's loss connected to every layer?")
-    bias_grad = lin.bias.grad if (s.dim == 0 and lin.bias is not None) else None
-    return lin.weight.grad, bias_grad
 
 
 def taylor_layer_scores(adapter: ArchAdapter, i: int, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,10 +62,6 @@ def taylor_group_scores(adapter: ArchAdapter, variant: str) -> tuple[list[torch.
     return [h for h, _ in pairs], [c for _, c in pairs]
 
 
-def linear_params(linears: Sequence[nn.Linear]) -> list[nn.Parameter]:
-    return [p for lin in linears for p in lin.parameters()]
-
-
 @SCORERS.register("taylor")
 @dataclass
 class TaylorScorer(Scorer):
@@ -122,7 +70,7 @@ class TaylorScorer(Scorer):
     variant: str = "element"
     batch_size: int = DEFAULT_BATCH_SIZE
     checkpoint: bool = False  # recompute decoder layers in backward: activation memory of one layer
-    stream: bool = False  # exact gradients one layer at a time (scoring/streaming.py): no model-sized gradients
+    stream: bool = False  # exact gradients one layer at a time (engine/layerwise.py): no model-sized gradients
     name = "taylor"
     needs = frozenset({Need.BACKWARD})
     description = "First-order Taylor |W*G| (element) or |sum W*G| (vector) per group, real backprop (Ma et al. 2023)."
@@ -130,6 +78,10 @@ class TaylorScorer(Scorer):
     def __post_init__(self) -> None:
         if self.variant not in TAYLOR_VARIANTS:
             raise MiniLLMError(f"unknown taylor variant {self.variant!r}; allowed: {', '.join(TAYLOR_VARIANTS)}")
+
+    def workload(self) -> Workload:
+        engine = Engine.LAYERWISE if self.stream else Engine.BACKPROP
+        return Workload(engine, self.batch_size, recompute_layers=self.checkpoint)
 
     def score(
         self, model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor | None = None,

@@ -1,4 +1,4 @@
-"""Exact loss gradients one decoder layer at a time: backprop at near-inference memory, no model-sized gradients.
+"""The layer-wise engine: exact loss gradients one decoder layer at a time, at near-inference memory.
 
 Pass 1 runs the calibration once without an autograd graph in the decoder, keeps the input of every ~sqrt(L)-th
 decoder layer for every row, and backpropagates the loss through the final norm and LM head only, which gives the
@@ -28,7 +28,8 @@ from torch import nn
 from minillm_core.errors import MiniLLMError
 from minillm_core.modeling.base import ArchAdapter
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.activations import (
+from minillm_core.scoring.engine.backprop import gradients_only_for
+from minillm_core.scoring.engine.forward import (
     DEFAULT_BATCH_SIZE,
     SITES,
     Stats,
@@ -38,6 +39,7 @@ from minillm_core.scoring.activations import (
     record_activations,
     sequence_losses,
 )
+from minillm_core.scoring.engine.hooks import attached
 
 LayerScores = tuple[torch.Tensor, torch.Tensor]  # (heads [num_heads], channels [intermediate]) of one layer
 
@@ -50,65 +52,34 @@ class LayerCall:
     args: tuple
     kwargs: dict[str, Any]
 
-    @classmethod
-    def from_call(cls, args: tuple, kwargs: dict[str, Any]) -> LayerCall:
-        if args:
-            return cls(args[0], args[1:], dict(kwargs))
-        rest = dict(kwargs)
-        return cls(rest.pop("hidden_states"), (), rest)
-
-    def run(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        return _hidden(layer(hidden, *self.args, **self.kwargs))
-
-
-def _hidden(out: Any) -> torch.Tensor:
-    """A decoder layer's hidden-state output: LLaMA-family layers return a tensor, OPT/BLOOM a tuple."""
-    return out[0] if isinstance(out, tuple) else out
+    def run(self, adapter: ArchAdapter, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return adapter.layer_output_hidden(layer(hidden, *self.args, **self.kwargs))
 
 
 @contextmanager
 def _capture(
-    layers: Sequence[nn.Module], calls: list[list[LayerCall]], leaves: list[torch.Tensor], keep: set[int],
+    adapter: ArchAdapter, calls: list[list[LayerCall]], leaves: list[torch.Tensor], keep: set[int],
 ) -> Iterator[None]:
     """Record each layer's call (its hidden input only for layers in `keep`); cut the graph at the last layer's
     output (a fresh leaf that will receive the loss gradient)."""
+    layers = adapter.layers()
 
     def pre(i: int) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            call = LayerCall.from_call(args, kwargs)
-            calls[i].append(call if i in keep else LayerCall(None, call.args, call.kwargs))
+            hidden, rest, rest_kwargs = adapter.layer_call_input(args, kwargs)
+            calls[i].append(LayerCall(hidden if i in keep else None, rest, rest_kwargs))
 
         return hook
 
     def cut(module: nn.Module, args: tuple, out: Any) -> Any:
-        leaf = _hidden(out).detach().requires_grad_(True)
+        leaf = adapter.layer_output_hidden(out).detach().requires_grad_(True)
         leaves.append(leaf)
-        return (leaf, *out[1:]) if isinstance(out, tuple) else leaf
+        return adapter.with_layer_output_hidden(out, leaf)
 
-    handles = [layer.register_forward_pre_hook(pre(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    handles.append(layers[-1].register_forward_hook(cut))
-    try:
+    with attached() as handles:
+        handles.extend(layer.register_forward_pre_hook(pre(i), with_kwargs=True) for i, layer in enumerate(layers))
+        handles.append(layers[-1].register_forward_hook(cut))
         yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def gradients_only_for(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Make only `params` require grad; on exit restore every flag and drop every `.grad` (none are left behind)."""
-    flags = {p: p.requires_grad for p in model.parameters()}
-    try:
-        for p in flags:
-            p.requires_grad_(False)
-            p.grad = None
-        for p in params:
-            p.requires_grad_(True)
-        yield
-    finally:
-        for p, flag in flags.items():
-            p.grad = None
-            p.requires_grad_(flag)
 
 
 def segment_starts(n_layers: int, every: int | None = None) -> list[int]:
@@ -143,7 +114,7 @@ def stream_layer_scores(
     steps, done = len(parts) * (len(layers) + 1), 0
     with eval_mode(model), torch.enable_grad():
         frozen = gradients_only_for(model, [])
-        with frozen, record_activations(adapter, sites) as stats, _capture(layers, calls, leaves, set(starts)):
+        with frozen, record_activations(adapter, sites) as stats, _capture(adapter, calls, leaves, set(starts)):
             for ids in parts:  # no parameter wants a grad: the decoder builds no graph
                 (sequence_losses(model, ids.to(device)).sum() / calibration.shape[0]).backward()
                 done += 1
@@ -156,12 +127,12 @@ def stream_layer_scores(
             with torch.no_grad():  # refill the segment's inputs from its cached start
                 for b in range(len(parts)):
                     for j in range(start, end - 1):
-                        calls[j + 1][b].hidden = calls[j][b].run(layers[j], calls[j][b].hidden)
+                        calls[j + 1][b].hidden = calls[j][b].run(adapter, layers[j], calls[j][b].hidden)
             for i in reversed(range(start, end)):
                 with gradients_only_for(model, layer_params(i)):
                     for b, call in enumerate(calls[i]):
                         x = call.hidden.detach().requires_grad_(i > 0)
-                        call.run(layers[i], x).backward(out_grads[b])
+                        call.run(adapter, layers[i], x).backward(out_grads[b])
                         out_grads[b] = x.grad
                     calls[i] = []  # this layer's inputs are no longer needed
                     heads[i], channels[i] = reduce(i, stats)

@@ -1,4 +1,4 @@
-"""The calibration engine: mini-batch forward passes and hooks that accumulate per-column input statistics.
+"""The forward engine: mini-batch passes, next-token losses, and hooks accumulating per-column input statistics.
 
 Hooks read out-projection inputs (per-head outputs, channel activations) and in-projection inputs (normalised hidden).
 """
@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minillm_core.errors import MiniLLMError
-from minillm_core.groups import head_scores, reduce_to_units
 from minillm_core.modeling.base import ArchAdapter, Slice
 from minillm_core.progress import Progress, no_progress
+from minillm_core.scoring.engine.hooks import attached
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,6 @@ def record_activations(
     _check(sites, SITES, "activation sites")
     _check(moments, MOMENTS, "activation moments")
     stats: Stats = {}
-    handles = []
 
     def hook_for(key: tuple[int, str]) -> Callable:
         def hook(module: nn.Module, args: tuple) -> None:
@@ -125,15 +124,12 @@ def record_activations(
 
         return hook
 
-    try:
+    with attached() as handles:
         for i, layer in enumerate(adapter.layers()):
             linears = site_linears(adapter, layer)
             for site in sites:
                 handles.append(linears[site].register_forward_pre_hook(hook_for((i, site))))
         yield stats
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -198,15 +194,6 @@ def sequence_losses(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return head_losses(model, model.base_model(input_ids=ids, use_cache=False).last_hidden_state, ids)
 
 
-def calibration_loss(model: nn.Module, calibration: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> float:
-    """Mean next-token cross-entropy over all calibration rows (every row weighs the same), under inference_mode."""
-    device, total = model_device(model), 0.0
-    with torch.inference_mode(), eval_mode(model):
-        for ids in batches(calibration, batch_size):
-            total += float(sequence_losses(model, ids.to(device)).sum())
-    return total / calibration.shape[0]
-
-
 def collect_activations(
     model: nn.Module, adapter: ArchAdapter, calibration: torch.Tensor, sites: Sequence[str] = SITES,
     moments: Sequence[str] = ("sq_norm",), batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress = no_progress,
@@ -215,27 +202,3 @@ def collect_activations(
     with record_activations(adapter, sites, moments) as stats:
         run_batches(model, calibration, batch_size, progress, "activations")
     return stats
-
-
-PerWeight = Callable[[int, str, Slice], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def layer_group_scores(adapter: ArchAdapter, i: int, per_weight: PerWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum a per-weight term over every head and channel of layer i: (heads [num_heads], channels [inter]).
-
-    per_weight(layer index, family "attn"|"mlp", slice) -> (weight term [out, in], bias term [out] or None).
-    """
-    layer = adapter.layers()[i]
-    units: dict[str, torch.Tensor] = {}
-    for family, slices in (("attn", adapter.attention_slices(layer)), ("mlp", adapter.mlp_slices(layer))):
-        for s in slices:
-            w, b = per_weight(i, family, s)
-            u = reduce_to_units(s, w.float(), None if b is None else b.float())
-            units[s.unit] = units[s.unit] + u if s.unit in units else u
-    return head_scores(units, adapter.layer_shape(i)).cpu(), units["channel"].cpu()
-
-
-def group_scores(adapter: ArchAdapter, per_weight: PerWeight) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """`layer_group_scores` of every layer: (heads [num_heads] per layer, channels [inter] per layer)."""
-    pairs = [layer_group_scores(adapter, i, per_weight) for i in range(len(adapter.layers()))]
-    return [h for h, _ in pairs], [c for _, c in pairs]
