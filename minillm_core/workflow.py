@@ -24,6 +24,7 @@ from minillm_core.loading import LoadConfig, LoadedModel, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
 from minillm_core.planning import ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
 from minillm_core.progress import Progress, no_progress
+from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
 from minillm_core.surgery import apply_indices, copy_model
 
@@ -38,7 +39,7 @@ __all__ = [
     "PlanConfig",
     "PlanSummary",
     "PruneOutcome",
-    "PruningPlan",
+    "PruningPlan", "ReconstructConfig",
     "RunMetrics",
     "ScoreConfig",
     "architecture",
@@ -59,7 +60,7 @@ __all__ = [
     "plan_defaults",
     "prune",
     "prune_and_evaluate",
-    "read_calibration_file",
+    "read_calibration_file", "reconstruct",
     "save",
     "score",
     "summary_of",
@@ -231,6 +232,18 @@ def prune(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Modu
     if got != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
         raise AssertionError(f"pruned model has {got} parameters, the plan predicted {plan.predicted_params}")
     return target
+
+
+def reconstruct(original: nn.Module, pruned: nn.Module, plan: PruningPlan, calibration: torch.Tensor,
+                config: ReconstructConfig | None = None, progress: Progress = no_progress) -> dict[str, Any]:
+    """Re-fit, in place, the kept output-projection columns of every pruned layer of `pruned` (a `prune` of
+    `original`) on `calibration` [n, seq]; returns the per-projection errors before/after (for provenance)."""
+    from minillm_core.reconstruction import reconstruct as refit_layers
+
+    config = config or ReconstructConfig()
+    report = refit_layers(original, pruned, plan.layers, calibration, config, progress)
+    return {"target": config.target, "damping": config.damping, "calibration_rows": int(calibration.shape[0]),
+            **report.to_dict()}
 
 
 def save(pruned: nn.Module, tokenizer: Any, out: str | os.PathLike, plan: PruningPlan, overwrite: bool = False

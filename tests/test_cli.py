@@ -38,10 +38,14 @@ def test_prune_then_eval(model_dir, tmp_path):
     text.write_text(" ".join(f"w{i % 90}" for i in range(2000)))
     pruned = tmp_path / "pruned"
     out = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "random", "--ratio", "0.3",
-                                    "--allocation", "global", "--protect", "0", "--out", str(pruned), "--json"]))
+                                    "--allocation", "global", "--protect", "0", "--out", str(pruned), "--json",
+                                    "--calib-file", str(text), "--n-samples", "4", "--calib-seq-len", "16"]))
     assert out["params_after"] < out["params_before"] and (pruned / MANIFEST).is_file()
+    refits = out["reconstruction"]["projections"]  # reconstruction is on by default
+    assert refits and all(r["error_after"] <= r["error_before"] + 1e-6 for r in refits)
     replay = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--plan", str(pruned / "pruning_plan.json"),
-                                       "--out", str(tmp_path / "again"), "--json"]))
+                                       "--out", str(tmp_path / "again"), "--json", "--no-reconstruct"]))
+    assert replay["reconstruction"] is None
     assert replay["params_after"] == out["params_after"]
     ev = _json(runner.invoke(app, ["eval", "--model", str(pruned), "--text", str(text), "--seq-len", "16",
                                    "--limit", "5", "--json", "--out", str(tmp_path / "m.json")]))

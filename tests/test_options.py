@@ -12,7 +12,14 @@ from minillm_core.cli import evaluate, prune, recover
 from minillm_core.cli.options import _convert, offered_options
 from minillm_core.options import describe, option
 from minillm_core.recovery import DEFAULT_EVAL, RecoveryConfig
-from minillm_core.workflow import CalibrationConfig, EvalConfig, LoadConfig, PlanConfig, ScoreConfig
+from minillm_core.workflow import (
+    CalibrationConfig,
+    EvalConfig,
+    LoadConfig,
+    PlanConfig,
+    ReconstructConfig,
+    ScoreConfig,
+)
 from ui import state
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -41,7 +48,8 @@ def test_command_defaults_that_differ_from_the_class_are_declared_instances():
 
 def test_every_declared_option_is_offered_by_some_command():
     offered = {(cls, s.name) for c in COMMANDS for cls, _, s, _ in offered_options(c)}
-    for cls in (PlanConfig, CalibrationConfig, ScoreConfig, LoadConfig, RecoveryConfig, EvalConfig):
+    for cls in (PlanConfig, CalibrationConfig, ScoreConfig, LoadConfig, RecoveryConfig, EvalConfig,
+                ReconstructConfig):
         missing = [s.name for s in describe(cls) if (cls, s.name) not in offered]
         assert not missing, f"{cls.__name__}: {missing}"
 

@@ -26,7 +26,7 @@ from minillm_core.cli.app import (
 )
 from minillm_core.cli.options import config_command
 from minillm_core.errors import MiniLLMError
-from minillm_core.workflow import CalibrationConfig, LoadConfig, PlanConfig, ScoreConfig
+from minillm_core.workflow import CalibrationConfig, LoadConfig, PlanConfig, ReconstructConfig, ScoreConfig
 
 
 def _print_summary(summary: workflow.PlanSummary) -> None:
@@ -101,6 +101,7 @@ def prune(
     score: ScoreConfig,
     plan: PlanConfig,
     calib: CalibrationConfig,
+    recon: ReconstructConfig,
     data_dir: DataDirOpt = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Replay a saved plan instead of scoring.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
@@ -117,11 +118,17 @@ def prune(
         with Bar(not as_json) as bar:
             p = workflow.PruningPlan.load(plan_file) if plan_file else _scored_plan(
                 loaded, score, calib, plan, data_dir, bar)
-        summary = workflow.summary_of(p, loaded.model)
-        t0 = time.perf_counter()
-        pruned = workflow.prune(loaded.model, p)
+            summary = workflow.summary_of(p, loaded.model)
+            t0 = time.perf_counter()
+            pruned = workflow.prune(loaded.model, p)
+            report = None
+            if recon.enabled:
+                c = calibration(calib, score.seed)
+                stderr(f"reconstruction: {c.n_samples} x {c.seq_len} tokens from {c.source}")
+                report = workflow.reconstruct(loaded.model, pruned, p, workflow.calibrate(loaded, c, data_dir), recon,
+                                              progress=bar)
         workflow.save(pruned, loaded.tokenizer, out, plan=p, overwrite=overwrite)
-        payload = {"out": str(out), "params_before": summary.params_before,
+        payload = {"out": str(out), "params_before": summary.params_before, "reconstruction": report,
                    "params_after": workflow.count_params(pruned), "removed_fraction": summary.removed_fraction,
                    "removed_fraction_non_embedding": summary.removed_fraction_non_embedding,
                    "loads_with_from_pretrained": summary.loads_with_from_pretrained,
