@@ -3,7 +3,7 @@
 Never imports streamlit; the CLI (`minillm_core.cli`) and the dashboard are thin callers of this package.
 """
 
-__version__ = "0.1.0"
+from minillm_core.version import __version__
 
 __all__ = ["__version__", "load_model", "load_pruned", "save_pruned"]
 

@@ -24,6 +24,7 @@ from minillm_core.options import option
 logger = logging.getLogger(__name__)
 
 FILE_SOURCE = "file"
+SELF_SOURCE = "self"  # the model writes its own calibration text: no data set, no internet
 FILE_SUFFIXES = (".txt", ".jsonl")
 STREAM_JOIN = "\n\n"  # the paper-protocol join (see data.perplexity_text), also used for paragraphs of a .txt
 _TOKENIZE_CHUNK = 32  # documents per tokenizer call while searching for long-enough documents
@@ -31,7 +32,7 @@ _TOKENIZE_CHUNK = 32  # documents per tokenizer call while searching for long-en
 
 def calibration_sources() -> list[str]:
     """Every value `CalibrationConfig.source` accepts."""
-    return [*dataset_names(), FILE_SOURCE]
+    return [*dataset_names(), FILE_SOURCE, SELF_SOURCE]
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -161,6 +162,7 @@ def build_calibration(
     config: CalibrationConfig,
     data_dir: str | os.PathLike | None = None,
     max_length: int | None = None,
+    model: Any | None = None,
 ) -> torch.LongTensor:
     """Calibration token ids, `[n_samples, seq_len]` int64, deterministic for `config.seed`.
 
@@ -170,6 +172,10 @@ def build_calibration(
     """
     if max_length is not None and config.seq_len > max_length:
         raise DataError(f"seq_len {config.seq_len} exceeds the model's maximum context of {max_length} tokens")
+    if config.source == SELF_SOURCE:
+        if model is None:
+            raise DataError("calibration source 'self' needs the model (it writes its own calibration text)")
+        return self_generated(model, tokenizer, config)
     if config.source == FILE_SOURCE:
         docs: Sequence[str] = read_calibration_file(config.path)
         label = f"calibration file {config.path}"
@@ -180,3 +186,27 @@ def build_calibration(
     if windows is None:
         windows = _windows_from_stream(tokenizer, docs, config, label)
     return torch.tensor(windows, dtype=torch.long)
+
+
+@torch.no_grad()
+def self_generated(model: Any, tokenizer: Any, config: CalibrationConfig, batch_size: int = 16) -> torch.LongTensor:
+    """`[n_samples, seq_len]` tokens the model samples itself from its BOS token (temperature 1, seeded).
+
+    Data-free calibration (as in LLM-Pruner's and "data-free" pruning work): the activations follow the model's own
+    distribution, with no data set and no internet. The caller's RNG state is untouched.
+    """
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise DataError("calibration source 'self' needs a tokenizer with a BOS (or EOS) token to start from")
+    device = next(model.parameters()).device
+    rows = []
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        for start in range(0, config.n_samples, batch_size):
+            n = min(batch_size, config.n_samples - start)
+            ids = torch.full((n, 1), bos, dtype=torch.long, device=device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=config.seq_len - 1, min_new_tokens=config.seq_len - 1,
+                                 pad_token_id=bos, eos_token_id=None)
+            rows.append(out[:, : config.seq_len].cpu())
+    return torch.cat(rows)

@@ -17,7 +17,7 @@ from torch import nn
 
 from minillm_core.errors import PlanError
 from minillm_core.groups import HEAD_GRANULARITIES, validate_heads
-from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
+from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
 from minillm_core.options import option
 
 ALLOCATIONS = ("uniform", "global")
@@ -100,8 +100,8 @@ class ModelGeometry:
         emb = {id(p): p for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
                for p in m.parameters()}
         return cls(
-            model_type=model.config.model_type,
-            hidden_size=model.config.hidden_size,
+            model_type=adapter.model_type,
+            hidden_size=adapter.config.hidden_size,
             head_dim=adapter.head_dim,
             tied_heads=adapter.tied_heads,
             config_expresses=tuple(sorted(adapter.config_expresses)),
@@ -220,7 +220,7 @@ class PruningPlan:
                 raise PlanError(f"plan is for a {self.model_type!r} model, this model is {geometry.model_type!r}")
             if list(geometry.layers) != list(self.original):
                 raise PlanError("plan was made for a model with other layer widths")
-        tied = geometry.tied_heads if geometry is not None else self.model_type in ("opt", "bloom")
+        tied = geometry.tied_heads if geometry is not None else ADAPTERS.get(self.model_type).tied_heads
         for i, (kept, shape) in enumerate(zip(self.layers, self.original, strict=True)):
             try:
                 validate_heads(kept.heads, kept.kv_heads, shape, tied)
@@ -260,7 +260,7 @@ def default_provenance() -> dict[str, Any]:
     """Library versions and time, recorded in every plan."""
     import transformers
 
-    from minillm_core import __version__
+    from minillm_core.version import __version__
 
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

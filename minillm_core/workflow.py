@@ -127,7 +127,8 @@ def geometry_of(model: nn.Module) -> ModelGeometry:
 def calibrate(loaded: LoadedModel, config: CalibrationConfig, data_dir: str | os.PathLike | None = None
               ) -> torch.Tensor:
     """The calibration batch `[n_samples, seq_len]` the config describes (deterministic for its seed)."""
-    return build_calibration(loaded.tokenizer, config, data_dir=data_dir, max_length=max_context(loaded.model))
+    return build_calibration(loaded.tokenizer, config, data_dir=data_dir, max_length=max_context(loaded.model),
+                             model=loaded.model)
 
 
 def needs_calibration(config: ScoreConfig) -> bool:

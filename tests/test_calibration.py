@@ -107,8 +107,9 @@ def test_registered_source_from_the_mirror(tokenizer, data_dir, monkeypatch):
 
 
 def test_unknown_source_lists_allowed_values():
-    assert calibration_sources() == ["alpaca", "c4", "ptb", "wikitext2", "file"]
-    with pytest.raises(DataError, match="unknown calibration source 'pile'; allowed: alpaca, c4, ptb, wikitext2, file"):
+    assert calibration_sources() == ["alpaca", "c4", "ptb", "wikitext2", "file", "self"]
+    with pytest.raises(DataError, match="unknown calibration source 'pile'; allowed: alpaca, c4, ptb, wikitext2, file, "
+                                        "self"):
         CalibrationConfig(source="pile")
 
 
@@ -168,3 +169,19 @@ def test_jsonl_without_text_field(tokenizer, tmp_path):
     path.write_text('{"text": "ok"}\n{"content": "no text here"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"fields\.jsonl line 2 has no 'text' field \(found: content\)"):
         build_calibration(tokenizer, CalibrationConfig(source="file", path=str(path)))
+
+
+def test_self_calibration_needs_no_data_and_is_seeded():
+    from minillm_core.calibration import SELF_SOURCE
+    from tests.helpers import tiny_model, tiny_tokenizer
+
+    model, tok = tiny_model("llama-gqa"), tiny_tokenizer()
+    state = torch.get_rng_state()
+    a = build_calibration(tok, CalibrationConfig(SELF_SOURCE, n_samples=5, seq_len=12, seed=3), model=model)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    b = build_calibration(tok, CalibrationConfig(SELF_SOURCE, n_samples=5, seq_len=12, seed=3), model=model)
+    c = build_calibration(tok, CalibrationConfig(SELF_SOURCE, n_samples=5, seq_len=12, seed=4), model=model)
+    assert a.shape == (5, 12) and torch.equal(a, b) and not torch.equal(a, c)
+    assert (a[:, 0] == tok.bos_token_id).all()
+    with pytest.raises(DataError, match="needs the model"):
+        build_calibration(tok, CalibrationConfig(SELF_SOURCE, n_samples=2, seq_len=8))
