@@ -30,7 +30,7 @@ from minillm_core.surgery import apply_indices, copy_model
 __all__ = [
     "CalibrationConfig", "EvalConfig", "LoadedModel", "ModelGeometry", "PlanConfig", "PlanSummary", "PruneOutcome",
     "PruningPlan", "RunMetrics", "ScoreConfig", "calibrate", "count_params", "evaluate", "evaluate_pair",
-    "geometry_of", "load", "make_plan", "prune", "prune_and_evaluate", "save", "score", "summary_of",
+    "geometry_of", "load", "load_search", "make_plan", "prune", "prune_and_evaluate", "save", "score", "summary_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,6 +205,13 @@ def prune_and_evaluate(
         comparison |= speedups(orig_m, pr_m)
     run = RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
     return PruneOutcome(run, pruned, model_dir, time.time() - t0)
+
+
+def load_search(data: bytes | str) -> dict[str, Any]:
+    """A threshold-search curve saved by `minillm search --out search.json`, validated (see `search.load_search`)."""
+    from minillm_core.search import load_search as read_curve
+
+    return read_curve(data)
 
 
 def steps_of(evaluate_original: bool, save_model: bool = True) -> list[str]:

@@ -8,8 +8,8 @@ import streamlit as st
 from minillm_core.allocation import build_plan
 from minillm_core.groups import HEAD_GRANULARITIES
 from minillm_core.planning import ALLOCATIONS, TARGETS, PlanConfig, PruningPlan, default_protected_layers, summarize
-from minillm_core.runs import widths_figure
 from ui import state
+from ui.figures import widths_figure
 from ui.models import model_handle
 
 P = "plan."  # widget key prefix

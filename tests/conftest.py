@@ -80,3 +80,68 @@ def save_tiny(kind: str, path: Path) -> Path:
     tiny_model(kind).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+# --- runs: a loadable tiny model directory, a private runs root, a quick RunSpec ---------------------------------
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'=-@()"  # + BOS + unk, well under the tiny vocab of 96
+
+
+def char_tokenizer():
+    """A character-level tokenizer (every character of the offline text sets is in the vocabulary)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<unk>": 1} | {ch: i + 2 for i, ch in enumerate(ALPHABET)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="<unk>", eos_token="<s>")
+
+
+def save_tiny_model_dir(path: Path, kind: str = "llama-gqa") -> Path:
+    """A loadable model directory (config, safetensors, tokenizer) of a tiny random model."""
+    tiny_model(kind).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    """A private runs root (`MINILLM_RUNS_DIR`), with the offline data mirror exported for the workers."""
+    from minillm_core.runs import RUNS_DIR_ENV
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv(RUNS_DIR_ENV, str(root))
+    data = Path(os.environ.get("MINILLM_DATA_DIR", SHARED_DATA))
+    if not data.is_dir():
+        pytest.skip(f"offline data mirror not found at {data}")
+    monkeypatch.setenv("MINILLM_DATA_DIR", str(data))
+    return root
+
+
+def tiny_plan(model_dir: Path, ratio: float = 0.2):
+    """A magnitude `PruningPlan` of the model in `model_dir` (no calibration)."""
+    from minillm_core import workflow
+
+    loaded = workflow.load(str(model_dir), device="cpu")
+    scores = workflow.score(loaded.model, "magnitude")
+    return workflow.make_plan(loaded.model, scores, workflow.PlanConfig(ratio=ratio, protected_layers=()),
+                              str(model_dir))
+
+
+def spec_for(model_dir: Path, **kw):
+    """A quick `RunSpec` for `model_dir` (2 windows of 16 tokens, CPU); `kw` overrides its fields and the
+    evaluation's settings (perplexity, tasks, limit, seq_len, measure_speed)."""
+    from minillm_core.runs import RunSpec, eval_config
+
+    evaluation = {"perplexity": ("wikitext2",), "limit": 2, "seq_len": 16}
+    evaluation |= {k: kw.pop(k) for k in ("perplexity", "tasks", "limit", "seq_len", "measure_speed") if k in kw}
+    base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "device": "cpu",
+            "evaluation": eval_config(**evaluation)}
+    return RunSpec(**(base | kw))

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from minillm_core import jobs
-from minillm_core.runs import RunStore
-from tests.test_jobs import runs_dir, tiny_model_dir  # noqa: F401  (fixtures)
+from minillm_core import runs
+from tests.conftest import spec_for
 from ui import state
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -50,7 +49,7 @@ def charts(at: AppTest) -> list:
 
 
 @pytest.fixture
-def app(tiny_model_dir, runs_dir):  # noqa: F811
+def app(tiny_model_dir, runs_dir):
     return new_app(tiny_model_dir)
 
 
@@ -60,7 +59,7 @@ def with_scores(at: AppTest, scorer: str = "magnitude") -> AppTest:
     return ok(at.button[0].click().run())
 
 
-def test_model_page_shows_the_architecture(app, tiny_model_dir):  # noqa: F811
+def test_model_page_shows_the_architecture(app, tiny_model_dir):
     assert any("Loaded" in s.value for s in app.success)
     arch = frame(app, "property")
     values = dict(zip(arch["property"], arch["value"], strict=True))
@@ -69,7 +68,7 @@ def test_model_page_shows_the_architecture(app, tiny_model_dir):  # noqa: F811
     assert str(tiny_model_dir) in app.sidebar.caption[1].value
 
 
-def test_model_page_bad_path_shows_an_error(tiny_model_dir, runs_dir):  # noqa: F811
+def test_model_page_bad_path_shows_an_error(tiny_model_dir, runs_dir):
     at = new_app(tiny_model_dir.parent / "missing")
     assert at.error and "does not exist" in at.error[0].value
 
@@ -135,7 +134,7 @@ def test_plan_page_reports_an_impossible_ratio(app):
     assert app.error and "allowed ratio range" in app.error[0].value
 
 
-def test_sessions_do_not_share_scores_jobs_or_uploads(app, tiny_model_dir):  # noqa: F811
+def test_sessions_do_not_share_scores_jobs_or_uploads(app, tiny_model_dir):
     with_scores(app)
     other = new_app(tiny_model_dir)
     assert any(app.session_state[state.SCORES].values())  # same process, separate st.session_state
@@ -161,17 +160,17 @@ def test_plan_upload_validates(app):
     assert app.session_state[state.UPLOADED_PLAN].config.round_to == 4
 
 
-def wait_done(job_id: str, root: Path, timeout: float = 120) -> jobs.JobStatus:
+def wait_done(job_id: str, root: Path, timeout: float = 120) -> runs.RunStatus:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        st = jobs.status(job_id, root)
+        st = runs.status(job_id, root)
         if st.terminal:
             return st
         time.sleep(0.3)
     raise AssertionError("job did not finish")
 
 
-def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):  # noqa: F811
+def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     goto(app, "4_run.py")
     assert "Make a plan first" in app.info[0].value
     with_scores(app)
@@ -208,20 +207,16 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):  # noqa: F81
     assert any("load_pruned" in c.value for c in app.code)
     app.text_input[0].set_value("renamed run")
     ok(app.get("form_submit_button")[0].click().run())
-    assert RunStore(runs_dir).get(job_id).name == "renamed run"
+    assert runs.get(job_id, runs_dir).name == "renamed run"
     app.checkbox(key="confirm_delete").check()
     ok(app.run())
     ok(app.button(key="delete_run").click().run())
-    assert RunStore(runs_dir).list() == [] and not (runs_dir / job_id).exists()
+    assert runs.list(root=runs_dir) == [] and not (runs_dir / job_id).exists()
     assert "No runs recorded yet" in app.info[0].value
 
 
-def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):  # noqa: F811
-    store = RunStore(runs_dir)
-    from tests.test_jobs import spec_for
-
-    job_id = jobs.submit(spec_for(tiny_model_dir, model=str(tiny_model_dir.parent / "gone")), runs_dir)
-    store.add_job(job_id)
+def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):
+    job_id = runs.submit(spec_for(tiny_model_dir, model=str(tiny_model_dir.parent / "gone")), runs_dir)
     wait_done(job_id, runs_dir)
     app.query_params["job"] = job_id
     goto(app, "4_run.py")

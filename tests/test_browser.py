@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser_support import CHROMIUM, IDLE, app_env, chromium, goto_page, rerun, streamlit_server, wait_idle
-from tests.test_jobs import tiny_model_dir  # noqa: F401  (fixture)
 
 if not CHROMIUM.is_file():
     if os.environ.get("MINILLM_REQUIRE_BROWSER"):  # CI installs Chromium: its absence is a failure, not a skip
@@ -98,7 +97,7 @@ def use_model(page, path: Path) -> None:
     rerun(page, page.get_by_role("button", name="Use this model").click)
 
 
-def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp_path):  # noqa: F811
+def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp_path):
     url, runs_dir = server
 
     # 1. Model & data: the tiny model's architecture table
