@@ -52,6 +52,7 @@ __all__ = [
     "evaluate_pair",
     "geometry_of",
     "load",
+    "load_search",
     "make_plan",
     "measure_memory",
     "model_dir_of",
@@ -335,6 +336,13 @@ def prune_and_evaluate(
         comparison |= speedups(orig_m, pr_m)
     run = RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
     return PruneOutcome(run, pruned, model_dir, time.time() - t0)
+
+
+def load_search(data: bytes | str) -> dict[str, Any]:
+    """A threshold-search curve saved by `minillm search --out search.json`, validated (see `search.load_search`)."""
+    from minillm_core.search import load_search as read_curve
+
+    return read_curve(data)
 
 
 def steps_of(evaluate_original: bool, save_model: bool = True) -> list[str]:

@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from minillm_core import workflow
-from minillm_core.runs import widths_figure  # moves to ui.figures with the runs package
 from minillm_core.workflow import PlanConfig, PruningPlan
 from ui import state
+from ui.figures import widths_figure
 from ui.models import model_handle
 from ui.widgets import config_widgets
 

@@ -1,18 +1,19 @@
-"""Compare: original vs pruned metrics of a run, size vs quality across runs, and both models' generations."""
+"""Compare: original vs pruned metrics of a run, size vs quality across runs, and both models' generations.
+
+Runs come from `minillm_core.runs`, figures from `ui.figures`; the generations load the original and the pruned model.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from minillm_core.runs import RunStore, comparison_figure, comparison_rows, pareto_figure
-from minillm_core.search import load_search
+from minillm_core import runs, workflow
 from ui import figures, state
 from ui.models import greedy_generate, model_handle, pruned_handle
 
 st.title("Compare")
-store = RunStore()
-done = store.list(states=("done",))
+done = runs.list(states=("done",))
 if not done:
     st.info("No finished run yet. Start one on **Prune & evaluate**.")
     st.stop()
@@ -23,7 +24,7 @@ run = st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
                    format_func=lambda r: f"{r.name} · {r.model} · {r.id}")
 
 # --- one run: original vs pruned --------------------------------------------------------------------------------
-table = pd.DataFrame(comparison_rows(run))
+table = pd.DataFrame(runs.comparison_rows(run))
 st.dataframe(table, hide_index=True, key="comparison_table",
              column_config={"retained %": st.column_config.NumberColumn(format="%.1f %%")})
 comparison = run.metrics.get("comparison") or {}
@@ -31,21 +32,21 @@ if comparison:  # KL / agreement against the original and measured speed-ups
     cols = st.columns(min(len(comparison), 4))
     for i, (key, value) in enumerate(sorted(comparison.items())):
         cols[i % len(cols)].metric(key, f"{value:.4g}")
-st.plotly_chart(comparison_figure(run), key="comparison_chart")
+st.plotly_chart(figures.comparison_figure(run), key="comparison_chart")
 
 # --- across runs ------------------------------------------------------------------------------------------------
 datasets = sorted({k.removeprefix("ppl/") for r in done for k in (r.metrics.get("pruned") or {})
                    if k.startswith("ppl/")})
 if datasets:
     ds = st.selectbox("Quality measure for the scatter", datasets)
-    st.plotly_chart(pareto_figure(done, ds), key="pareto_chart")
+    st.plotly_chart(figures.pareto_figure(done, ds), key="pareto_chart")
 
 # --- threshold search curve -------------------------------------------------------------------------------------
 with st.expander("Threshold search curve (from `minillm search --out search.json`)"):
     upload = st.file_uploader("search.json", type=["json"], key="search_upload")
     if upload is not None:
         with state.user_errors():
-            curve = load_search(upload.getvalue())
+            curve = workflow.load_search(upload.getvalue())
         metrics = [k for k in curve["points"][0] if k.startswith(("ppl/", "acc/", "retained/", "kl/", "agreement/",
                                                                    "speedup/"))] if curve["points"] else []
         if metrics:

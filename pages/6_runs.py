@@ -1,22 +1,23 @@
-"""Runs & report: every recorded run (shared by all sessions), rename/delete, exports, and how to load the model."""
+"""Runs & report: every recorded run (shared by all sessions), rename/delete, exports, and how to load the model.
+
+Lists what `minillm_core.runs` finds under the runs root, old run directories included; the report is `ui.report`.
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from minillm_core import runs
 from minillm_core.errors import MiniLLMError
-from minillm_core.io import read_manifest
-from minillm_core.runs import RunStore
+from ui.report import report_html
 
 st.title("Runs & report")
-store = RunStore()
-runs = store.list()
-st.caption(f"Run store: `{store.root}` (shared by every session of this server).")
-if not runs:
+recorded = runs.list()
+st.caption(f"Run store: `{runs.runs_root()}` (shared by every session of this server).")
+if not recorded:
     st.info("No runs recorded yet. Start one on **Prune & evaluate**.")
     st.stop()
 
@@ -24,11 +25,11 @@ table = pd.DataFrame([{
     "id": r.id, "name": r.name, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
     "model": r.model, "scorer": r.scorer, "ratio": r.ratio, "state": r.state,
     "params before": r.params_before, "params after": r.params_after, "error": r.error,
-} for r in runs])
+} for r in recorded])
 st.dataframe(table, hide_index=True, key="runs_table",
              column_config={"ratio": st.column_config.NumberColumn(format="percent")})
 
-by_id = {r.id: r for r in runs}
+by_id = {r.id: r for r in recorded}
 run_id = st.selectbox("Run", list(by_id), format_func=lambda i: f"{by_id[i].name} · {i} · {by_id[i].state}")
 run = by_id[run_id]
 
@@ -37,7 +38,7 @@ with c1.form("rename"):
     new_name = st.text_input("Name", value=run.name)
     if st.form_submit_button("Rename"):
         try:
-            store.rename(run.id, new_name)
+            runs.rename(run.id, new_name)
         except MiniLLMError as exc:
             st.error(str(exc))
         else:
@@ -45,25 +46,25 @@ with c1.form("rename"):
 with c2:
     sure = st.checkbox("Yes, delete this run and its files", key="confirm_delete")
     if st.button("Delete run", disabled=not sure, key="delete_run"):
-        store.delete(run.id)
+        runs.delete(run.id)
         st.rerun()
 
 st.subheader("Exports")
 d1, d2 = st.columns(2)
-d1.download_button("Metrics CSV", store.metrics_csv([run.id]), file_name=f"{run.id}-metrics.csv", mime="text/csv")
-d2.download_button("Metrics JSON", store.metrics_json([run.id]), file_name=f"{run.id}-metrics.json",
+d1.download_button("Metrics CSV", runs.metrics_csv([run.id]), file_name=f"{run.id}-metrics.csv", mime="text/csv")
+d2.download_button("Metrics JSON", runs.metrics_json([run.id]), file_name=f"{run.id}-metrics.json",
                    mime="application/json")
 chosen = st.multiselect("Runs in the HTML report", list(by_id), default=[run.id],
                         format_func=lambda i: f"{by_id[i].name} · {i}")
 if chosen:
-    st.download_button("HTML report (works offline)", store.report_html(chosen), file_name="minillm-report.html",
-                       mime="text/html")
+    st.download_button("HTML report (works offline)", report_html([by_id[i] for i in chosen]),
+                       file_name="minillm-report.html", mime="text/html")
 
 if run.state == "done" and run.model_dir:
     st.subheader("The pruned model")
     st.markdown(f"Saved in `{run.model_dir}`.")
     try:
-        plain = read_manifest(Path(run.model_dir)).get("loads_with_from_pretrained", False)
+        plain = runs.loads_with_from_pretrained(run.id)
     except MiniLLMError as exc:
         st.error(str(exc))
         st.stop()

@@ -85,8 +85,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch, data_dir) -> Path:
     """A private run store (MINILLM_RUNS_DIR) for jobs, which read the data mirror of `data_dir`."""
-    from minillm_core import jobs
+    from minillm_core.runs import RUNS_DIR_ENV
 
     root = tmp_path / "runs"
-    monkeypatch.setenv(jobs.RUNS_DIR_ENV, str(root))
+    monkeypatch.setenv(RUNS_DIR_ENV, str(root))
     return root

@@ -89,21 +89,23 @@ def save_tiny_model_dir(path: Path, kind: str = "llama-gqa") -> Path:
     return path
 
 
-def tiny_plan(model_dir: Path, ratio: float = 0.2) -> dict:
-    """A magnitude plan of the model in `model_dir`, as the JSON-ready dict a job spec carries."""
-    from minillm_core.loading import load_model
-    from minillm_core.pipeline import plan, score
-    from minillm_core.planning import PlanConfig
+def tiny_plan(model_dir: Path, ratio: float = 0.2):
+    """A magnitude `PruningPlan` of the model in `model_dir` (no calibration)."""
+    from minillm_core import workflow
 
-    loaded = load_model(str(model_dir), device="cpu")
-    scores = score(loaded.model, "magnitude")
-    return plan(loaded.model, scores, PlanConfig(ratio=ratio, protected_layers=()), str(model_dir)).to_dict()
+    loaded = workflow.load(str(model_dir), device="cpu")
+    scores = workflow.score(loaded.model, "magnitude")
+    return workflow.make_plan(loaded.model, scores, workflow.PlanConfig(ratio=ratio, protected_layers=()),
+                              str(model_dir))
 
 
 def spec_for(model_dir: Path, **kw):
-    """A prune+eval job spec on `model_dir` with a tiny evaluation budget; `kw` overrides any field."""
-    from minillm_core import jobs
+    """A quick `RunSpec` for `model_dir` (2 windows of 16 tokens, CPU); `kw` overrides its fields and the
+    evaluation's settings (perplexity, tasks, limit, seq_len, measure_speed)."""
+    from minillm_core.runs import RunSpec, eval_config
 
-    base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "perplexity": ("wikitext2",), "limit": 2,
-            "seq_len": 16, "device": "cpu"}
-    return jobs.JobSpec(**(base | kw))
+    evaluation = {"perplexity": ("wikitext2",), "limit": 2, "seq_len": 16}
+    evaluation |= {k: kw.pop(k) for k in ("perplexity", "tasks", "limit", "seq_len", "measure_speed") if k in kw}
+    base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "device": "cpu",
+            "evaluation": eval_config(**evaluation)}
+    return RunSpec(**(base | kw))

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from minillm_core import jobs
-from minillm_core.runs import RunStore
+from minillm_core import runs
 from tests.helpers import spec_for
 from ui import state
 
@@ -161,10 +160,10 @@ def test_plan_upload_validates(app):
     assert app.session_state[state.UPLOADED_PLAN].config.round_to == 4
 
 
-def wait_done(job_id: str, root: Path, timeout: float = 120) -> jobs.JobStatus:
+def wait_done(job_id: str, root: Path, timeout: float = 120) -> runs.RunStatus:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        st = jobs.status(job_id, root)
+        st = runs.status(job_id, root)
         if st.terminal:
             return st
         time.sleep(0.3)
@@ -208,18 +207,16 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert any("load_pruned" in c.value for c in app.code)
     app.text_input[0].set_value("renamed run")
     ok(app.get("form_submit_button")[0].click().run())
-    assert RunStore(runs_dir).get(job_id).name == "renamed run"
+    assert runs.get(job_id, runs_dir).name == "renamed run"
     app.checkbox(key="confirm_delete").check()
     ok(app.run())
     ok(app.button(key="delete_run").click().run())
-    assert RunStore(runs_dir).list() == [] and not (runs_dir / job_id).exists()
+    assert runs.list(root=runs_dir) == [] and not (runs_dir / job_id).exists()
     assert "No runs recorded yet" in app.info[0].value
 
 
 def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):
-    store = RunStore(runs_dir)
-    job_id = jobs.submit(spec_for(tiny_model_dir, model=str(tiny_model_dir.parent / "gone")), runs_dir)
-    store.add_job(job_id)
+    job_id = runs.submit(spec_for(tiny_model_dir, model=str(tiny_model_dir.parent / "gone")), runs_dir)
     wait_done(job_id, runs_dir)
     app.query_params["job"] = job_id
     goto(app, "4_run.py")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from minillm_core.cli import app
+from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.compare import compare_models, kl_and_agreement_from_logits, retained
 from minillm_core.evaluation.gates import Contract, ContractError
 from minillm_core.evaluation.generation import generate_ab
@@ -81,6 +82,14 @@ def test_run_metrics_schema_and_files(pair, tmp_path):
     assert data["retained"]["params"] == pytest.approx(count_params(pruned) / count_params(original))
     assert data["comparison"]["param_ratio"] == pytest.approx(count_params(original) / count_params(pruned))
     assert (tmp_path / "metrics.csv").read_text().startswith("metric,original,pruned,retained")
+
+
+def test_eval_config_round_trips_through_json():
+    config = EvalConfig(perplexity=("wikitext2", "ptb"), tasks=("piqa",), limit=4, speed=True,
+                        speed_config=SpeedConfig(batch_sizes=(1, 2), repeats=3), data_dir="/data")
+    assert EvalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(MiniLLMError, match="unknown evaluation setting"):
+        EvalConfig.from_dict({"perplexity": [], "windows": 3})
 
 
 def _contract(**clause) -> Contract:
@@ -180,7 +189,6 @@ def test_cli_check_exits_non_zero_on_failure(tmp_path):
 
 
 def test_saved_search_loads_and_plots(tmp_path):
-    from minillm_core.errors import MiniLLMError
     from minillm_core.search import load_search
     from ui.figures import search_figure
 

@@ -1,6 +1,6 @@
-"""Plotly figure builders for importance scores, plus the per-layer rank agreement of two scorers.
+"""Plotly figure builders: importance scores and scorer agreement, plan widths, run comparisons, threshold searches.
 
-Inputs are `GroupScores` (heads[i]: [num_heads], channels[i]: [intermediate]); outputs are plotly Figures/DataFrames.
+Score inputs are `GroupScores` (heads[i]: [num_heads], channels[i]: [intermediate]); run inputs are `runs.Run`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy.stats import spearmanr
 
+from minillm_core.runs import Run, comparison_rows, pareto_front, size_quality_points
 from minillm_core.scoring import GroupScores
 
 CHANNEL_BINS = 64
@@ -142,4 +143,50 @@ def search_figure(curve: dict, metric: str) -> go.Figure:
         fig.add_vline(x=curve["best_ratio"], line_dash="dot", annotation_text="largest passing ratio")
     fig.update_layout(title=f"Threshold search: {metric} vs pruning ratio",
                       xaxis_title="fraction of parameters removed", yaxis_title=metric)
+    return fig
+
+
+def widths_figure(rows: list[dict[str, int]], title: str = "Kept widths per layer") -> go.Figure:
+    """Kept vs original heads and channels per layer, from `PlanSummary.rows` (a plan preview or a run's summary)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("attention heads", "MLP channels"))
+    layers = [r["layer"] for r in rows]
+    for col, key in ((1, "heads"), (2, "channels")):
+        fig.add_trace(go.Bar(x=layers, y=[r[f"{key}_before"] for r in rows], name=f"{key} before",
+                             marker_color="lightgray", hovertemplate="layer %{x}: %{y} before<extra></extra>"),
+                      row=1, col=col)
+        fig.add_trace(go.Bar(x=layers, y=[r[f"{key}_after"] for r in rows], name=f"{key} kept",
+                             hovertemplate="layer %{x}: %{y} kept<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="layer", row=1, col=col)
+    fig.update_layout(barmode="overlay", title=title)
+    return fig
+
+
+def comparison_figure(run: Run) -> go.Figure:
+    """Grouped bars: original vs pruned, each metric as % of the original."""
+    rows = [r for r in comparison_rows(run) if r["retained %"] is not None]
+    fig = go.Figure([
+        go.Bar(name="original", x=[r["metric"] for r in rows], y=[100.0] * len(rows),
+               customdata=[r["original"] for r in rows],
+               hovertemplate="%{x}: %{customdata:.4g}<extra>original</extra>"),
+        go.Bar(name="pruned", x=[r["metric"] for r in rows], y=[r["retained %"] for r in rows],
+               customdata=[r["pruned"] for r in rows], hovertemplate="%{x}: %{customdata:.4g}<extra>pruned</extra>"),
+    ])
+    fig.update_layout(barmode="group", title=f"{run.name}: pruned as % of original", yaxis_title="% of original")
+    return fig
+
+
+def pareto_figure(runs: list[Run], dataset: str | None = None) -> go.Figure:
+    """Size (MB) vs pruned perplexity for finished runs, with the Pareto front drawn as a line."""
+    points = size_quality_points(runs, dataset)
+    pts = [(size, ppl) for size, ppl, _ in points]
+    labels = [f"{r.name} ({r.id})" for _, _, r in points]
+    front = pareto_front(pts)
+    fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="runs",
+                               text=labels, hovertemplate="%{text}<br>%{x:.2f} MB, ppl %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[pts[i][0] for i in front], y=[pts[i][1] for i in front], mode="lines+markers",
+                             name="Pareto front", line={"dash": "dash"}))
+    fig.update_layout(title="Size vs quality across runs", xaxis_title="pruned size (MB)",
+                      yaxis_title=f"perplexity{f' ({dataset})' if dataset else ''}")
     return fig

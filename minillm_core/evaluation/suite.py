@@ -10,7 +10,7 @@ import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,22 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
+        """The inverse of `to_dict` (JSON lists back to tuples); unknown keys are an error naming the known ones."""
+        data = dict(data)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise MiniLLMError(f"unknown evaluation setting(s) {unknown}; known: {', '.join(known)}")
+        speed = dict(data.get("speed_config") or {})
+        if "batch_sizes" in speed:
+            speed["batch_sizes"] = tuple(speed["batch_sizes"])
+        try:
+            return cls(**{**data, "speed_config": SpeedConfig(**speed)})
+        except TypeError as exc:
+            raise MiniLLMError(f"malformed evaluation settings: {exc}") from None
 
 
 def _size_metrics(model: Any, model_dir: str | os.PathLike | None) -> dict[str, float]:
@@ -175,16 +191,22 @@ class RunMetrics:
             writer.writerow([key, "", value, ""])
         return buf.getvalue()
 
+    def side_files(self) -> dict[str, str]:
+        """The files that go with metrics.json: `metrics.csv` and lm-eval's result JSON per measured model."""
+        out = {"metrics.csv": self.to_csv()}
+        for which in ("original", "pruned"):
+            lm = self.details.get(which, {}).get("lm_eval")
+            if lm:
+                out[f"lm_eval_{which}.json"] = json.dumps(lm, indent=1)
+        return out
+
     def write(self, run_dir: str | os.PathLike) -> Path:
         """Write metrics.json (schema minillm.run/1), metrics.csv and lm-eval result files into `run_dir`."""
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
         _atomic_write(path / "metrics.json", json.dumps(self.to_dict(), indent=1, default=str))
-        _atomic_write(path / "metrics.csv", self.to_csv())
-        for which in ("original", "pruned"):
-            lm = self.details.get(which, {}).get("lm_eval")
-            if lm:
-                _atomic_write(path / f"lm_eval_{which}.json", json.dumps(lm, indent=1))
+        for name, text in self.side_files().items():
+            _atomic_write(path / name, text)
         return path
 
 

@@ -1,0 +1,113 @@
+"""Prune-and-evaluate runs: submit one to its own process, follow and cancel it; list, get, rename, delete, export.
+
+A run is a directory under the runs root (`$MINILLM_RUNS_DIR`, default `./runs`); its `status.json` is its state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.suite import EvalConfig
+from minillm_core.recovery import RecoveryConfig
+from minillm_core.runs import compare, process, store
+from minillm_core.runs.compare import comparison_rows, metric_label, pareto_front, quality_of, size_quality_points
+from minillm_core.runs.files import MODEL_SUBDIR, RECOVERED_SUBDIR
+from minillm_core.runs.spec import ALL_TASKS, PPL_DATASETS, RECOVER_STEP, RunSpec, eval_config
+from minillm_core.runs.store import RUNS_DIR_ENV, STATES, TERMINAL, Run, RunStatus, runs_root
+
+__all__ = [
+    "ALL_TASKS", "PPL_DATASETS", "RECOVER_STEP", "RUNS_DIR_ENV", "STATES", "TERMINAL", "EvalConfig", "RecoveryConfig",
+    "Run", "RunSpec", "RunStatus", "cancel", "comparison_rows", "delete", "eval_config", "get", "list",
+    "loads_with_from_pretrained", "loss_curve", "metric_label", "metrics_csv", "metrics_json", "pareto_front",
+    "quality_of", "read_metrics", "read_spec", "rename", "runs_root", "size_quality_points", "status", "submit",
+]
+
+Root = str | os.PathLike | None
+
+
+def submit(spec: RunSpec, root: Root = None, start: bool = True) -> str:
+    """Create the run's directory (spec + queued status) and start its worker process; returns the run id."""
+    if not isinstance(spec, RunSpec):
+        raise MiniLLMError(f"submit needs a RunSpec, got {type(spec).__name__}")
+    folder = store.create(spec, root)
+    if start:
+        process.start(folder)
+    return folder.name
+
+
+def status(run_id: str, root: Root = None) -> RunStatus:
+    """The run's state and progress; a run whose worker died is reported as failed."""
+    return process.status(store.run_dir(run_id, root))
+
+
+def cancel(run_id: str, root: Root = None, wait_s: float = 5.0) -> RunStatus:
+    """Stop the run's worker (its whole process group) and record the run as cancelled; a finished run is kept."""
+    return process.cancel(store.run_dir(run_id, root), wait_s)
+
+
+def get(run_id: str, root: Root = None) -> Run:
+    folder = store.run_dir(run_id, root)
+    if not folder.is_dir():
+        raise MiniLLMError(f"no run {run_id!r} in {folder.parent}")
+    return store.record(folder, process.status(folder))
+
+
+def list(states: Sequence[str] | None = None, root: Root = None) -> list[Run]:
+    """Every run under the root, newest first; `states` keeps only runs in those states."""
+    found = []
+    for folder in store.run_folders(root):
+        try:
+            st = process.status(folder)
+        except MiniLLMError as exc:  # an unreadable status: listed, as failed, so it can be deleted
+            st = RunStatus(folder.name, state="failed", error=str(exc))
+        found.append(store.record(folder, st))
+    found.sort(key=lambda r: r.created, reverse=True)
+    return [r for r in found if states is None or r.state in states]
+
+
+def rename(run_id: str, name: str, root: Root = None) -> Run:
+    get(run_id, root)  # exists
+    store.rename(store.run_dir(run_id, root), name)
+    return get(run_id, root)
+
+
+def delete(run_id: str, root: Root = None) -> None:
+    """Remove the run's directory (a running run is cancelled first)."""
+    run = get(run_id, root)
+    if not run.terminal:
+        cancel(run_id, root)
+    store.remove(store.run_dir(run_id, root))
+
+
+def read_spec(run_id: str, root: Root = None) -> RunSpec:
+    return store.read_spec(store.run_dir(run_id, root))
+
+
+def read_metrics(run_id: str, root: Root = None) -> dict[str, Any] | None:
+    """The run's `metrics.json`, or None before it exists (shared and cached: do not modify it)."""
+    return store.read_metrics(store.run_dir(run_id, root))
+
+
+def loss_curve(run_id: str, root: Root = None) -> list[dict[str, float]]:
+    """The LoRA loss curve of the run's recovery: live while it trains, final afterwards; [] without recovery."""
+    from minillm_core.recovery import loss_curve as curve_of
+
+    return curve_of(store.run_dir(run_id, root) / RECOVERED_SUBDIR)
+
+
+def loads_with_from_pretrained(run_id: str, root: Root = None) -> bool:
+    """Whether the run's pruned model loads with plain `AutoModelForCausalLM.from_pretrained` (from its manifest)."""
+    from minillm_core.io import read_manifest
+
+    return bool(read_manifest(store.run_dir(run_id, root) / MODEL_SUBDIR).get("loads_with_from_pretrained", False))
+
+
+def metrics_csv(run_ids: Sequence[str], root: Root = None) -> str:
+    return compare.metrics_csv([get(i, root) for i in run_ids])
+
+
+def metrics_json(run_ids: Sequence[str], root: Root = None) -> str:
+    return compare.metrics_json([get(i, root) for i in run_ids])

@@ -1,0 +1,47 @@
+"""A run directory's layout (file names) and the one atomic writer every run file goes through.
+
+Writers: the submitter (spec, first status), the worker (status, plan, metrics), the supervisor (pid, final status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SPEC_FILE = "spec.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+METRICS_CSV = "metrics.csv"
+PLAN_FILE = "plan.json"
+NAME_FILE = "name.txt"  # written only by a rename; absent: the spec's name
+PID_FILE = "pid"
+LOG_FILE = "job.log"
+MODEL_SUBDIR = "model"
+RECOVERED_SUBDIR = "recovered"
+OLD_INDEX_FILE = "runs.sqlite"  # the index of runs written before the runs package (read only, never written)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a temporary sibling, then `os.replace` it over `path`: a reader sees the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """`write_text` of `data` as indented JSON (values JSON cannot hold are written as their `str`)."""
+    return write_text(path, json.dumps(data, indent=1, default=str))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

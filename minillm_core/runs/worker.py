@@ -1,0 +1,128 @@
+"""The worker, run in the run's own process (`python -m minillm_core.runs.worker run DIR`): load, prune, evaluate.
+
+It reports each step into `status.json`, calls the `workflow` facade, and writes the plan and metrics once, at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from minillm_core import workflow
+from minillm_core.errors import MiniLLMError
+from minillm_core.progress import Progress
+from minillm_core.runs import files
+from minillm_core.runs.spec import EVALUATE_RECOVERED, LOAD_STEP, RECOVER_STEP, RunSpec
+from minillm_core.runs.store import read_spec, read_status, write_status
+
+logger = logging.getLogger(__name__)
+
+_STATUS_EVERY_S = 0.25  # throttle for progress writes; step and state changes are always written
+
+
+class Reporter:
+    """Writes the running step and its progress into status.json (progress throttled)."""
+
+    def __init__(self, folder: Path, steps: list[str]) -> None:
+        self.folder, self.steps = folder, steps
+        self.st = read_status(folder)
+        self.st.state, self.st.pid, self.st.started, self.st.steps = "running", os.getpid(), time.time(), len(steps)
+        self._last = 0.0
+        self._flush()
+
+    def _flush(self) -> None:
+        self.st.updated = self._last = time.time()
+        write_status(self.folder, self.st)
+
+    def begin(self, step: str) -> Progress:
+        """Mark `step` as running; returns its progress callback (a `workflow.StepHook`)."""
+        self.st.step, self.st.step_index = step, self.steps.index(step) + 1
+        self.st.done, self.st.total = 0, 0
+        self._flush()
+
+        def progress(done: int, total: int, label: str) -> None:
+            self.st.done, self.st.total = done, total
+            if done >= total or time.time() - self._last >= _STATUS_EVERY_S:
+                self._flush()
+
+        return progress
+
+    def finish(self, state: str, error: str = "") -> None:
+        self.st.state, self.st.error, self.st.finished = state, error, time.time()
+        if state == "done":
+            self.st.done = self.st.total = 1
+            self.st.step_index = self.st.steps
+        self._flush()
+
+
+def run(folder: str | os.PathLike) -> int:
+    """Execute the run in `folder` (in the worker process). Returns the exit code."""
+    folder = Path(folder).resolve()
+    spec = read_spec(folder)
+    rep = Reporter(folder, spec.steps())
+    try:
+        metrics, side_files = execute(spec, folder, rep)
+    except MiniLLMError as exc:
+        rep.finish("failed", str(exc))
+        return 2
+    except Exception as exc:  # a bug or an environment problem: still recorded, with the traceback in job.log
+        logger.exception("run failed")
+        rep.finish("failed", f"{type(exc).__name__}: {exc}")
+        return 1
+    for name, text in side_files.items():
+        files.write_text(folder / name, text)
+    files.write_json(folder / files.METRICS_FILE, metrics)  # last: its presence means the run's files are complete
+    rep.finish("done")
+    return 0
+
+
+def execute(spec: RunSpec, folder: Path, rep: Reporter) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load, prune and evaluate (and recover); returns metrics.json's content (schema `minillm.run/1` plus the run's
+    scorer, ratio, plan summary, model_dir, seconds, recovery) and the side files (metrics.csv, lm-eval JSON)."""
+    t0 = time.time()
+    rep.begin(LOAD_STEP)
+    loaded = workflow.load(spec.model, dtype=spec.dtype, device=spec.device)
+    spec.plan.validate(workflow.geometry_of(loaded.model))  # fail before minutes of evaluating the original
+    files.write_text(folder / files.PLAN_FILE, spec.plan.to_json())
+    outcome = workflow.prune_and_evaluate(
+        loaded.model, loaded.tokenizer, spec.plan, spec.evaluation, model_name=spec.model,
+        out_dir=folder / files.MODEL_SUBDIR, evaluate_original=spec.evaluate_original, step=rep.begin)
+    out = {**outcome.run.to_dict(), "scorer": spec.plan.scorer, "ratio": spec.plan.config.ratio,
+           "summary": workflow.summary_of(spec.plan, loaded.model).to_dict(),
+           "model_dir": str(folder / files.MODEL_SUBDIR)}
+    if spec.recovery is not None:
+        out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep)
+    out["seconds"] = time.time() - t0
+    return out, outcome.run.side_files()
+
+
+def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Reporter) -> dict[str, Any]:
+    """LoRA-tune the pruned model (the pruned metrics are its "before"), save it, and evaluate it the same way."""
+    from minillm_core.recovery import recover
+
+    out_dir = folder / files.RECOVERED_SUBDIR
+    result = recover(pruned, tokenizer, spec.recovery, out_dir=out_dir, plan=spec.plan,
+                     progress=rep.begin(RECOVER_STEP), evaluation=None)
+    recovered, _ = workflow.evaluate(result.model, tokenizer, spec.evaluation,
+                                     out_dir if spec.recovery.merge else None, progress=rep.begin(EVALUATE_RECOVERED))
+    return {"recovered": recovered, "recovered_dir": str(out_dir),
+            "recovery": {"steps": result.steps, "train_seconds": result.train_seconds, "losses": result.losses,
+                         "settings": asdict(spec.recovery)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "run":
+        print("usage: python -m minillm_core.runs.worker run RUN_DIR", file=sys.stderr)
+        return 64
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(argv[1])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
