@@ -19,8 +19,9 @@ from minillm_core.allocation import build_plan
 from minillm_core.evaluation.perplexity import perplexity_on
 from minillm_core.io import save_pruned
 from minillm_core.loading import load_model
-from minillm_core.pipeline import apply_plan, count_params, geometry_of, score
 from minillm_core.planning import PlanConfig, summarize
+from minillm_core.workflow import count_params, geometry_of, score
+from minillm_core.workflow import prune as apply_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

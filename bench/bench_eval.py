@@ -21,9 +21,11 @@ from minillm_core.evaluation.suite import EvalConfig, compare_metrics, evaluate,
 from minillm_core.evaluation.tasks import ALL_TASKS
 from minillm_core.io import save_pruned
 from minillm_core.loading import load_model
-from minillm_core.pipeline import apply_plan, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.scoring import make_scorer
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
+from minillm_core.workflow import score
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -19,10 +19,12 @@ import torch
 from minillm_core.calibration import CalibrationConfig, build_calibration
 from minillm_core.evaluation.suite import EvalConfig, evaluate
 from minillm_core.loading import load_model
-from minillm_core.pipeline import apply_plan, count_params, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.recovery import RecoveryConfig, recover
 from minillm_core.scoring import make_scorer
+from minillm_core.workflow import count_params, score
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -67,7 +67,7 @@ def score_one(scorer: str, options: dict, n_samples: int, out: Path, device: str
     `overhead_mb` = peak - loaded is what scoring itself added.
     """
     from minillm_core.loading import load_model
-    from minillm_core.pipeline import score
+    from minillm_core.workflow import score
 
     lm = load_model("smollm2-135m", device=device, dtype="float32")
     with torch.no_grad():
@@ -125,9 +125,10 @@ def _prune_and_evaluate(
     """Evaluate the pruned model of every (label, ratio) under each EvalConfig in `configs`; returns dense metrics."""
     from minillm_core.evaluation.suite import evaluate
     from minillm_core.loading import load_model
-    from minillm_core.pipeline import apply_plan, plan
     from minillm_core.planning import PlanConfig
     from minillm_core.scoring import GroupScores
+    from minillm_core.workflow import make_plan as plan
+    from minillm_core.workflow import prune as apply_plan
 
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")
 
@@ -161,8 +162,8 @@ def _dense_full_split() -> dict | None:
 
 def _fidelity(n_samples: int, probes: tuple[int, ...]) -> list[dict]:
     from minillm_core.loading import load_model
-    from minillm_core.pipeline import score
     from minillm_core.scoring.fidelity import probe_sweep
+    from minillm_core.workflow import score
 
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")
     calibration = _calibration(lm.tokenizer, n_samples)

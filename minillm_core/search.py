@@ -13,7 +13,7 @@ from typing import Any
 
 from minillm_core import workflow
 from minillm_core.errors import MiniLLMError, PlanError
-from minillm_core.evaluation.gates import Contract, passed
+from minillm_core.evaluation.gates import Contract, load_search, passed  # noqa: F401 (load_search re-exported)
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.planning import PlanConfig
 from minillm_core.progress import Progress, no_progress
@@ -102,18 +102,6 @@ def search(
             mid = round((lo + hi) / 2, 4)
             lo, hi = (mid, hi) if point(mid)["passed"] else (lo, mid)
     return _finish(result)
-
-
-def load_search(data: bytes | str) -> dict[str, Any]:
-    """A saved search result (`SearchResult.to_dict()` JSON), checked enough to plot."""
-    try:
-        curve = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MiniLLMError(f"search result is not valid JSON: {exc}") from None
-    if not isinstance(curve, dict) or not isinstance(curve.get("points"), list) or not all(
-            isinstance(p, dict) and "ratio" in p and "passed" in p for p in curve["points"]):
-        raise MiniLLMError("not a search result: expected {'points': [{'ratio', 'passed', ...}], 'best_ratio'}")
-    return curve
 
 
 def _finish(result: SearchResult) -> SearchResult:

@@ -39,9 +39,11 @@ __all__ = [
     "PlanConfig",
     "PlanSummary",
     "PruneOutcome",
-    "PruningPlan", "ReconstructConfig",
+    "PruningPlan",
+    "ReconstructConfig",
     "RunMetrics",
     "ScoreConfig",
+    "ScorerPreview",
     "architecture",
     "bundled_models",
     "calibrate",
@@ -50,6 +52,8 @@ __all__ = [
     "diagnose",
     "evaluate",
     "evaluate_pair",
+    "fidelity_sweep",
+    "forward_only_estimators",
     "geometry_of",
     "load",
     "load_search",
@@ -59,11 +63,15 @@ __all__ = [
     "needs_calibration",
     "perplexity_of_text",
     "plan_defaults",
+    "preview_scorer",
     "prune",
     "prune_and_evaluate",
-    "read_calibration_file", "reconstruct",
+    "read_calibration_file",
+    "reconstruct",
     "save",
     "score",
+    "scorer_class",
+    "scorer_names",
     "summary_of",
 ]
 
@@ -191,15 +199,79 @@ def describe_scorers() -> dict[str, dict[str, Any]]:
     return {n: {k: v for k, v in d.items() if k != "estimators"} for n, d in describe().items()}
 
 
+def scorer_names() -> list[str]:
+    """Every registered criterion, sorted."""
+    from minillm_core.scoring import SCORERS
+
+    return SCORERS.names()
+
+
+def scorer_class(name: str) -> type:
+    """The registered scorer class (its dataclass fields are its options)."""
+    from minillm_core.scoring import SCORERS
+
+    return SCORERS.get(name)
+
+
+@dataclass(frozen=True)
+class ScorerPreview:
+    """What running a scorer will take, before it runs: needs, engine, time/memory estimate, default options."""
+
+    description: str
+    needs: tuple[str, ...]
+    needs_calibration: bool
+    forward_only: bool
+    engine: str
+    seconds: float
+    extra_mb: float
+    defaults: dict[str, Any]
+
+
+def preview_scorer(config: ScoreConfig, geometry: ModelGeometry, n_samples: int, seq_len: int, device: str
+                   ) -> ScorerPreview:
+    """The cost model's estimate for `config` on a model of `geometry` (`scoring.cost`)."""
+    from minillm_core.scoring.cost import estimate_cost
+
+    s = make_scorer(config.scorer, **config.scorer_options())
+    data = s.needs_calibration
+    cost = estimate_cost(s, geometry, n_samples if data else 0, seq_len, device)
+    return ScorerPreview(scorer_class(config.scorer).description, tuple(sorted(n.value for n in s.needs)), data,
+                         cost.forward_only, cost.engine, cost.seconds, cost.extra_mb,
+                         make_scorer(config.scorer).options())
+
+
+def forward_only_estimators() -> list[str]:
+    """MINI-LLM gradient estimators that need forward passes only (the registry decides)."""
+    from minillm_core.scoring.estimators import forward_only_estimators as names
+
+    return list(names())
+
+
+def fidelity_sweep(loaded: LoadedModel, calib: CalibrationConfig, estimators: list[str], probes: list[int],
+                   progress: Progress = no_progress) -> list[dict[str, Any]]:
+    """Forward-only FMS estimators at several probe counts vs exact FMS: cosine and per-layer Spearman rows."""
+    from minillm_core.scoring.estimators import FIDELITY_REFERENCE
+    from minillm_core.scoring.fidelity import probe_sweep
+
+    calibration = calibrate(loaded, calib)
+    reference = score(loaded, ScoreConfig("minillm", {"estimator": FIDELITY_REFERENCE}), calibration)
+    rows: list[dict[str, Any]] = []
+    for i, est in enumerate(estimators):
+        rows += probe_sweep(loaded.model, loaded.adapter, calibration, reference, probes=sorted(probes),
+                            estimator=est, progress=lambda d, t, _l, e=est, k=i: progress(
+                                k * t + d, len(estimators) * t, f"{e}: {d}/{t} probe counts"))
+    return rows
+
+
 def diagnose(loaded: LoadedModel, scores: GroupScores, config: ScoreConfig, calib: CalibrationConfig,
              probes: tuple[int, ...], data_dir: str | os.PathLike | None = None, progress: Progress = no_progress
              ) -> dict[str, Any]:
     """Fidelity of `scores` against exact FMS (cosine, per-layer Spearman); forward-only FMS estimators are also
     swept over probe counts."""
-    from minillm_core.scoring.estimators import forward_only_estimators
+    from minillm_core.scoring.estimators import FIDELITY_REFERENCE, forward_only_estimators
     from minillm_core.scoring.fidelity import fidelity, probe_sweep
 
-    reference = score(loaded, ScoreConfig("minillm", {"estimator": "exact-layerwise"}, config.seed), calib,
+    reference = score(loaded, ScoreConfig("minillm", {"estimator": FIDELITY_REFERENCE}, config.seed), calib,
                       progress, data_dir)
     out: dict[str, Any] = {"fidelity": {k: v for k, v in fidelity(scores, reference).items()
                                         if not isinstance(v, list)}}
@@ -339,8 +411,8 @@ def prune_and_evaluate(
 
 
 def load_search(data: bytes | str) -> dict[str, Any]:
-    """A threshold-search curve saved by `minillm search --out search.json`, validated (see `search.load_search`)."""
-    from minillm_core.search import load_search as read_curve
+    """A threshold-search curve saved by `minillm search --out search.json`, validated enough to plot."""
+    from minillm_core.evaluation.gates import load_search as read_curve
 
     return read_curve(data)
 

@@ -6,15 +6,11 @@ import time
 
 import streamlit as st
 
-from minillm_core.calibration import CalibrationConfig, build_calibration
-from minillm_core.pipeline import score
-from minillm_core.scoring import SCORERS, describe_scorers, make_scorer
-from minillm_core.scoring.cost import estimate_cost
+from minillm_core import workflow
+from minillm_core.workflow import CalibrationConfig, ScoreConfig
 from ui import figures, state
 from ui.models import model_handle
 from ui.widgets import scorer_options
-
-DEFAULT_SCORER = "flap"
 
 st.title("Importance")
 with state.user_errors():
@@ -22,18 +18,17 @@ with state.user_errors():
 g = handle.geometry
 
 # --- choose and run a scorer ------------------------------------------------------------------------------------
-names = SCORERS.names()
+names = workflow.scorer_names()
 # FLAP by default: forward-only, seconds on a CPU, and the best criterion at 20% in bench/results/scoring.md
-name = st.selectbox("Scorer", names, index=names.index(DEFAULT_SCORER) if DEFAULT_SCORER in names else 0)
-cls = SCORERS.get(name)
+name = st.selectbox("Scorer", names, index=names.index(ScoreConfig().scorer))
 with st.expander("Scorer options", expanded=False):
-    options = scorer_options(cls, key=f"opt.{name}")
-with state.user_errors():
-    scorer = make_scorer(name, **options)
-st.caption(f"{cls.description}  \nNeeds: {', '.join(sorted(n.value for n in scorer.needs))}")
-needs_data = scorer.needs_calibration
+    options = scorer_options(workflow.scorer_class(name), key=f"opt.{name}")
 calib = st.session_state[state.CALIBRATION]
-cost = estimate_cost(scorer, g, calib["n_samples"] if needs_data else 0, calib["seq_len"], str(handle.loaded.device))
+with state.user_errors():
+    cost = workflow.preview_scorer(ScoreConfig(name, options), g, calib["n_samples"], calib["seq_len"],
+                                   str(handle.loaded.device))
+st.caption(f"{cost.description}  \nNeeds: {', '.join(cost.needs)}")
+needs_data = cost.needs_calibration
 st.caption(f"{'Forward-only' if cost.forward_only else 'Uses backpropagation'} ({cost.engine}). Estimate: about "
            f"{cost.seconds:,.0f} s and {cost.extra_mb:,.0f} MB beyond the model"
            + (f", on {calib['n_samples']} x {calib['seq_len']} calibration tokens from {calib['source']}"
@@ -49,13 +44,12 @@ if st.button("Compute scores", type="primary"):
         calibration = None
         if needs_data:
             bar.progress(0.0, text="building calibration batch")
-            calibration = build_calibration(handle.loaded.tokenizer, CalibrationConfig(**calib),
-                                            max_length=getattr(handle.loaded.model.config, "max_position_embeddings",
-                                                               None))
+            with handle.lock:  # 'self' calibration runs the shared model
+                calibration = workflow.calibrate(handle.loaded, CalibrationConfig(**calib))
         t0 = time.perf_counter()
         with handle.lock:  # the cached model is shared: scorers that hook it take turns
-            result = score(handle.loaded.model, name, calibration=calibration, progress=progress, **options)
-    defaults = make_scorer(name).options()
+            result = workflow.score(handle.loaded, ScoreConfig(name, options), calibration, progress=progress)
+    defaults = cost.defaults
     changed = {k: v for k, v in options.items() if defaults.get(k) != v}  # the label names what differs
     label = name + (f" {changed}" if changed else "")
     state.scores_for_model()[label] = result
@@ -103,25 +97,14 @@ with st.expander("Estimator fidelity: forward-only gradient estimates vs backpro
                "mean per-layer Spearman rank correlation. Uses the calibration set of **Model & data**; each probe "
                "costs two forward passes.")
     f1, f2 = st.columns(2)
-    forward_only = [n for n, e in describe_scorers()["minillm"]["estimators"].items() if e["forward_only"]]
+    forward_only = workflow.forward_only_estimators()
     estimators = f1.multiselect("Estimators", forward_only, default=forward_only[:1])
     probe_counts = f2.multiselect("Probes", [1, 2, 4, 8, 16, 32, 64], default=[2, 4, 8])
     if st.button("Run fidelity sweep") and estimators and probe_counts:
-        from minillm_core.scoring.estimators import FIDELITY_REFERENCE
-        from minillm_core.scoring.fidelity import probe_sweep
-
         sweep_bar = st.progress(0.0, text="backprop reference")
         with state.user_errors(), handle.lock:
-            calibration = build_calibration(handle.loaded.tokenizer, CalibrationConfig(**calib),
-                                            max_length=getattr(handle.loaded.model.config, "max_position_embeddings",
-                                                               None))
-            reference = score(handle.loaded.model, "minillm", calibration, estimator=FIDELITY_REFERENCE)
-            rows = []
-            for i, est in enumerate(estimators):
-                rows += probe_sweep(handle.loaded.model, handle.loaded.adapter, calibration, reference,
-                                    probes=sorted(probe_counts), estimator=est,
-                                    progress=lambda d, t, _l, e=est, k=i: sweep_bar.progress(
-                                        (k + d / t) / len(estimators), text=f"{e}: {d}/{t} probe counts"))
+            rows = workflow.fidelity_sweep(handle.loaded, CalibrationConfig(**calib), estimators, probe_counts,
+                                           progress=lambda d, t, label: sweep_bar.progress(d / t, text=label))
         st.session_state[state.FIDELITY] = rows
         sweep_bar.progress(1.0, text="done")
     if st.session_state.get(state.FIDELITY):

@@ -13,9 +13,11 @@ from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
 from minillm_core.io import MANIFEST, load_pruned, save_pruned
 from minillm_core.modeling import get_adapter
-from minillm_core.pipeline import apply_plan, count_params, geometry_of, plan, score
 from minillm_core.planning import PlanConfig, summarize
 from minillm_core.surgery import zero_mask
+from minillm_core.workflow import count_params, geometry_of, score
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
 from tests.helpers import tiny_model
 
 PLANS = {

@@ -109,7 +109,7 @@ def test_the_graph_resolves_submodule_imports():
     assert "minillm_core.registry" in graph["minillm_core.scoring.base"]
 
 
-def test_no_import_cycles_in_scoring():
+def test_no_import_cycles():
     found = cycles(import_graph())
     asserted = [c for c in found if any(m.startswith(ASSERTED) for m in c)]
     for c in found:

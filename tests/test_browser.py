@@ -83,8 +83,8 @@ def params_after(model_dir: Path, *ratios: float) -> list[str]:
     on the scores, so magnitude's stand in for the page's."""
     from minillm_core.allocation import build_plan
     from minillm_core.loading import load_model
-    from minillm_core.pipeline import geometry_of, score
     from minillm_core.planning import PlanConfig, default_protected_layers, summarize
+    from minillm_core.workflow import geometry_of, score
 
     loaded = load_model(str(model_dir), device="cpu")
     g, scores = geometry_of(loaded.model), score(loaded.model, "magnitude")

@@ -17,9 +17,11 @@ from minillm_core.evaluation.generation import generate_ab
 from minillm_core.evaluation.speed import SpeedConfig, measure_speed
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, evaluate_pair
 from minillm_core.io import save_pruned
-from minillm_core.pipeline import apply_plan, count_params, geometry_of, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.search import search
+from minillm_core.workflow import count_params, geometry_of, score
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
 from tests.helpers import save_tiny, tiny_model, tiny_tokenizer
 
 NO_DATA = EvalConfig(perplexity=())

@@ -11,8 +11,10 @@ import torch
 from minillm_core.errors import MiniLLMError, ModelLoadError, UnsupportedArchitectureError
 from minillm_core.io import MANIFEST, load_pruned, save_pruned
 from minillm_core.loading import load_model, resolve_device, resolve_dtype, resolve_source
-from minillm_core.pipeline import apply_plan, plan, score
 from minillm_core.planning import PlanConfig
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
+from minillm_core.workflow import score
 from tests.helpers import save_tiny, tiny_model, tiny_tokenizer
 
 

@@ -9,9 +9,10 @@ from minillm_core.allocation import build_plan, round_channels
 from minillm_core.errors import PlanError
 from minillm_core.groups import heads_to_keep, validate_heads
 from minillm_core.modeling import LayerShape
-from minillm_core.pipeline import geometry_of, plan, score
 from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan, default_protected_layers, summarize
 from minillm_core.scoring import GroupScores
+from minillm_core.workflow import geometry_of, score
+from minillm_core.workflow import make_plan as plan
 from tests.helpers import tiny_model
 
 
@@ -150,14 +151,15 @@ def test_malformed_plans_are_refused(text, message):
 
 def test_plan_for_another_model_is_refused(gqa):
     p = plan(gqa, score(gqa, "magnitude"), PlanConfig(protected_layers=()))
-    from minillm_core.pipeline import apply_plan
+    from minillm_core.workflow import prune as apply_plan
 
     with pytest.raises(PlanError, match="plan is for a 'llama' model, this model is 'opt'"):
         apply_plan(tiny_model("opt"), p)
 
 
 def test_summary_matches_pruned_model_and_geometry_serialises(gqa):
-    from minillm_core.pipeline import apply_plan, count_params
+    from minillm_core.workflow import count_params
+    from minillm_core.workflow import prune as apply_plan
 
     g = geometry_of(gqa)
     assert ModelGeometry.from_dict(g.to_dict()) == g

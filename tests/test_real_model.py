@@ -11,8 +11,10 @@ from minillm_core.data import perplexity_text
 from minillm_core.evaluation.perplexity import perplexity_on
 from minillm_core.io import load_pruned, save_pruned
 from minillm_core.loading import load_model
-from minillm_core.pipeline import apply_plan, count_params, plan, score
 from minillm_core.planning import PlanConfig
+from minillm_core.workflow import count_params, score
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 

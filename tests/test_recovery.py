@@ -15,7 +15,6 @@ from minillm_core import data as textdata
 from minillm_core.errors import DataError, MiniLLMError
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.io import load_plan, load_pruned, save_pruned
-from minillm_core.pipeline import apply_plan, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.recovery import (
     CHECKPOINT_DIR,
@@ -33,6 +32,9 @@ from minillm_core.recovery import (
     recover,
     steps_per_epoch,
 )
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
+from minillm_core.workflow import score
 from tests.helpers import tiny_model, tiny_tokenizer
 
 WORDS = " ".join(f"w{i}" for i in range(3, 11))

@@ -13,7 +13,6 @@ from torch import nn
 
 from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.modeling import get_adapter
-from minillm_core.pipeline import apply_plan, plan, score
 from minillm_core.planning import PlanConfig
 from minillm_core.scoring import Need, make_scorer
 from minillm_core.scoring.engine.backprop import accumulate_gradients, gradients_only_for
@@ -32,6 +31,9 @@ from minillm_core.scoring.engine.probes import (
 )
 from minillm_core.scoring.fidelity import fidelity, probe_sweep
 from minillm_core.scoring.flap import bias_compensation, compensate
+from minillm_core.workflow import make_plan as plan
+from minillm_core.workflow import prune as apply_plan
+from minillm_core.workflow import score
 from tests.helpers import tiny_model
 
 KINDS = ["llama-gqa", "llama-mha", "mistral", "qwen2", "opt", "bloom"]
@@ -319,8 +321,8 @@ def test_flap_bias_compensation_needs_consent_where_no_bias_exists():
 
 
 def test_cost_estimate_tracks_each_engine():
-    from minillm_core.pipeline import geometry_of
     from minillm_core.scoring.cost import estimate_cost
+    from minillm_core.workflow import geometry_of
 
     g = geometry_of(tiny_model("llama-gqa"))
     cost = lambda name, **o: estimate_cost(make_scorer(name, **o), g, n_samples=64, seq_len=128)  # noqa: E731

@@ -1,7 +1,7 @@
 """Cached model handles shared by every browser session, and greedy generation for the comparison page.
 
 A handle carries a lock: scorers hook or perturb-and-restore the shared model, so two sessions take turns.
-Nothing here prunes a cached model; pruning always happens on a copy (`pipeline.apply_plan`) or in a job.
+Nothing here prunes a cached model; pruning always happens on a copy (`workflow.prune`) or in a job.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from minillm_core.evaluation.generation import Generation, generate
 from minillm_core.loading import LoadedModel, load_model
-from minillm_core.pipeline import geometry_of
 from minillm_core.planning import ModelGeometry
+from minillm_core.workflow import geometry_of
 
 
 @dataclass

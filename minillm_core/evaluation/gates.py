@@ -125,3 +125,15 @@ class Contract:
 
 def passed(results: list[ClauseResult]) -> bool:
     return all(r.passed for r in results)
+
+
+def load_search(data: bytes | str) -> dict[str, Any]:
+    """A saved search result (`SearchResult.to_dict()` JSON), checked enough to plot."""
+    try:
+        curve = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MiniLLMError(f"search result is not valid JSON: {exc}") from None
+    if not isinstance(curve, dict) or not isinstance(curve.get("points"), list) or not all(
+            isinstance(p, dict) and "ratio" in p and "passed" in p for p in curve["points"]):
+        raise MiniLLMError("not a search result: expected {'points': [{'ratio', 'passed', ...}], 'best_ratio'}")
+    return curve
