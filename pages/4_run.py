@@ -13,6 +13,9 @@ import streamlit as st
 from minillm_core import runs
 from minillm_core.errors import MiniLLMError
 from ui import state
+from ui.widgets import config_widgets
+
+LORA_OPTIONS = ("data", "n_samples", "epochs", "learning_rate", "rank", "merge")
 
 
 def spec_form(plan) -> runs.RunSpec | None:
@@ -21,46 +24,27 @@ def spec_form(plan) -> runs.RunSpec | None:
         st.caption(f"Plan: {plan.scorer}, remove {plan.removed_fraction:.1%} of {plan.original_params:,} parameters "
                    f"of **{st.session_state[state.MODEL]}**.")
         name = st.text_input("Run name", value=f"{plan.scorer} {plan.config.ratio:.0%}")
-        datasets = st.multiselect("Perplexity on", runs.PPL_DATASETS, default=["wikitext2"])
-        tasks = st.multiselect("Zero-shot tasks (lm-eval prompts, acc / acc_norm)", runs.ALL_TASKS, default=[],
-                               help="Each task scores `limit` items; leave empty for a quick run.")
-        c1, c2, c3 = st.columns(3)
-        limit = int(c1.number_input("Windows per dataset / items per task (0 = all)", 0, 100_000, 16))
-        seq_len = int(c2.number_input("Window length (tokens)", 16, 4096, 128))
-        original = c3.checkbox("Also evaluate the original", value=True)
-        speed = c3.checkbox("Measure speed and memory", value=True,
-                            help="Prefill latency and decode tokens/s at batch 1 and 8; off for quick demos.")
+        evaluation = config_widgets(runs.EvalConfig, "run.eval", runs.eval_config(),
+                                    only=("perplexity", "tasks", "limit", "seq_len", "speed"))
+        original = st.checkbox("Also evaluate the original", value=True)
         recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
                                  help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")
         with st.expander("LoRA settings"):
-            recovery = lora_settings()
+            recovery = config_widgets(runs.RecoveryConfig, "run.lora", only=LORA_OPTIONS, columns=3)
         if not st.form_submit_button("Start", type="primary"):
             return None
     data_dir = os.environ.get("MINILLM_DATA_DIR")
     try:
         return runs.RunSpec(
             model=st.session_state[state.MODEL], plan=plan, name=name, evaluate_original=original,
-            evaluation=runs.eval_config(perplexity=tuple(datasets), tasks=tuple(tasks), limit=limit or None,
-                                        seq_len=seq_len, measure_speed=speed, data_dir=data_dir),
-            recovery=runs.RecoveryConfig(**recovery, data_dir=data_dir) if recover_on else None,
+            evaluation=runs.eval_config(**{k: v for k, v in evaluation.items() if k != "speed"},
+                                        measure_speed=evaluation["speed"], data_dir=data_dir),
+            recovery=runs.RecoveryConfig(**recovery, alpha=2.0 * recovery["rank"], data_dir=data_dir)
+            if recover_on else None,
             dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE])
     except MiniLLMError as exc:
         st.error(str(exc))
         return None
-
-
-def lora_settings() -> dict:
-    """The LoRA widgets, as `RecoveryConfig` fields."""
-    r1, r2, r3 = st.columns(3)
-    data = r1.text_input("Training data", "alpaca", help="alpaca, c4, ptb, or a .json/.jsonl/.txt path")
-    samples = int(r2.number_input("Records", 16, 51_760, 200))
-    epochs = int(r3.number_input("Epochs", 1, 10, 1))
-    r4, r5, r6 = st.columns(3)
-    lr = r4.select_slider("Learning rate", [5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3], value=3e-4)
-    rank = r5.select_slider("Rank", [4, 8, 16, 32], value=8)
-    merge = r6.checkbox("Merge adapters into the weights", value=True)
-    return {"data": data, "n_samples": samples, "epochs": epochs, "learning_rate": lr, "rank": rank,
-            "alpha": 2.0 * rank, "merge": merge}
 
 
 def attached_run() -> tuple[str, runs.RunStatus] | None:

@@ -74,6 +74,8 @@ def config_widgets(
     to show as sliders.
     """
     specs = [s for s in describe(cls, defaults) if s.type is not dict and (only is None or s.name in only)]
+    if only is not None:  # the caller's order
+        specs.sort(key=lambda s: list(only).index(s.name))
     cols = st.columns(columns) if columns > 1 else [st]
     # Streamlit forgets the state of widgets a run did not draw: keep the values so they survive other pages.
     saved = st.session_state.setdefault(f"_saved:{key}", {})
