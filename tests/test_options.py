@@ -106,3 +106,12 @@ def test_widget_defaults_are_the_dataclass_defaults(app):
     for name in ("allocation", "target", "head_granularity"):
         assert app.selectbox(key=f"plan.{name}").value == getattr(plan, name)  # choices render as select boxes
     assert app.number_input(key="plan.round_to").value == plan.round_to
+    from minillm_core import runs
+
+    app.switch_page("pages/4_run.py").run()
+    assert not app.exception
+    run_eval = runs.eval_config()  # the Run page's declared default evaluation (quick: 16 windows)
+    assert app.number_input(key="run.eval.limit").value == run_eval.limit
+    assert app.number_input(key="run.eval.seq_len").value == run_eval.seq_len
+    assert app.multiselect(key="run.eval.perplexity").value == list(run_eval.perplexity)
+    assert app.number_input(key="run.lora.n_samples").value == RecoveryConfig().n_samples
