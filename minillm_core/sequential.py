@@ -26,15 +26,16 @@ class LayerInput:
     hidden: torch.Tensor  # [batch, seq, hidden]
     args: tuple
     kwargs: dict[str, Any]
+    adapter: ArchAdapter
 
     def run(self, layer: nn.Module, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """The layer's hidden-state output for this batch (LLaMA layers return a tensor, OPT/BLOOM a tuple)."""
+        """The layer's hidden-state output for this batch (the adapter knows the layer's output structure)."""
         out = layer(self.hidden if hidden is None else hidden, *self.args, **self.kwargs)
-        return out[0] if isinstance(out, tuple) else out
+        return self.adapter.layer_output_hidden(out)
 
     def advanced(self, layer: nn.Module) -> LayerInput:
         """The next layer's input: this layer's output with the same other arguments."""
-        return LayerInput(self.run(layer), self.args, self.kwargs)
+        return LayerInput(self.run(layer), self.args, self.kwargs, self.adapter)
 
 
 class _Stop(Exception):
@@ -50,11 +51,7 @@ def first_layer_inputs(model: nn.Module, adapter: ArchAdapter, calibration: torc
     seen: list[LayerInput] = []
 
     def catch(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if args:
-            seen.append(LayerInput(args[0], args[1:], dict(kwargs)))
-        else:
-            rest = dict(kwargs)
-            seen.append(LayerInput(rest.pop("hidden_states"), (), rest))
+        seen.append(LayerInput(*adapter.layer_call_input(args, kwargs), adapter))
         raise _Stop
 
     handle = layer0.register_forward_pre_hook(catch, with_kwargs=True)
