@@ -78,9 +78,9 @@ def plan_page(page, out: Path, presses: int) -> None:
 def run_and_compare(page, out: Path, windows: int, seq_len: int, timeout: float) -> None:
     goto_page(page, "Prune & evaluate")
     page.get_by_label("Run name").fill("flap 30% (README)")
-    page.get_by_label(r"Windows per dataset", exact=False).fill(str(windows))
-    page.get_by_label("Window length (tokens)").fill(str(seq_len))
-    page.get_by_label("Window length (tokens)").press("Tab")
+    page.get_by_role("spinbutton", name="Windows per dataset", exact=False).fill(str(windows))
+    page.get_by_role("spinbutton", name="Window length (tokens)").fill(str(seq_len))
+    page.get_by_role("spinbutton", name="Window length (tokens)").press("Tab")
     t0 = time.monotonic()
     rerun(page, page.get_by_role("button", name="Start").click)
     done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Done in")

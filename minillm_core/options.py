@@ -80,6 +80,11 @@ def _base_type(hint: Any) -> tuple[Any, bool, bool]:
     return hint, optional, is_tuple
 
 
+def _sentence(text: str) -> str:
+    """A widget label as a person writes it: first letter capitalised ("window length (tokens)" -> "Window ...")."""
+    return text[:1].upper() + text[1:]
+
+
 def describe(cls: type, defaults: Any | None = None) -> list[OptionSpec]:
     """The declared options of config dataclass `cls` (fields made with `option`, not hidden), in field order.
 
@@ -105,7 +110,8 @@ def describe(cls: type, defaults: Any | None = None) -> list[OptionSpec]:
             name=f.name, type=base, default=default, help=meta["help"],
             choices=tuple(choices) if choices is not None else None, optional=optional,
             multiple=meta["multiple"] or is_tuple, cli=meta["cli"] or f.name.replace("_", "-"), short=meta["short"],
-            label=meta["label"] or f.name.replace("_", " "), min=meta["min"], max=meta["max"], step=meta["step"]))
+            label=_sentence(meta["label"] or f.name.replace("_", " ")), min=meta["min"], max=meta["max"],
+            step=meta["step"]))
     return out
 
 

@@ -145,9 +145,9 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     # 4. Prune & evaluate: a background job with a tiny perplexity budget, followed to the end
     goto_page(page, "Prune & evaluate")
     expect(page.get_by_label("Run name")).to_have_value("flap 40%")  # the plan the server built last
-    page.get_by_label(re.compile(r"^Windows per dataset")).fill("2")
-    page.get_by_label("Window length (tokens)").fill("16")
-    page.get_by_label("Window length (tokens)").press("Tab")
+    page.get_by_role("spinbutton", name=re.compile(r"^Windows per dataset")).fill("2")
+    page.get_by_role("spinbutton", name="Window length (tokens)").fill("16")
+    page.get_by_role("spinbutton", name="Window length (tokens)").press("Tab")
     rerun(page, page.get_by_role("button", name="Start").click)
     done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Done in")
     expect(done).to_be_visible(timeout=JOB_TIMEOUT_S * 1000)
