@@ -127,3 +127,52 @@ def test_scoring_engines_import_no_criterion_and_criteria_import_no_other_criter
             assert {d for d in deps if d.startswith("minillm_core.scoring")} <= engines, name
         if name in CRITERIA:
             assert not deps & CRITERIA, name
+
+
+MAX_FRONT_END_FUNCTION_LINES = 60
+PAGE_MODULE_BUDGET = 5
+# Attribute paths and config keys that only the adapters in `modeling/` may know.
+MODEL_PATHS = ("self_attn", "model.layers", "decoder.layers", "transformer.h.", "max_position_embeddings",
+               "o_proj", "down_proj", "dense_4h_to_h", "fc2")
+
+
+def _python_files(*relative: str) -> list[Path]:
+    out = []
+    for rel in relative:
+        path = ROOT / rel
+        out.extend([path] if path.is_file() else sorted(path.rglob("*.py")))
+    return out
+
+
+def test_front_end_functions_stay_short():
+    long = []
+    for path in _python_files("minillm_core/cli", "pages", "app.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FRONT_END_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
+
+
+def test_pages_import_only_the_facade_modules():
+    used = set()
+    for path in _python_files("pages", "app.py"):
+        for node in _import_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                used |= ({f"{node.module}.{a.name}" for a in node.names} & set(module_files())) or {node.module}
+            elif isinstance(node, ast.Import):
+                used |= {a.name for a in node.names if a.name.startswith(PACKAGE)}
+    assert len(used) <= PAGE_MODULE_BUDGET, sorted(used)
+
+
+def test_model_attribute_paths_live_only_in_the_adapters():
+    found = []
+    for name, path in module_files().items():
+        if name.startswith(f"{PACKAGE}.modeling"):
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            hits = [p for p in MODEL_PATHS if p in line]
+            if hits:
+                found.append(f"{path.relative_to(ROOT)}:{lineno} {hits}")
+    assert found == []
