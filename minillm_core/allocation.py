@@ -1,10 +1,11 @@
-"""How many heads and channels each layer loses for a target ratio: uniform per layer or global ranking.
+"""How many heads and channels each layer loses for a target ratio: uniform, a depth schedule, or global ranking.
 
 Pure arithmetic on `ModelGeometry` and score vectors; `planning.build_plan` turns the counts into kept indices.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,44 +64,98 @@ def _too_far(config: PlanConfig, geometry: ModelGeometry, protected: tuple[int, 
     )
 
 
-def uniform_cuts(geometry: ModelGeometry, config: PlanConfig) -> list[LayerCut]:
-    """The same head-unit count and channel fraction in every unprotected layer.
+def _layer_cut(shape: LayerShape, geometry: ModelGeometry, config: PlanConfig, unit: HeadUnit, target: float
+               ) -> LayerCut:
+    """One layer's cut removing about `target` parameters: heads in the proportion of the layer's fraction
+    (LLM-Pruner's uniform rule), channels, being fine-grained, absorb the rest."""
+    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    max_units = unit.max_remove if use_heads else 0
+    if not use_channels:  # heads only: the unit count whose total is closest to the target
+        k = min(range(0, max_units + 1), key=lambda u: (abs(u * unit.cost - target), -u))
+        return LayerCut(k, unit.granularity, shape.intermediate)
+    min_keep = min_channels(shape, config.round_to)
+    frac = target / geometry.layer_params(shape)
+    k = min(max_units, round(frac * unit.total)) if use_heads else 0
+    while True:
+        keep_exact = shape.intermediate - (target - k * unit.cost) / geometry.cost_channel
+        if keep_exact >= min_keep - config.round_to / 2 or k >= max_units:
+            break
+        k += 1  # channels alone cannot reach the target: take one more head unit
+    return LayerCut(k, unit.granularity, round_channels(keep_exact, shape, config.round_to))
 
-    Heads are removed in the proportion of the target (LLM-Pruner's uniform rule); channels, being fine-grained,
-    absorb the rest so the total lands on the target.
+
+def _max_removal(shape: LayerShape, geometry: ModelGeometry, config: PlanConfig, unit: HeadUnit) -> int:
+    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    min_keep = min_channels(shape, config.round_to) if use_channels else shape.intermediate
+    return (unit.max_remove if use_heads else 0) * unit.cost + (shape.intermediate - min_keep) * geometry.cost_channel
+
+
+def _spread(weights: dict[int, float], caps: dict[int, float], total: float) -> dict[int, float]:
+    """Split `total` over layers in proportion to `weights`, no layer above its cap (the excess goes to the others)."""
+    share, free = dict.fromkeys(weights, 0.0), dict(weights)
+    left = total
+    while left > 1e-9 * max(total, 1.0) and free:
+        scale = left / sum(free.values())
+        over = {i for i, w in free.items() if share[i] + w * scale >= caps[i]}
+        if not over:
+            for i, w in free.items():
+                share[i] += w * scale
+            break
+        for i in over:
+            left -= caps[i] - share[i]
+            share[i] = caps[i]
+            del free[i]
+    return share
+
+
+#: The schedule allocation's last prunable layer loses this many times the first one's fraction (SlimGPT's
+#: log-increasing default: 6.25% -> 25% for a 20% target over 32 layers).
+SCHEDULE_SPAN = 4.0
+
+
+def schedule_weights(prunable: list[int]) -> dict[int, float]:
+    """Relative removal fractions rising with depth: 1 + (SPAN - 1) log(1 + j) / log(n) for the j-th prunable layer."""
+    n = len(prunable)
+    if n == 1:
+        return {prunable[0]: 1.0}
+    return {i: 1.0 + (SCHEDULE_SPAN - 1.0) * math.log1p(j) / math.log(n) for j, i in enumerate(prunable)}
+
+
+def layered_cuts(geometry: ModelGeometry, config: PlanConfig) -> list[LayerCut]:
+    """Per-layer cuts from a fixed rule: `uniform` (the same fraction everywhere) or `schedule` (rising with depth).
+
+    Each unprotected layer gets a share of the target proportional to its weight times its size, capped at what it
+    can lose (one head and `round_to` channels stay); widths are rounded per layer.
     """
     protected = config.protected(geometry.num_layers)
     prunable = [i for i in range(geometry.num_layers) if i not in protected]
     if not prunable:
         raise PlanError("every layer is protected; unprotect some layers to prune")
-    shape = geometry.layers[prunable[0]]
-    if any(geometry.layers[i] != shape for i in prunable):
-        raise PlanError("uniform allocation needs equal layer widths; use allocation 'global' for this model")
-    unit = head_unit(shape, geometry, config.head_granularity)
+    units = {i: head_unit(geometry.layers[i], geometry, config.head_granularity) for i in prunable}
+    caps = {i: float(_max_removal(geometry.layers[i], geometry, config, units[i])) for i in prunable}
     target = config.ratio * geometry.total_params
-    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
-    max_units = unit.max_remove if use_heads else 0
-    min_keep = min_channels(shape, config.round_to) if use_channels else shape.intermediate
-    max_removed = len(prunable) * (max_units * unit.cost + (shape.intermediate - min_keep) * geometry.cost_channel)
-    if target > max_removed:
-        raise _too_far(config, geometry, protected, max_removed)
-
-    if not use_channels:  # heads only: the unit count whose total is closest to the target
-        k = min(range(1, max_units + 1), key=lambda u: abs(len(prunable) * u * unit.cost - target))
-        keep = shape.intermediate
+    if target > sum(caps.values()):
+        raise _too_far(config, geometry, protected, int(sum(caps.values())))
+    if config.allocation == "uniform":
+        shape = geometry.layers[prunable[0]]
+        if any(geometry.layers[i] != shape for i in prunable):
+            raise PlanError("uniform allocation needs equal layer widths; use allocation 'global' for this model")
+        if config.target == "heads":  # heads only: the unit count whose total is closest to the target, everywhere
+            unit = units[prunable[0]]
+            k = min(range(1, unit.max_remove + 1), key=lambda u: abs(len(prunable) * u * unit.cost - target))
+            targets = dict.fromkeys(prunable, float(k * unit.cost))
+        else:
+            targets = dict.fromkeys(prunable, target / len(prunable))
     else:
-        frac = target / (len(prunable) * geometry.layer_params(shape))
-        k = min(max_units, round(frac * unit.total)) if use_heads else 0
-        while True:
-            need = target - len(prunable) * k * unit.cost
-            keep_exact = shape.intermediate - need / (len(prunable) * geometry.cost_channel)
-            if keep_exact >= min_keep - config.round_to / 2 or k >= max_units:
-                break
-            k += 1  # channels alone cannot reach the target: take one more head unit everywhere
-        keep = round_channels(keep_exact, shape, config.round_to)
-    cut = LayerCut(k, unit.granularity, keep)
-    none = LayerCut(0, unit.granularity, shape.intermediate)
-    return [none if i in protected else cut for i in range(geometry.num_layers)]
+        rel = schedule_weights(prunable)
+        weights = {i: rel[i] * geometry.layer_params(geometry.layers[i]) for i in prunable}
+        targets = _spread(weights, caps, target)
+    cuts = []
+    for i, shape in enumerate(geometry.layers):
+        unit = head_unit(shape, geometry, config.head_granularity)
+        cuts.append(_layer_cut(shape, geometry, config, units[i], targets[i]) if i in targets
+                    else LayerCut(0, unit.granularity, shape.intermediate))
+    return cuts
 
 
 def _zscore(x: torch.Tensor) -> torch.Tensor:
@@ -181,8 +236,7 @@ def build_plan(
     for i, shape in enumerate(geometry.layers):
         if scores.heads[i].numel() != shape.num_heads or scores.channels[i].numel() != shape.intermediate:
             raise PlanError(f"scores for layer {i} do not match its widths; were they computed on another model?")
-    uniform = config.allocation == "uniform"
-    cuts = uniform_cuts(geometry, config) if uniform else global_cuts(geometry, config, scores)
+    cuts = global_cuts(geometry, config, scores) if config.allocation == "global" else layered_cuts(geometry, config)
     layers = []
     for i, (shape, cut) in enumerate(zip(geometry.layers, cuts, strict=True)):
         heads, kv = heads_to_keep(scores.heads[i], shape, cut.head_units, cut.granularity)

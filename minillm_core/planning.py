@@ -20,7 +20,7 @@ from minillm_core.groups import HEAD_GRANULARITIES, validate_heads
 from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
 from minillm_core.options import option
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "schedule")
 TARGETS = ("heads", "channels", "both")
 PLAN_FORMAT = 1
 BYTES_PER_DTYPE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -38,7 +38,9 @@ class PlanConfig:
 
     ratio: float = option(0.2, "Fraction of *total* parameters to remove, in (0, 1).", min=0.01, max=0.9, step=0.01)
     allocation: str = option("uniform", "uniform: same widths in every unprotected layer; global: rank groups across "
-                             "layers after per-layer standardisation.", choices=ALLOCATIONS)
+                             "layers after per-layer standardisation; schedule: a ratio rising with depth "
+                             "(log-increasing, SlimGPT), 4x as much from the last layer as from the first.",
+                             choices=ALLOCATIONS)
     protected_layers: tuple[int, ...] | None = option(
         None, "Layer indices never pruned. Default: LLM-Pruner's rule scaled to depth (first 4/32 and last 2/32 of "
         "the layers; layers 0-3 and 28-29 of a 30-layer model). Pass '' to protect none.", cli="protect")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "minillm_core"
 ASSERTED = ("minillm_core",)  # every cycle anywhere in the package fails the test
 ENGINES = "minillm_core.scoring.engine"
-CRITERIA = {f"minillm_core.scoring.{m}" for m in ("magnitude", "wanda", "flap", "taylor", "fms")}
+CRITERIA = {f"minillm_core.scoring.{m}" for m in ("magnitude", "wanda", "flap", "taylor", "fms", "obs")}
 
 
 def module_files(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minillm_core.allocation import build_plan, round_channels
+from minillm_core.allocation import SCHEDULE_SPAN, _spread, build_plan, round_channels, schedule_weights
 from minillm_core.errors import PlanError
 from minillm_core.groups import heads_to_keep, validate_heads
 from minillm_core.modeling import LayerShape
@@ -59,7 +59,7 @@ def test_all_layers_protected(gqa):
         plan(gqa, score(gqa, "magnitude"), PlanConfig(protected_layers=(0, 1, 2, 3)))
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("allocation", ["uniform", "global", "schedule"])
 @pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3])
 def test_achieved_ratio_is_close_to_target(gqa, allocation, ratio):
     p = plan(gqa, score(gqa, "random"), PlanConfig(ratio=ratio, allocation=allocation, protected_layers=(), round_to=1))
@@ -72,6 +72,24 @@ def test_uniform_gives_unprotected_layers_equal_widths(gqa):
     assert shapes[0] == shapes[3] == geometry_of(gqa).layers[0]
     assert shapes[1] == shapes[2] != shapes[0]
     assert shapes[1].intermediate % 8 == 0
+
+
+def test_schedule_takes_more_from_deeper_layers_and_spares_protected_ones(gqa):
+    p = plan(gqa, score(gqa, "magnitude"), PlanConfig(ratio=0.15, allocation="schedule", protected_layers=(0,),
+                                                     round_to=1))
+    g = geometry_of(gqa)
+    kept = [g.layer_params(s) for s in p.shapes()]
+    assert p.shapes()[0] == g.layers[0]
+    assert kept[1] > kept[2] >= kept[3]  # the fraction removed rises with depth
+    assert abs(p.removed_fraction - 0.15) < 0.03
+
+
+def test_schedule_weights_and_capped_spread():
+    w = schedule_weights([2, 3, 4, 5])
+    assert w[2] == 1.0 and w[5] == pytest.approx(SCHEDULE_SPAN) and w[3] < w[4] < w[5]
+    share = _spread({0: 1.0, 1: 1.0, 2: 2.0}, {0: 10.0, 1: 10.0, 2: 3.0}, 12.0)
+    assert share == pytest.approx({0: 4.5, 1: 4.5, 2: 3.0})  # the capped layer's excess goes to the others
+    assert sum(_spread({0: 1.0, 1: 3.0}, {0: 5.0, 1: 5.0}, 4.0).values()) == pytest.approx(4.0)
 
 
 def test_global_allocation_follows_scores():

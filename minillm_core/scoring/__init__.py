@@ -3,7 +3,7 @@
 Importing this package registers them; `make_scorer(name, **options)` builds one, `describe_scorers()` lists them.
 """
 
-from minillm_core.scoring import flap, fms, magnitude, taylor, wanda  # noqa: F401  (registration)
+from minillm_core.scoring import flap, fms, magnitude, obs, taylor, wanda  # noqa: F401  (registration)
 from minillm_core.scoring.base import (
     DEFAULT_SCORER,
     SCORERS,

@@ -42,6 +42,7 @@ class Engine(StrEnum):
     PROBES = "forward probes"  # engine/probes.py: loss-only forward passes with seeded perturbations
     BACKPROP = "full backprop"  # engine/backprop.py: one backward per mini-batch through the whole model
     LAYERWISE = "layer streaming"  # engine/layerwise.py: exact gradients one decoder layer at a time
+    SEQUENTIAL = "layer by layer"  # sequential.py: one forward pass, one layer's input Gram matrices at a time (obs)
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,8 @@ DEFAULT_SCORER = "flap"
 class ScoreConfig:
     """Which criterion to run: a registered scorer name, its options, and the seed scorers with randomness use."""
 
-    scorer: str = option(DEFAULT_SCORER, "Importance criterion: flap, minillm (Feature Map Sensitivity), wanda-sp, "
-                         "taylor (backprop), magnitude, random; see `minillm scorers`.",
+    scorer: str = option(DEFAULT_SCORER, "Importance criterion: flap, obs (Optimal Brain Surgeon), minillm (Feature "
+                         "Map Sensitivity), wanda-sp, taylor (backprop), magnitude, random; see `minillm scorers`.",
                          choices=lambda: SCORERS.names())
     options: dict[str, Any] = option(
         default_factory=dict, cli="option", short="-o",

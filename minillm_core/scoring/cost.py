@@ -6,7 +6,8 @@ Memory beyond the loaded weights, per engine (b = bytes per element of the model
 - full backprop (taylor, minillm exact-backprop): a float32 gradient per prunable weight plus the mini-batch's stored
   activations (every layer's, or only layer inputs when layers are recomputed);
 - layer streaming (minillm exact-layerwise, taylor stream=True): every calibration row's input to ~2 sqrt(layers)
-  layers, one output gradient per row, and one layer's activations and gradients.
+  layers, one output gradient per row, and one layer's activations and gradients;
+- layer by layer (obs): every row's input to the current layer and that layer's float64 Gram matrices.
 Measured figures for SmolLM2 are in bench/results/scoring.md; this is an estimate, not a promise.
 """
 
@@ -26,7 +27,8 @@ if TYPE_CHECKING:  # planning imports scoring.base
 FLOPS = {"cpu": 5e10, "cuda": 2e12}
 _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Forward-pass equivalents over the calibration tokens (a backward costs about two forwards).
-_PASSES = {Engine.WEIGHTS: 0.0, Engine.FORWARD: 1.0, Engine.BACKPROP: 3.0, Engine.LAYERWISE: 4.0}
+_PASSES = {Engine.WEIGHTS: 0.0, Engine.FORWARD: 1.0, Engine.BACKPROP: 3.0, Engine.LAYERWISE: 4.0,
+           Engine.SEQUENTIAL: 1.0}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def _extra_bytes(work: Workload, geometry: ModelGeometry, n_samples: int, seq_le
         Engine.BACKPROP: gradients + stored + logits,
         Engine.LAYERWISE: (n_samples * (2 * math.isqrt(n_layers) + 1) + batch) * seq_len * hidden * b
         + prunable / n_layers * 4 + act * 3 + logits,
+        # every row's input to the current layer, plus that layer's Gram matrices, inverses and updates in float64
+        Engine.SEQUENTIAL: 2 * n_samples * seq_len * hidden * b + act + 3 * 8 * (inter**2 + hidden**2),
     }[work.engine]
 
 

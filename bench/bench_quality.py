@@ -1,0 +1,178 @@
+"""Quality benchmark (issue 11): what re-fitting the kept weights, OBS selection and per-layer ratios buy.
+
+SmolLM2-135M, the same c4 calibration for every variant (`--calib` rows x 128 tokens, seed 0), no recovery. Each
+(variant, ratio) runs in a fresh process: scoring, planning, surgery and reconstruction are timed together, the peak
+RSS is read before any evaluation (so it is the prune's peak), then WikiText-2 test and PTB validation perplexity
+with 128-token windows (`--limit` windows per data set, 0 = the full splits). `wanda-sp scoring` is the memory
+reference of the issue's target (peak of loading the model and running Wanda-sp scoring alone).
+Outputs: bench/results/quality.json and quality.md (rows from bench/results/quality_parts/, git-ignored).
+Run: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/bench_quality.py --limit 40`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = RESULTS / "quality_parts"
+MODEL = "smollm2-135m"
+VARIANTS = {  # label -> (scorer, scorer options, allocation, reconstruction target or None, calibration source)
+    "flap": ("flap", {}, "uniform", None, "c4"),
+    "flap + reconstruct": ("flap", {}, "uniform", "local", "c4"),
+    "flap + reconstruct, schedule": ("flap", {}, "schedule", "local", "c4"),
+    "obs + reconstruct": ("obs", {}, "uniform", "local", "c4"),
+    "obs + reconstruct, schedule": ("obs", {}, "schedule", "local", "c4"),
+    "obs + reconstruct (dense target)": ("obs", {}, "uniform", "dense", "c4"),
+    "fms exact-layerwise + reconstruct": ("minillm", {"estimator": "exact-layerwise"}, "uniform", "local", "c4"),
+    "obs + reconstruct, self calibration": ("obs", {}, "uniform", "local", "self"),
+}
+DEFAULT_VARIANTS = ("flap", "flap + reconstruct", "flap + reconstruct, schedule", "obs + reconstruct",
+                    "obs + reconstruct, schedule")
+DATASETS = ("wikitext2", "ptb")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _perplexities(model, tokenizer, limit: int | None) -> dict[str, float]:
+    from minillm_core.evaluation.perplexity import perplexity_on
+
+    out = {}
+    for name in DATASETS:
+        r = perplexity_on(model, tokenizer, name, seq_len=128, limit=limit)
+        out[f"ppl/{name}"], out[f"windows/{name}"] = r.ppl, r.n_windows
+    return out
+
+
+def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dict:
+    """One variant at one ratio in this process: prune (timed, peak memory), then evaluate."""
+    from minillm_core import workflow
+    from minillm_core.workflow import CalibrationConfig, PlanConfig, ReconstructConfig, ScoreConfig
+
+    torch.manual_seed(0)
+    loaded = workflow.load(MODEL, dtype="float32", device="cpu")
+    row = {"variant": label, "ratio": ratio, "calibration_rows": calib_rows, "seq_len": 128}
+    if label == "dense":
+        return row | {"rss_prune_mb": _rss_mb()} | _perplexities(loaded.model, loaded.tokenizer, limit)
+    if label == "wanda-sp scoring":
+        calib = workflow.calibrate(loaded, CalibrationConfig("c4", n_samples=calib_rows, seq_len=128, seed=0))
+        t0 = time.perf_counter()
+        workflow.score(loaded.model, ScoreConfig("wanda-sp"), calib)
+        return row | {"prune_s": time.perf_counter() - t0, "rss_prune_mb": _rss_mb()}
+    scorer, options, allocation, target, source = VARIANTS[label]
+    t0 = time.perf_counter()
+    calib = workflow.calibrate(loaded, CalibrationConfig(source, n_samples=calib_rows, seq_len=128, seed=0))
+    t_calib = time.perf_counter()
+    scores = workflow.score(loaded.model, ScoreConfig(scorer, options), calib)
+    t_score = time.perf_counter()
+    base = workflow.plan_defaults(loaded.model)
+    plan = workflow.make_plan(loaded, scores, PlanConfig(ratio=ratio, allocation=allocation,
+                                                         protected_layers=base.protected_layers))
+    pruned = workflow.prune(loaded.model, plan)
+    report = None
+    if target is not None:
+        report = workflow.reconstruct(loaded.model, pruned, plan, calib, ReconstructConfig(target=target))
+    t_end = time.perf_counter()
+    rss = _rss_mb()
+    summary = workflow.summary_of(plan, loaded.model)
+    row |= {"scorer": scorer, "options": options, "allocation": allocation, "reconstruct": target,
+            "calibration": source, "removed_fraction": summary.removed_fraction,
+            "removed_fraction_blocks": summary.removed_fraction_non_embedding,
+            "widths": [[len(k.heads), len(k.channels)] for k in plan.layers],
+            "calibrate_s": t_calib - t0, "score_s": t_score - t_calib, "prune_s": t_end - t0,
+            "reconstruct_s": t_end - t_score if target else 0.0, "rss_prune_mb": rss}
+    if report is not None:
+        errs = [(r["error_before"], r["error_after"]) for r in report["projections"]]
+        row["mean_projection_error"] = [sum(e[0] for e in errs) / len(errs), sum(e[1] for e in errs) / len(errs)]
+    return row | _perplexities(pruned, loaded.tokenizer, limit)
+
+
+def _part(label: str, ratio: float, limit: int | None, calib: int) -> Path:
+    safe = "".join(c if c.isalnum() else "_" for c in label)
+    return PARTS / f"{safe}_{ratio}_{limit or 'full'}_{calib}.json"
+
+
+def _fmt(x, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    dense = next((r for r in rows if r["variant"] == "dense"), {})
+    wanda = next((r for r in rows if r["variant"] == "wanda-sp scoring"), {})
+    windows = "full splits" if not args.limit else f"first {args.limit} windows"
+    lines = [
+        "# Quality: reconstruction, OBS selection and per-layer ratios (issue 11)", "",
+        f"SmolLM2-135M (float32, CPU, {os.environ.get('OMP_NUM_THREADS', '?')} thread(s)), c4 calibration "
+        f"{args.calib} x 128 tokens (seed 0) for every variant unless stated, default protected layers, no recovery. "
+        f"Perplexity: 128-token windows, {windows} of WikiText-2 test and PTB validation. Prune time = calibration "
+        "+ scoring + planning + surgery + reconstruction; peak = process max RSS before evaluation (includes the "
+        f"loaded model). Reproduce: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/bench_quality.py "
+        f"--limit {args.limit} --calib {args.calib}`.", "",
+        f"Dense: WikiText-2 {_fmt(dense.get('ppl/wikitext2'), '.2f')}, PTB {_fmt(dense.get('ppl/ptb'), '.2f')}. "
+        f"Wanda-sp scoring peak: {_fmt(wanda.get('rss_prune_mb'), '.0f')} MB.", "",
+        "| ratio | variant | removed (all / blocks) | WikiText-2 | PTB | prune s | reconstruct s | peak MB | "
+        "peak / wanda-sp |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if "removed_fraction" in r), key=lambda r: (r["ratio"], list(VARIANTS).index(
+            r["variant"]))):
+        rel = r["rss_prune_mb"] / wanda["rss_prune_mb"] if wanda else None
+        lines.append(
+            f"| {r['ratio']:.0%} | {r['variant']} | {r['removed_fraction']:.1%} / {r['removed_fraction_blocks']:.1%} "
+            f"| {r['ppl/wikitext2']:.1f} | {r['ppl/ptb']:.1f} | {r['prune_s']:.0f} | {r['reconstruct_s']:.0f} | "
+            f"{r['rss_prune_mb']:.0f} | {_fmt(rel, '.2f')} |")
+    lines += ["", "Targets (full WikiText-2 split): 20% <= 90, 50% <= 350; prune peak <= 1.3x Wanda-sp scoring; "
+              "default pipeline under 5 minutes.", ""]
+    meta = {"machine": platform.platform(), "torch": torch.__version__, "limit": args.limit, "calib": args.calib,
+            "threads": os.environ.get("OMP_NUM_THREADS")}
+    stem = "quality" if args.limit else "quality_full"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--limit", type=int, default=40, help="windows per data set; 0 = full splits")
+    parser.add_argument("--calib", type=int, default=64, help="calibration rows (x 128 tokens)")
+    parser.add_argument("--one", nargs=2, metavar=("LABEL", "RATIO"), help=argparse.SUPPRESS)
+    parser.add_argument("--force", action="store_true", help="re-run rows already in quality_parts/")
+    args = parser.parse_args()
+    limit = args.limit or None
+    if args.one:
+        label, ratio = args.one[0], float(args.one[1])
+        row = run_one(label, ratio, args.calib, limit)
+        out = _part(label, ratio, limit, args.calib)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row) + "\n")
+        tmp.replace(out)
+        return
+    PARTS.mkdir(parents=True, exist_ok=True)
+    jobs = [("dense", 0.0), ("wanda-sp scoring", 0.0)] + [(v, r) for r in args.ratios for v in args.variants]
+    rows = []
+    for label, ratio in jobs:
+        part = _part(label, ratio, limit, args.calib)
+        if args.force or not part.exists():
+            t0 = time.perf_counter()
+            cmd = [sys.executable, __file__, "--one", label, str(ratio), "--limit", str(args.limit),
+                   "--calib", str(args.calib)]
+            subprocess.run(cmd, check=True)
+            print(f"{label} @ {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
+        rows.append(json.loads(part.read_text()))
+    report(rows, args)
+
+
+if __name__ == "__main__":
+    main()
