@@ -5,6 +5,7 @@ The CLI, the dashboard's jobs, `search` and the benchmarks call these; each work
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -73,6 +74,7 @@ __all__ = [
     "scorer_class",
     "scorer_names",
     "summary_of",
+    "with_reconstruction",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,8 +83,8 @@ logger = logging.getLogger(__name__)
 StepHook = Callable[[str], Progress]
 
 #: Step names of `prune_and_evaluate`, in order (the job's status shows them).
-EVALUATE_ORIGINAL, PRUNE, SAVE, EVALUATE_PRUNED, COMPARE = (
-    "evaluate original", "prune", "save pruned model", "evaluate pruned", "compare with original")
+EVALUATE_ORIGINAL, PRUNE, RECONSTRUCT, SAVE, EVALUATE_PRUNED, COMPARE = (
+    "evaluate original", "prune", "reconstruct", "save pruned model", "evaluate pruned", "compare with original")
 
 
 def _no_steps(_name: str) -> Progress:
@@ -320,6 +322,16 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: PruningPlan, calib
             **report.to_dict()}
 
 
+def with_reconstruction(plan: PruningPlan, report: dict[str, Any]) -> PruningPlan:
+    """`plan` with the re-fit in its provenance (settings, calibration rows, mean relative error before/after)."""
+    rows = report.get("projections", [])
+    summary = {k: report[k] for k in ("target", "damping", "calibration_rows") if k in report}
+    if rows:
+        summary["mean_error_before"] = sum(r["error_before"] for r in rows) / len(rows)
+        summary["mean_error_after"] = sum(r["error_after"] for r in rows) / len(rows)
+    return dataclasses.replace(plan, provenance={**plan.provenance, "reconstruction": summary})
+
+
 def save(pruned: nn.Module, tokenizer: Any, out: str | os.PathLike, plan: PruningPlan, overwrite: bool = False
          ) -> Path:
     """Save weights (safetensors) + config + tokenizer + plan + shape manifest, atomically."""
@@ -374,6 +386,7 @@ def prune_and_evaluate(
     pruned: nn.Module | None = None,
     pruned_dir: str | os.PathLike | None = None,
     original_dir: str | os.PathLike | None = None,
+    reconstruction: tuple[ReconstructConfig, torch.Tensor] | None = None,
     step: StepHook = _no_steps,
 ) -> PruneOutcome:
     """Evaluate the original -> prune a copy -> (save) -> evaluate the pruned model -> compare.
@@ -381,6 +394,8 @@ def prune_and_evaluate(
     `original_metrics` reuses an earlier evaluation of the original (a search over ratios measures it once);
     `pruned` skips the pruning (an already pruned model, e.g. `minillm eval --compare-to`). `step(name)` is told when
     each step starts and returns its progress callback. `tokenizer` may be None only when `pruned` carries none.
+    `reconstruction` (settings, calibration [n, seq]) re-fits the pruned copy after measuring its perplexity as
+    pruned (`details["before_reconstruction"]`); the report goes into the saved plan's provenance and `extra`.
     """
     t0 = time.time()
     orig_m: dict[str, float] = {}
@@ -395,6 +410,15 @@ def prune_and_evaluate(
             raise MiniLLMError("prune_and_evaluate needs a plan or an already pruned model")
         step(PRUNE)
         pruned = prune(original, plan)  # a copy: the original stays intact for the comparison
+    extra: dict[str, Any] = {}
+    if reconstruction is not None and plan is not None and reconstruction[0].enabled:
+        settings, calibration = reconstruction
+        progress = step(RECONSTRUCT)
+        if config.perplexity:
+            quick = dataclasses.replace(config, tasks=(), speed=False)
+            details["before_reconstruction"] = evaluate(pruned, tokenizer, quick, progress=progress)[0]
+        extra["reconstruction"] = reconstruct(original, pruned, plan, calibration, settings, progress)
+        plan = with_reconstruction(plan, extra["reconstruction"])
     model_dir = None
     if out_dir is not None:
         step(SAVE)
@@ -407,7 +431,7 @@ def prune_and_evaluate(
             comparison = compare_metrics(original, pruned, tokenizer, config, progress=step(COMPARE))
         comparison |= speedups(orig_m, pr_m)
     run = RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
-    return PruneOutcome(run, pruned, model_dir, time.time() - t0)
+    return PruneOutcome(run, pruned, model_dir, time.time() - t0, extra)
 
 
 def load_search(data: bytes | str) -> dict[str, Any]:
@@ -417,8 +441,8 @@ def load_search(data: bytes | str) -> dict[str, Any]:
     return read_curve(data)
 
 
-def steps_of(evaluate_original: bool, save_model: bool = True) -> list[str]:
+def steps_of(evaluate_original: bool, save_model: bool = True, reconstruct: bool = False) -> list[str]:
     """The step names `prune_and_evaluate` reports, in order, for a progress display."""
     steps = [EVALUATE_ORIGINAL] if evaluate_original else []
-    steps += [PRUNE] + ([SAVE] if save_model else []) + [EVALUATE_PRUNED]
+    steps += [PRUNE] + ([RECONSTRUCT] if reconstruct else []) + ([SAVE] if save_model else []) + [EVALUATE_PRUNED]
     return steps + ([COMPARE] if evaluate_original else [])

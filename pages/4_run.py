@@ -16,6 +16,7 @@ from ui import state
 from ui.widgets import config_widgets
 
 LORA_OPTIONS = ("data", "n_samples", "epochs", "learning_rate", "rank", "merge")
+RECON_OPTIONS = ("enabled", "target", "damping")
 
 
 def spec_form(plan) -> runs.RunSpec | None:
@@ -26,6 +27,8 @@ def spec_form(plan) -> runs.RunSpec | None:
         name = st.text_input("Run name", value=f"{plan.scorer} {plan.config.ratio:.0%}")
         evaluation = config_widgets(runs.EvalConfig, "run.eval", runs.eval_config(),
                                     only=("perplexity", "tasks", "limit", "seq_len", "speed"))
+        st.markdown("**Re-fit** (least squares on the session's calibration data, forward passes only)")
+        recon = config_widgets(runs.ReconstructConfig, "run.recon", only=RECON_OPTIONS, columns=3)
         original = st.checkbox("Also evaluate the original", value=True)
         recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
                                  help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")
@@ -41,6 +44,8 @@ def spec_form(plan) -> runs.RunSpec | None:
                                         measure_speed=evaluation["speed"], data_dir=data_dir),
             recovery=runs.RecoveryConfig(**recovery, alpha=2.0 * recovery["rank"], data_dir=data_dir)
             if recover_on else None,
+            reconstruct=runs.ReconstructConfig(**recon),
+            calibration=runs.CalibrationConfig(**st.session_state[state.CALIBRATION]),
             dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE])
     except MiniLLMError as exc:
         st.error(str(exc))
@@ -91,6 +96,7 @@ def progress_panel(run_id: str, status: runs.RunStatus) -> None:
 def done_panel(run: runs.Run) -> None:
     st.success(f"Done in {run.metrics.get('seconds', 0):.1f} s: {run.params_before:,} -> "
                f"{run.params_after:,} parameters. See **Compare** and **Runs & report**.")
+    reconstruction_metrics(run.metrics)
     if run.metrics.get("recovered"):
         before, after = run.metrics["pruned"], run.metrics["recovered"]
         keys = [k for k in after if k.startswith(("ppl/", "acc/"))]
@@ -99,6 +105,15 @@ def done_panel(run: runs.Run) -> None:
                        delta_color="inverse" if key.startswith("ppl/") else "normal")
         loss_chart(run.id)
     st.page_link("pages/5_compare.py", label="Compare original and pruned", icon="⚖️")
+
+
+def reconstruction_metrics(metrics: dict) -> None:
+    """Perplexity of the pruned model as cut and after the re-fit, side by side."""
+    before, after = metrics.get("before_reconstruction") or {}, metrics.get("pruned") or {}
+    keys = [k for k in before if k.startswith("ppl/") and k in after]
+    for col, key in zip(st.columns(max(1, len(keys))), keys, strict=False):
+        col.metric(f"{runs.metric_label(key)} after re-fit", f"{after[key]:.4g}",
+                   f"{after[key] - before[key]:+.4g} vs {before[key]:.4g} as cut", delta_color="inverse")
 
 
 def job_panel(run_id: str, was_running: bool) -> None:

@@ -184,6 +184,7 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert wait_done(job_id, runs_dir).state == "done"
     ok(app.run())
     assert any("Done in" in s.value for s in app.success)
+    assert "perplexity wikitext2 after re-fit" in [m.label for m in app.metric]  # the re-fit is on by default
 
     # a second tab with the URL re-attaches to the same job
     other = new_app(tiny_model_dir)

@@ -115,3 +115,7 @@ def test_widget_defaults_are_the_dataclass_defaults(app):
     assert app.number_input(key="run.eval.seq_len").value == run_eval.seq_len
     assert app.multiselect(key="run.eval.perplexity").value == list(run_eval.perplexity)
     assert app.number_input(key="run.lora.n_samples").value == RecoveryConfig().n_samples
+    recon = runs.ReconstructConfig()
+    assert app.checkbox(key="run.recon.enabled").value is recon.enabled
+    assert app.selectbox(key="run.recon.target").value == recon.target
+    assert app.number_input(key="run.recon.damping").value == recon.damping

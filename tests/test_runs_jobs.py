@@ -112,3 +112,21 @@ def test_run_with_lora_recovery_records_before_and_after(tiny_model_dir, runs_di
     assert metrics["recovered"]["ppl/wikitext2"] > 1
     assert (runs_dir / run_id / "recovered" / "recovery.json").is_file()
     assert [r["step"] for r in runs.loss_curve(run_id, runs_dir)] == [1, 2, 3]
+
+
+def test_run_with_reconstruction_records_perplexity_before_and_after_the_refit(tiny_model_dir, runs_dir):
+    spec = spec_for(tiny_model_dir, measure_speed=False, reconstruct=runs.ReconstructConfig(),
+                    calibration=runs.CalibrationConfig("wikitext2", n_samples=4, seq_len=16))
+    run_id = runs.submit(spec, runs_dir)
+    st = wait_for(run_id, runs_dir)
+    assert st.state == "done", (st.error, log_of(runs_dir, run_id))
+    assert st.steps == 7  # load, evaluate original, prune, reconstruct, save, evaluate pruned, compare
+    metrics = runs.read_metrics(run_id, runs_dir)
+    assert metrics["before_reconstruction"]["ppl/wikitext2"] > 1
+    assert metrics["pruned"]["ppl/wikitext2"] > 1
+    rows = metrics["reconstruction"]["projections"]
+    assert rows and all(r["error_after"] <= r["error_before"] + 1e-6 for r in rows)
+    assert metrics["reconstruction"]["calibration_rows"] == 4
+    saved = json.loads((runs_dir / run_id / "model" / "pruning_plan.json").read_text())
+    assert saved["provenance"]["reconstruction"]["target"] == "local"
+    assert runs.read_spec(run_id, runs_dir).reconstruct == runs.ReconstructConfig()

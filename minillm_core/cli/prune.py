@@ -127,6 +127,7 @@ def prune(
                 stderr(f"reconstruction: {c.n_samples} x {c.seq_len} tokens from {c.source}")
                 report = workflow.reconstruct(loaded.model, pruned, p, workflow.calibrate(loaded, c, data_dir), recon,
                                               progress=bar)
+                p = workflow.with_reconstruction(p, report)
         workflow.save(pruned, loaded.tokenizer, out, plan=p, overwrite=overwrite)
         payload = {"out": str(out), "params_before": summary.params_before, "reconstruction": report,
                    "params_after": workflow.count_params(pruned), "removed_fraction": summary.removed_fraction,

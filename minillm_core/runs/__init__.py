@@ -9,8 +9,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from minillm_core.calibration import CalibrationConfig
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.suite import EvalConfig
+from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
 from minillm_core.runs import compare, process, store
 from minillm_core.runs.compare import comparison_rows, metric_label, pareto_front, quality_of, size_quality_points
@@ -19,10 +21,11 @@ from minillm_core.runs.spec import ALL_TASKS, PPL_DATASETS, RECOVER_STEP, RunSpe
 from minillm_core.runs.store import RUNS_DIR_ENV, STATES, TERMINAL, Run, RunStatus, runs_root
 
 __all__ = [
-    "ALL_TASKS", "PPL_DATASETS", "RECOVER_STEP", "RUNS_DIR_ENV", "STATES", "TERMINAL", "EvalConfig", "RecoveryConfig",
-    "Run", "RunSpec", "RunStatus", "cancel", "comparison_rows", "delete", "eval_config", "get", "list",
-    "loads_with_from_pretrained", "loss_curve", "metric_label", "metrics_csv", "metrics_json", "pareto_front",
-    "quality_of", "read_metrics", "read_spec", "rename", "runs_root", "size_quality_points", "status", "submit",
+    "ALL_TASKS", "PPL_DATASETS", "RECOVER_STEP", "RUNS_DIR_ENV", "STATES", "TERMINAL", "CalibrationConfig",
+    "EvalConfig", "ReconstructConfig", "RecoveryConfig", "Run", "RunSpec", "RunStatus", "cancel", "comparison_rows",
+    "delete", "eval_config", "get", "list", "loads_with_from_pretrained", "loss_curve", "metric_label", "metrics_csv",
+    "metrics_json", "pareto_front", "quality_of", "read_metrics", "read_spec", "rename", "runs_root",
+    "size_quality_points", "status", "submit",
 ]
 
 Root = str | os.PathLike | None

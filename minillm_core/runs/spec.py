@@ -1,4 +1,4 @@
-"""What a run does: `RunSpec` composes the pruning plan, the evaluation and the optional LoRA recovery, all typed.
+"""What a run does: `RunSpec` composes the pruning plan, the re-fit, the evaluation and the optional LoRA recovery.
 
 `to_dict`/`from_dict` round-trip JSON (`spec.json`); `from_dict` also reads the flat `JobSpec` layout of older runs.
 """
@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from minillm_core.calibration import CalibrationConfig
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.speed import SpeedConfig
 from minillm_core.evaluation.suite import PPL_DATASETS, EvalConfig
 from minillm_core.evaluation.tasks import ALL_TASKS
 from minillm_core.planning import PruningPlan
+from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
 
 __all__ = ["ALL_TASKS", "EVALUATE_RECOVERED", "LOAD_STEP", "PPL_DATASETS", "RECOVER_STEP", "SPEC_FORMAT", "RunSpec",
@@ -44,6 +46,8 @@ class RunSpec:
     plan: PruningPlan
     evaluation: EvalConfig = field(default_factory=eval_config)
     recovery: RecoveryConfig | None = None
+    reconstruct: ReconstructConfig | None = None  # re-fit the kept weights after pruning (None: no re-fit)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # the re-fit's calibration rows
     evaluate_original: bool = True
     dtype: str = "auto"
     device: str = "auto"
@@ -56,11 +60,20 @@ class RunSpec:
                 raise MiniLLMError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         if self.recovery is not None and not isinstance(self.recovery, RecoveryConfig):
             raise MiniLLMError(f"recovery must be a RecoveryConfig or None, got {type(self.recovery).__name__}")
+        if self.reconstruct is not None and not isinstance(self.reconstruct, ReconstructConfig):
+            kind = type(self.reconstruct).__name__
+            raise MiniLLMError(f"reconstruct must be a ReconstructConfig or None, got {kind}")
+        if not isinstance(self.calibration, CalibrationConfig):
+            raise MiniLLMError(f"calibration must be a CalibrationConfig, got {type(self.calibration).__name__}")
         seq_len, limit = self.evaluation.seq_len, self.evaluation.limit
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
             raise MiniLLMError(f"seq_len must be an integer >= 2, got {seq_len!r}")
         if isinstance(limit, bool):
             raise MiniLLMError(f"limit must be None (everything) or an integer >= 1, got {limit!r}")
+
+    @property
+    def reconstructs(self) -> bool:
+        return self.reconstruct is not None and self.reconstruct.enabled
 
     @property
     def label(self) -> str:
@@ -71,13 +84,15 @@ class RunSpec:
         """The step names the worker reports, in order."""
         from minillm_core.workflow import steps_of
 
-        steps = [LOAD_STEP, *steps_of(self.evaluate_original)]
+        steps = [LOAD_STEP, *steps_of(self.evaluate_original, reconstruct=self.reconstructs)]
         return steps + ([RECOVER_STEP, EVALUATE_RECOVERED] if self.recovery is not None else [])
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SPEC_FORMAT, "model": self.model, "plan": self.plan.to_dict(),
                 "evaluation": self.evaluation.to_dict(),
                 "recovery": None if self.recovery is None else asdict(self.recovery),
+                "reconstruct": None if self.reconstruct is None else asdict(self.reconstruct),
+                "calibration": asdict(self.calibration),
                 "evaluate_original": self.evaluate_original, "dtype": self.dtype, "device": self.device,
                 "name": self.name, "extra": dict(self.extra)}
 
@@ -95,6 +110,8 @@ class RunSpec:
         else:
             data["evaluation"] = EvalConfig.from_dict(data.get("evaluation") or {})
             data["recovery"] = _recovery(data.get("recovery"))
+            data["reconstruct"] = _config(ReconstructConfig, data.get("reconstruct"), "reconstruction")
+            data["calibration"] = _config(CalibrationConfig, data.get("calibration") or {}, "calibration")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise MiniLLMError(f"malformed run spec: unknown field(s) {unknown}")
@@ -104,6 +121,17 @@ class RunSpec:
             return cls(**data)
         except TypeError as exc:
             raise MiniLLMError(f"malformed run spec: {exc}") from None
+
+
+def _config(cls: type, settings: dict[str, Any] | None, what: str) -> Any:
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise MiniLLMError(f"bad {what} settings: expected a JSON object, got {type(settings).__name__}")
+    try:
+        return cls(**settings)
+    except TypeError as exc:
+        raise MiniLLMError(f"bad {what} settings: {exc}") from None
 
 
 def _recovery(settings: dict[str, Any] | None, data_dir: str | None = None) -> RecoveryConfig | None:

@@ -89,12 +89,19 @@ def execute(spec: RunSpec, folder: Path, rep: Reporter) -> tuple[dict[str, Any],
     loaded = workflow.load(spec.model, dtype=spec.dtype, device=spec.device)
     spec.plan.validate(workflow.geometry_of(loaded.model))  # fail before minutes of evaluating the original
     files.write_text(folder / files.PLAN_FILE, spec.plan.to_json())
+    reconstruction = None
+    if spec.reconstructs:
+        calibration = workflow.calibrate(loaded, spec.calibration, spec.evaluation.data_dir)
+        reconstruction = (spec.reconstruct, calibration)
     outcome = workflow.prune_and_evaluate(
         loaded.model, loaded.tokenizer, spec.plan, spec.evaluation, model_name=spec.model,
-        out_dir=folder / files.MODEL_SUBDIR, evaluate_original=spec.evaluate_original, step=rep.begin)
+        out_dir=folder / files.MODEL_SUBDIR, evaluate_original=spec.evaluate_original,
+        reconstruction=reconstruction, step=rep.begin)
     out = {**outcome.run.to_dict(), "scorer": spec.plan.scorer, "ratio": spec.plan.config.ratio,
            "summary": workflow.summary_of(spec.plan, loaded.model).to_dict(),
-           "model_dir": str(folder / files.MODEL_SUBDIR)}
+           "model_dir": str(folder / files.MODEL_SUBDIR), **outcome.extra}
+    if "reconstruction" in outcome.extra:
+        out["before_reconstruction"] = outcome.run.details.get("before_reconstruction", {})
     if spec.recovery is not None:
         out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep)
     out["seconds"] = time.time() - t0
