@@ -8,7 +8,9 @@ also corrects the error accumulated in earlier layers). Forward passes only, one
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +19,12 @@ from torch import nn
 
 from minillm_core.errors import MiniLLMError
 from minillm_core.modeling import get_adapter
-from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices
+from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 from minillm_core.scoring.engine.forward import eval_mode
 from minillm_core.sequential import LayerInput, capture_input, first_layer_inputs, replace_inputs
-from minillm_core.surgery import unit_index
+from minillm_core.surgery import prune_layer, unit_index
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +159,11 @@ def _energy(dense: nn.Linear, targets: list[torch.Tensor]) -> float:
 
 
 class _Layer:
-    """One layer's dense original, pruned copy and kept indices."""
+    """One layer's dense original, pruned version and kept indices (the adapter's accessors work on either)."""
 
-    def __init__(self, dense: ArchAdapter, pruned: ArchAdapter, index: int, kept: LayerPlanIndices) -> None:
-        self.dense, self.pruned = dense.layers()[index], pruned.layers()[index]
-        self.index, self.kept = index, kept
-        self.d_adapter, self.p_adapter = dense, pruned
+    def __init__(self, adapter: ArchAdapter, dense: nn.Module, pruned: nn.Module, kept: LayerPlanIndices) -> None:
+        self.dense, self.pruned, self.kept = dense, pruned, kept
+        self.d_adapter = self.p_adapter = adapter
 
     def head_columns(self, device: torch.device) -> torch.Tensor:
         return unit_index(self.kept.heads, self.d_adapter.head_dim, device)
@@ -227,6 +228,28 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
     return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets), damping)
 
 
+#: `pair(i)` -> (layer i's original shape, its dense module, its pruned module), called in layer order.
+LayerPair = Callable[[int], tuple[LayerShape, nn.Module, nn.Module]]
+
+
+def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanIndices], xs: list[LayerInput],
+                  xd: list[LayerInput] | None, config: ReconstructConfig, progress: Progress) -> ReconstructReport:
+    """Walk the layers in order: re-fit each pruned layer on its inputs, then advance the inputs through it."""
+    report = ReconstructReport()
+    for i, k in enumerate(kept):
+        shape, dense, pruned = pair(i)
+        layer = _Layer(adapter, dense, pruned, k)
+        if len(k.heads) < shape.num_heads:
+            report.rows.append({"layer": i, "projection": "attention", **_attention(layer, xs, xd, config.damping)})
+        if len(k.channels) < shape.intermediate:
+            report.rows.append({"layer": i, "projection": "mlp", **_mlp(layer, xs, xd, config.damping)})
+        with torch.no_grad():
+            xs = [x.advanced(pruned) for x in xs]
+            xd = [x.advanced(dense) for x in xd] if xd is not None else None
+        progress(i + 1, len(kept), "reconstruct")
+    return report
+
+
 def reconstruct(
     original: nn.Module,
     pruned: nn.Module,
@@ -241,20 +264,38 @@ def reconstruct(
     [n, seq] token ids. `original` is only read. Returns the per-projection relative errors before/after.
     """
     da, pa = get_adapter(original), get_adapter(pruned)
-    report = ReconstructReport()
     with eval_mode(original), eval_mode(pruned):
         xs = first_layer_inputs(pruned, pa, calibration, config.batch_size)
         xd = first_layer_inputs(original, da, calibration, config.batch_size) if config.target == "dense" else None
-        n = len(kept)
-        for i, k in enumerate(kept):
-            layer = _Layer(da, pa, i, k)
-            shape = da.layer_shape(i)
-            if len(k.heads) < shape.num_heads:
-                report.rows.append({"layer": i, "projection": "attention", **_attention(layer, xs, xd, config.damping)})
-            if len(k.channels) < shape.intermediate:
-                report.rows.append({"layer": i, "projection": "mlp", **_mlp(layer, xs, xd, config.damping)})
-            with torch.no_grad():
-                xs = [x.advanced(layer.pruned) for x in xs]
-                xd = [x.advanced(layer.dense) for x in xd] if xd is not None else None
-            progress(i + 1, n, "reconstruct")
-    return report
+        return _refit_layers(da, lambda i: (da.layer_shape(i), da.layers()[i], pa.layers()[i]), kept, xs, xd,
+                             config, progress)
+
+
+def prune_and_reconstruct(
+    model: nn.Module,
+    kept: list[LayerPlanIndices],
+    calibration: torch.Tensor,
+    config: ReconstructConfig = ReconstructConfig(),  # frozen: safe as a default
+    progress: Progress = no_progress,
+) -> tuple[bool, ReconstructReport]:
+    """Prune `model` in place one layer at a time and re-fit each layer as it goes: only the layer being processed
+    exists twice (its dense copy is dropped after its re-fit), so the peak stays near one model's weights.
+
+    Returns whether plain `from_pretrained` can rebuild the result, and the report (same as `reconstruct`'s).
+    """
+    adapter = get_adapter(model)
+    shapes: list[LayerShape] = []
+
+    def pair(i: int) -> tuple[LayerShape, nn.Module, nn.Module]:
+        shape, layer = adapter.layer_shape(i), adapter.layers()[i]
+        full = len(kept[i].heads) == shape.num_heads and len(kept[i].channels) == shape.intermediate
+        dense = layer if full else copy.deepcopy(layer)
+        shapes.append(prune_layer(adapter, i, kept[i]))
+        return shape, dense, adapter.layers()[i]
+
+    with eval_mode(model):
+        xs = first_layer_inputs(model, adapter, calibration, config.batch_size)
+        xd = [LayerInput(x.hidden.clone(), x.args, x.kwargs, x.adapter) for x in xs] \
+            if config.target == "dense" else None
+        report = _refit_layers(adapter, pair, kept, xs, xd, config, progress)
+    return adapter.sync_config(shapes), report

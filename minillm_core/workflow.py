@@ -67,6 +67,7 @@ __all__ = [
     "preview_scorer",
     "prune",
     "prune_and_evaluate",
+    "prune_and_reconstruct",
     "read_calibration_file",
     "reconstruct",
     "save",
@@ -320,6 +321,24 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: PruningPlan, calib
     report = refit_layers(original, pruned, plan.layers, calibration, config, progress)
     return {"target": config.target, "damping": config.damping, "calibration_rows": int(calibration.shape[0]),
             **report.to_dict()}
+
+
+def prune_and_reconstruct(model: nn.Module, plan: PruningPlan, calibration: torch.Tensor,
+                          config: ReconstructConfig | None = None, inplace: bool = False,
+                          progress: Progress = no_progress) -> tuple[nn.Module, dict[str, Any]]:
+    """`prune` then `reconstruct`, one layer at a time: with `inplace` the peak memory is one model plus one layer
+    (the dense model is consumed); otherwise a copy is pruned and `model` stays intact. Returns (pruned, report)."""
+    from minillm_core.reconstruction import prune_and_reconstruct as refit_while_pruning
+
+    plan.validate(geometry_of(model))
+    config = config or ReconstructConfig()
+    target = model if inplace else copy_model(model)
+    _, report = refit_while_pruning(target, plan.layers, calibration, config, progress)
+    got = count_params(target)
+    if got != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
+        raise AssertionError(f"pruned model has {got} parameters, the plan predicted {plan.predicted_params}")
+    return target, {"target": config.target, "damping": config.damping,
+                    "calibration_rows": int(calibration.shape[0]), **report.to_dict()}
 
 
 def with_reconstruction(plan: PruningPlan, report: dict[str, Any]) -> PruningPlan:

@@ -127,3 +127,26 @@ def test_config_is_validated():
         ReconstructConfig(target="global")
     with pytest.raises(MiniLLMError, match="damping"):
         ReconstructConfig(damping=-1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("target", ["local", "dense"])
+def test_pruning_in_place_layer_by_layer_gives_the_same_model(kind, target):
+    model, plan = _pruned(kind)
+    calib = torch.randint(3, 96, (8, 16), generator=torch.Generator().manual_seed(3))
+    config = ReconstructConfig(target=target)
+    copied = workflow.prune(model, plan)
+    reconstruct(model, copied, plan.layers, calib, config)
+    inplace, report = workflow.prune_and_reconstruct(model, plan, calib, config, inplace=True)
+    assert inplace is model and workflow.count_params(model) == plan.predicted_params
+    assert report["projections"] and report["calibration_rows"] == 8
+    ids = torch.randint(3, 96, (4, 16))
+    torch.testing.assert_close(_logits(inplace, ids), _logits(copied, ids), atol=1e-5, rtol=1e-4)
+    assert _hook_count(inplace) == _hook_count(copied)  # ours came off (BLOOM's pruned layers keep their ALiBi one)
+
+
+def test_prune_and_reconstruct_on_a_copy_leaves_the_model_alone():
+    model, plan = _pruned("llama-gqa")
+    before = workflow.count_params(model)
+    pruned, _ = workflow.prune_and_reconstruct(model, plan, torch.randint(3, 96, (4, 16)))
+    assert pruned is not model and workflow.count_params(model) == before

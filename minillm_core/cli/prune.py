@@ -120,14 +120,15 @@ def prune(
                 loaded, score, calib, plan, data_dir, bar)
             summary = workflow.summary_of(p, loaded.model)
             t0 = time.perf_counter()
-            pruned = workflow.prune(loaded.model, p)
             report = None
-            if recon.enabled:
+            if recon.enabled:  # pruned in place one layer at a time: about one model's memory
                 c = calibration(calib, score.seed)
                 stderr(f"reconstruction: {c.n_samples} x {c.seq_len} tokens from {c.source}")
-                report = workflow.reconstruct(loaded.model, pruned, p, workflow.calibrate(loaded, c, data_dir), recon,
-                                              progress=bar)
+                pruned, report = workflow.prune_and_reconstruct(
+                    loaded.model, p, workflow.calibrate(loaded, c, data_dir), recon, inplace=True, progress=bar)
                 p = workflow.with_reconstruction(p, report)
+            else:
+                pruned = workflow.prune(loaded.model, p, inplace=True)
         workflow.save(pruned, loaded.tokenizer, out, plan=p, overwrite=overwrite)
         payload = {"out": str(out), "params_before": summary.params_before, "reconstruction": report,
                    "params_after": workflow.count_params(pruned), "removed_fraction": summary.removed_fraction,
