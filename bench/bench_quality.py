@@ -1,8 +1,9 @@
 """Quality benchmark (issue 11): what re-fitting the kept weights, OBS selection and per-layer ratios buy.
 
 SmolLM2-135M, the same c4 calibration for every variant (`--calib` rows x 128 tokens, seed 0), no recovery. Each
-(variant, ratio) runs in a fresh process: scoring, planning, surgery and reconstruction are timed together, the peak
-RSS is read before any evaluation (so it is the prune's peak), then WikiText-2 test and PTB validation perplexity
+(variant, ratio) runs in a fresh process, the way `minillm prune` runs (pruned in place, re-fitted one layer at a
+time): scoring, planning, surgery and reconstruction are timed together, the peak RSS is read before any
+evaluation (so it is the prune's peak), then WikiText-2 test and PTB validation perplexity
 with 128-token windows (`--limit` windows per data set, 0 = the full splits). `wanda-sp scoring` is the memory
 reference of the issue's target (peak of loading the model and running Wanda-sp scoring alone).
 Outputs: bench/results/quality.json and quality.md (rows from bench/results/quality_parts/, git-ignored).
@@ -79,13 +80,15 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
     base = workflow.plan_defaults(loaded.model)
     plan = workflow.make_plan(loaded, scores, PlanConfig(ratio=ratio, allocation=allocation,
                                                          protected_layers=base.protected_layers))
-    pruned = workflow.prune(loaded.model, plan)
+    summary = workflow.summary_of(plan, loaded.model)
     report = None
-    if target is not None:
-        report = workflow.reconstruct(loaded.model, pruned, plan, calib, ReconstructConfig(target=target))
+    if target is None:  # in place, as `minillm prune` does: one model in memory
+        pruned = workflow.prune(loaded.model, plan, inplace=True)
+    else:
+        pruned, report = workflow.prune_and_reconstruct(loaded.model, plan, calib, ReconstructConfig(target=target),
+                                                        inplace=True)
     t_end = time.perf_counter()
     rss = _rss_mb()
-    summary = workflow.summary_of(plan, loaded.model)
     row |= {"scorer": scorer, "options": options, "allocation": allocation, "reconstruct": target,
             "calibration": source, "removed_fraction": summary.removed_fraction,
             "removed_fraction_blocks": summary.removed_fraction_non_embedding,

@@ -18,17 +18,20 @@ import torch
 from torch import nn
 
 from minillm_core.errors import MiniLLMError
+from minillm_core.groups import heads_to_keep
 from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 from minillm_core.scoring.engine.forward import eval_mode
+from minillm_core.scoring.obs import layer_scores as obs_layer_scores
 from minillm_core.sequential import LayerInput, capture_input, first_layer_inputs, replace_inputs
 from minillm_core.surgery import prune_layer, unit_index
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("local", "dense")
+SELECTIONS = ("plan", "obs")
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,16 @@ class ReconstructConfig:
     target: str = option("local", "local: the original layer's output on the pruned model's inputs; dense: the dense "
                          "model's own activations (OSSCAR; also corrects earlier layers' error).", choices=TARGETS,
                          cli="recon-target", label="re-fit target")
+    select: str = option("plan", "plan: keep the units the plan chose; obs: re-choose each layer's heads/channels "
+                         "(same widths) by OBS on the pruned model's own inputs as the layers go (SlimGPT).",
+                         choices=SELECTIONS, cli="recon-select", label="units kept")
     batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise MiniLLMError(f"unknown reconstruction target {self.target!r}; allowed: {', '.join(TARGETS)}")
+        if self.select not in SELECTIONS:
+            raise MiniLLMError(f"unknown unit selection {self.select!r}; allowed: {', '.join(SELECTIONS)}")
         if not isinstance(self.damping, (int, float)) or self.damping < 0:
             raise MiniLLMError(f"reconstruction damping must be >= 0, got {self.damping!r}")
 
@@ -228,16 +236,17 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
     return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets), damping)
 
 
-#: `pair(i)` -> (layer i's original shape, its dense module, its pruned module), called in layer order.
-LayerPair = Callable[[int], tuple[LayerShape, nn.Module, nn.Module]]
+#: `pair(i, inputs)` -> (layer i's original shape, its dense module, its pruned module, its kept units), called in
+#: layer order with the layer's inputs.
+LayerPair = Callable[[int, list[LayerInput]], tuple[LayerShape, nn.Module, nn.Module, LayerPlanIndices]]
 
 
 def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanIndices], xs: list[LayerInput],
                   xd: list[LayerInput] | None, config: ReconstructConfig, progress: Progress) -> ReconstructReport:
     """Walk the layers in order: re-fit each pruned layer on its inputs, then advance the inputs through it."""
     report = ReconstructReport()
-    for i, k in enumerate(kept):
-        shape, dense, pruned = pair(i)
+    for i in range(len(kept)):
+        shape, dense, pruned, k = pair(i, xs)
         layer = _Layer(adapter, dense, pruned, k)
         if len(k.heads) < shape.num_heads:
             report.rows.append({"layer": i, "projection": "attention", **_attention(layer, xs, xd, config.damping)})
@@ -267,8 +276,23 @@ def reconstruct(
     with eval_mode(original), eval_mode(pruned):
         xs = first_layer_inputs(pruned, pa, calibration, config.batch_size)
         xd = first_layer_inputs(original, da, calibration, config.batch_size) if config.target == "dense" else None
-        return _refit_layers(da, lambda i: (da.layer_shape(i), da.layers()[i], pa.layers()[i]), kept, xs, xd,
-                             config, progress)
+        return _refit_layers(da, lambda i, _x: (da.layer_shape(i), da.layers()[i], pa.layers()[i], kept[i]), kept,
+                             xs, xd, config, progress)
+
+
+def reselect(adapter: ArchAdapter, layer: nn.Module, xs: list[LayerInput], shape: LayerShape,
+             kept: LayerPlanIndices, damping: float) -> LayerPlanIndices:
+    """The same widths as `kept`, with the heads and channels chosen by OBS on this layer's inputs `xs`."""
+    if len(kept.heads) == shape.num_heads and len(kept.channels) == shape.intermediate:
+        return kept
+    heads, channels, _ = obs_layer_scores(adapter, layer, xs, damping)
+    if len(kept.kv_heads) < shape.num_kv_heads:
+        kept_heads, kv = heads_to_keep(heads, shape, shape.num_kv_heads - len(kept.kv_heads), "kv-groups")
+    else:
+        kept_heads, kv = heads_to_keep(heads, shape, (shape.num_heads - len(kept.heads)) // shape.num_kv_heads,
+                                       "q-heads")
+    top = torch.argsort(channels, descending=True, stable=True)[: len(kept.channels)]
+    return LayerPlanIndices(tuple(kept_heads), tuple(kv), tuple(sorted(int(c) for c in top)))
 
 
 def prune_and_reconstruct(
@@ -277,25 +301,30 @@ def prune_and_reconstruct(
     calibration: torch.Tensor,
     config: ReconstructConfig = ReconstructConfig(),  # frozen: safe as a default
     progress: Progress = no_progress,
-) -> tuple[bool, ReconstructReport]:
+) -> tuple[list[LayerPlanIndices], bool, ReconstructReport]:
     """Prune `model` in place one layer at a time and re-fit each layer as it goes: only the layer being processed
     exists twice (its dense copy is dropped after its re-fit), so the peak stays near one model's weights.
 
-    Returns whether plain `from_pretrained` can rebuild the result, and the report (same as `reconstruct`'s).
+    With `config.select == "obs"` each layer's units are re-chosen on its actual (pruned-so-far) inputs, widths
+    unchanged. Returns the kept units per layer (the plan's, or the re-chosen ones), whether plain
+    `from_pretrained` can rebuild the result, and the report (same as `reconstruct`'s).
     """
     adapter = get_adapter(model)
     shapes: list[LayerShape] = []
+    chosen = list(kept)
 
-    def pair(i: int) -> tuple[LayerShape, nn.Module, nn.Module]:
+    def pair(i: int, xs: list[LayerInput]) -> tuple[LayerShape, nn.Module, nn.Module, LayerPlanIndices]:
         shape, layer = adapter.layer_shape(i), adapter.layers()[i]
-        full = len(kept[i].heads) == shape.num_heads and len(kept[i].channels) == shape.intermediate
+        if config.select == "obs":
+            chosen[i] = reselect(adapter, layer, xs, shape, kept[i], config.damping)
+        full = len(chosen[i].heads) == shape.num_heads and len(chosen[i].channels) == shape.intermediate
         dense = layer if full else copy.deepcopy(layer)
-        shapes.append(prune_layer(adapter, i, kept[i]))
-        return shape, dense, adapter.layers()[i]
+        shapes.append(prune_layer(adapter, i, chosen[i]))
+        return shape, dense, adapter.layers()[i], chosen[i]
 
     with eval_mode(model):
         xs = first_layer_inputs(model, adapter, calibration, config.batch_size)
         xd = [LayerInput(x.hidden.clone(), x.args, x.kwargs, x.adapter) for x in xs] \
             if config.target == "dense" else None
         report = _refit_layers(adapter, pair, kept, xs, xd, config, progress)
-    return adapter.sync_config(shapes), report
+    return chosen, adapter.sync_config(shapes), report

@@ -325,26 +325,29 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: PruningPlan, calib
 
 def prune_and_reconstruct(model: nn.Module, plan: PruningPlan, calibration: torch.Tensor,
                           config: ReconstructConfig | None = None, inplace: bool = False,
-                          progress: Progress = no_progress) -> tuple[nn.Module, dict[str, Any]]:
+                          progress: Progress = no_progress) -> tuple[nn.Module, PruningPlan, dict[str, Any]]:
     """`prune` then `reconstruct`, one layer at a time: with `inplace` the peak memory is one model plus one layer
-    (the dense model is consumed); otherwise a copy is pruned and `model` stays intact. Returns (pruned, report)."""
+    (the dense model is consumed); otherwise a copy is pruned and `model` stays intact. Returns the pruned model,
+    the plan it now follows (the re-fit in its provenance; with `select="obs"` the re-chosen units, same widths)
+    and the report."""
     from minillm_core.reconstruction import prune_and_reconstruct as refit_while_pruning
 
     plan.validate(geometry_of(model))
     config = config or ReconstructConfig()
     target = model if inplace else copy_model(model)
-    _, report = refit_while_pruning(target, plan.layers, calibration, config, progress)
+    kept, _, report = refit_while_pruning(target, plan.layers, calibration, config, progress)
     got = count_params(target)
     if got != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
         raise AssertionError(f"pruned model has {got} parameters, the plan predicted {plan.predicted_params}")
-    return target, {"target": config.target, "damping": config.damping,
-                    "calibration_rows": int(calibration.shape[0]), **report.to_dict()}
+    out = {"target": config.target, "damping": config.damping, "select": config.select,
+           "calibration_rows": int(calibration.shape[0]), **report.to_dict()}
+    return target, with_reconstruction(dataclasses.replace(plan, layers=list(kept)), out), out
 
 
 def with_reconstruction(plan: PruningPlan, report: dict[str, Any]) -> PruningPlan:
     """`plan` with the re-fit in its provenance (settings, calibration rows, mean relative error before/after)."""
     rows = report.get("projections", [])
-    summary = {k: report[k] for k in ("target", "damping", "calibration_rows") if k in report}
+    summary = {k: report[k] for k in ("target", "damping", "select", "calibration_rows") if k in report}
     if rows:
         summary["mean_error_before"] = sum(r["error_before"] for r in rows) / len(rows)
         summary["mean_error_after"] = sum(r["error_after"] for r in rows) / len(rows)

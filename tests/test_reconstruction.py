@@ -137,7 +137,8 @@ def test_pruning_in_place_layer_by_layer_gives_the_same_model(kind, target):
     config = ReconstructConfig(target=target)
     copied = workflow.prune(model, plan)
     reconstruct(model, copied, plan.layers, calib, config)
-    inplace, report = workflow.prune_and_reconstruct(model, plan, calib, config, inplace=True)
+    inplace, after, report = workflow.prune_and_reconstruct(model, plan, calib, config, inplace=True)
+    assert after.layers == plan.layers and after.provenance["reconstruction"]["target"] == target
     assert inplace is model and workflow.count_params(model) == plan.predicted_params
     assert report["projections"] and report["calibration_rows"] == 8
     ids = torch.randint(3, 96, (4, 16))
@@ -148,5 +149,23 @@ def test_pruning_in_place_layer_by_layer_gives_the_same_model(kind, target):
 def test_prune_and_reconstruct_on_a_copy_leaves_the_model_alone():
     model, plan = _pruned("llama-gqa")
     before = workflow.count_params(model)
-    pruned, _ = workflow.prune_and_reconstruct(model, plan, torch.randint(3, 96, (4, 16)))
+    pruned, _, _ = workflow.prune_and_reconstruct(model, plan, torch.randint(3, 96, (4, 16)))
     assert pruned is not model and workflow.count_params(model) == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_obs_reselection_keeps_the_widths_and_fits_at_least_as_well(kind):
+    model, plan = _pruned(kind, ratio=0.4)
+    calib = torch.randint(3, 96, (16, 24), generator=torch.Generator().manual_seed(4))
+    held = torch.randint(3, 96, (8, 24), generator=torch.Generator().manual_seed(5))
+    ref = _logits(model, held)
+    fixed, _, _ = workflow.prune_and_reconstruct(model, plan, calib)
+    chosen, after, report = workflow.prune_and_reconstruct(model, plan, calib, ReconstructConfig(select="obs"))
+    # the plan's units were chosen at random (`_pruned`): units chosen on the data fit the original better
+    assert (_logits(chosen, held) - ref).pow(2).mean() < (_logits(fixed, held) - ref).pow(2).mean()
+    assert after.shapes() == plan.shapes() and after.layers != plan.layers  # new units, same widths
+    assert after.provenance["reconstruction"]["select"] == "obs"
+    assert workflow.count_params(chosen) == plan.predicted_params
+    replayed = workflow.prune(model, after)  # the returned plan describes the pruned model
+    assert [tuple(p.shape) for p in replayed.parameters()] == [tuple(p.shape) for p in chosen.parameters()]
+    assert report["projections"]

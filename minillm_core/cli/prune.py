@@ -124,9 +124,8 @@ def prune(
             if recon.enabled:  # pruned in place one layer at a time: about one model's memory
                 c = calibration(calib, score.seed)
                 stderr(f"reconstruction: {c.n_samples} x {c.seq_len} tokens from {c.source}")
-                pruned, report = workflow.prune_and_reconstruct(
+                pruned, p, report = workflow.prune_and_reconstruct(
                     loaded.model, p, workflow.calibrate(loaded, c, data_dir), recon, inplace=True, progress=bar)
-                p = workflow.with_reconstruction(p, report)
             else:
                 pruned = workflow.prune(loaded.model, p, inplace=True)
         workflow.save(pruned, loaded.tokenizer, out, plan=p, overwrite=overwrite)

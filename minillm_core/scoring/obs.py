@@ -23,7 +23,7 @@ from minillm_core.modeling.base import ArchAdapter
 from minillm_core.progress import Progress, no_progress
 from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer, Workload
 from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE, eval_mode
-from minillm_core.sequential import capture_input, first_layer_inputs
+from minillm_core.sequential import LayerInput, capture_input, first_layer_inputs
 
 
 def damped_inverse(gram: torch.Tensor, damping: float) -> torch.Tensor:
@@ -127,19 +127,28 @@ class ObsScorer(Scorer):
         with eval_mode(model):
             xs = first_layer_inputs(model, adapter, calibration, self.batch_size)
             for i, layer in enumerate(layers):
-                attn_out, mlp_out = adapter.attention_out_proj(layer), adapter.mlp_out_proj(layer)
-                h_attn = torch.zeros(attn_out.in_features, attn_out.in_features, dtype=torch.float64)
-                h_mlp = torch.zeros(mlp_out.in_features, mlp_out.in_features, dtype=torch.float64)
-                nxt = []
-                for x in xs:
-                    with capture_input(attn_out) as a, capture_input(mlp_out) as m:
-                        out = x.run(layer)
-                    xa, xm = a.take().double().cpu(), m.take().double().cpu()
-                    h_attn += xa.T @ xa
-                    h_mlp += xm.T @ xm
-                    nxt.append(type(x)(out, x.args, x.kwargs, x.adapter))
-                xs = nxt
-                heads.append(obs_scores(attn_out.weight.detach().cpu(), h_attn, adapter.head_dim, self.damping).float())
-                channels.append(obs_scores(mlp_out.weight.detach().cpu(), h_mlp, 1, self.damping, self.step).float())
+                h, c, xs = layer_scores(adapter, layer, xs, self.damping, self.step)
+                heads.append(h)
+                channels.append(c)
                 progress(i + 1, len(layers), "obs")
         return GroupScores(self.name, heads, channels, self.options())
+
+
+@torch.no_grad()
+def layer_scores(adapter: ArchAdapter, layer: nn.Module, xs: list[LayerInput], damping: float = 0.01,
+                 step: float = 0.02) -> tuple[torch.Tensor, torch.Tensor, list[LayerInput]]:
+    """OBS scores of one layer's heads and channels on its inputs `xs`, and the layer's outputs (next inputs)."""
+    attn_out, mlp_out = adapter.attention_out_proj(layer), adapter.mlp_out_proj(layer)
+    h_attn = torch.zeros(attn_out.in_features, attn_out.in_features, dtype=torch.float64)
+    h_mlp = torch.zeros(mlp_out.in_features, mlp_out.in_features, dtype=torch.float64)
+    nxt = []
+    for x in xs:
+        with capture_input(attn_out) as a, capture_input(mlp_out) as m:
+            out = x.run(layer)
+        xa, xm = a.take().double().cpu(), m.take().double().cpu()
+        h_attn += xa.T @ xa
+        h_mlp += xm.T @ xm
+        nxt.append(LayerInput(out, x.args, x.kwargs, x.adapter))
+    heads = obs_scores(attn_out.weight.detach().cpu(), h_attn, adapter.head_dim, damping).float()
+    channels = obs_scores(mlp_out.weight.detach().cpu(), h_mlp, 1, damping, step).float()
+    return heads, channels, nxt
