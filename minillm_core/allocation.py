@@ -150,12 +150,24 @@ def layered_cuts(geometry: ModelGeometry, config: PlanConfig) -> list[LayerCut]:
         rel = schedule_weights(prunable)
         weights = {i: rel[i] * geometry.layer_params(geometry.layers[i]) for i in prunable}
         targets = _spread(weights, caps, target)
+    return cuts_for_targets(geometry, config, targets)
+
+
+def cuts_for_targets(geometry: ModelGeometry, config: PlanConfig, targets: dict[int, float]) -> list[LayerCut]:
+    """Per-layer cuts removing about `targets[i]` parameters from layer i (nothing from layers not named)."""
     cuts = []
     for i, shape in enumerate(geometry.layers):
         unit = head_unit(shape, geometry, config.head_granularity)
-        cuts.append(_layer_cut(shape, geometry, config, units[i], targets[i]) if i in targets
+        cuts.append(_layer_cut(shape, geometry, config, unit, targets[i]) if targets.get(i)
                     else LayerCut(0, unit.granularity, shape.intermediate))
     return cuts
+
+
+def removal_caps(geometry: ModelGeometry, config: PlanConfig) -> dict[int, int]:
+    """The most parameters each unprotected layer can lose (one head unit and `round_to` channels stay)."""
+    protected = config.protected(geometry.num_layers)
+    return {i: _max_removal(s, geometry, config, head_unit(s, geometry, config.head_granularity))
+            for i, s in enumerate(geometry.layers) if i not in protected}
 
 
 def _zscore(x: torch.Tensor) -> torch.Tensor:
@@ -229,14 +241,25 @@ def build_plan(
     config: PlanConfig,
     model_name: str = "",
     provenance: dict | None = None,
+    targets: dict[int, float] | None = None,
 ) -> PruningPlan:
-    """Turn group scores into kept heads/channels per layer for `config` (no weights are touched)."""
+    """Turn group scores into kept heads/channels per layer for `config` (no weights are touched).
+
+    `targets` (layer -> parameters to remove) overrides the allocation rule, e.g. with a searched allocation."""
     if scores.num_layers != geometry.num_layers:
         raise PlanError(f"scores cover {scores.num_layers} layers, the model has {geometry.num_layers}")
     for i, shape in enumerate(geometry.layers):
         if scores.heads[i].numel() != shape.num_heads or scores.channels[i].numel() != shape.intermediate:
             raise PlanError(f"scores for layer {i} do not match its widths; were they computed on another model?")
-    cuts = global_cuts(geometry, config, scores) if config.allocation == "global" else layered_cuts(geometry, config)
+    if targets is not None:  # explicit per-layer removals (a searched allocation)
+        cuts = cuts_for_targets(geometry, config, targets)
+    elif config.allocation == "global":
+        cuts = global_cuts(geometry, config, scores)
+    elif config.allocation == "search":
+        raise PlanError("allocation 'search' needs calibration data and the model: use workflow.search_plan "
+                        "(minillm prune --allocation search)")
+    else:
+        cuts = layered_cuts(geometry, config)
     layers = []
     for i, (shape, cut) in enumerate(zip(geometry.layers, cuts, strict=True)):
         heads, kv = heads_to_keep(scores.heads[i], shape, cut.head_units, cut.granularity)

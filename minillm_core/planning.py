@@ -20,7 +20,7 @@ from minillm_core.groups import HEAD_GRANULARITIES, validate_heads
 from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
 from minillm_core.options import option
 
-ALLOCATIONS = ("uniform", "global", "schedule")
+ALLOCATIONS = ("uniform", "global", "schedule", "search")
 TARGETS = ("heads", "channels", "both")
 PLAN_FORMAT = 1
 BYTES_PER_DTYPE = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -39,7 +39,9 @@ class PlanConfig:
     ratio: float = option(0.2, "Fraction of *total* parameters to remove, in (0, 1).", min=0.01, max=0.9, step=0.01)
     allocation: str = option("uniform", "uniform: same widths in every unprotected layer; global: rank groups across "
                              "layers after per-layer standardisation; schedule: a ratio rising with depth "
-                             "(log-increasing, SlimGPT), 4x as much from the last layer as from the first.",
+                             "(log-increasing, SlimGPT), 4x as much from the last layer as from the first; search: "
+                             "per-layer widths searched for the lowest KL divergence to the dense model (EvoPress; "
+                             "needs calibration, minutes).",
                              choices=ALLOCATIONS)
     protected_layers: tuple[int, ...] | None = option(
         None, "Layer indices never pruned. Default: LLM-Pruner's rule scaled to depth (first 4/32 and last 2/32 of "

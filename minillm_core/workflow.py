@@ -18,18 +18,20 @@ import torch
 from torch import nn
 
 from minillm_core.allocation import build_plan
+from minillm_core.allocation_search import SearchConfig
 from minillm_core.calibration import FILE_SOURCE, CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
 from minillm_core.loading import LoadConfig, LoadedModel, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
-from minillm_core.planning import ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
+from minillm_core.planning import ALLOCATIONS, ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
 from minillm_core.progress import Progress, no_progress
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
 from minillm_core.surgery import apply_indices, copy_model
 
 __all__ = [
+    "ALLOCATIONS",
     "FILE_SOURCE",
     "CalibrationConfig",
     "EvalConfig",
@@ -45,6 +47,7 @@ __all__ = [
     "RunMetrics",
     "ScoreConfig",
     "ScorerPreview",
+    "SearchConfig",
     "architecture",
     "bundled_models",
     "calibrate",
@@ -74,6 +77,7 @@ __all__ = [
     "score",
     "scorer_class",
     "scorer_names",
+    "search_plan",
     "summary_of",
     "with_reconstruction",
 ]
@@ -182,6 +186,20 @@ def make_plan(model: nn.Module | LoadedModel, scores: GroupScores, config: PlanC
         model_name = model_name or model.name
         model = model.model
     return build_plan(geometry_of(model), scores, config, model_name)
+
+
+def search_plan(model: nn.Module | LoadedModel, scores: GroupScores, config: PlanConfig, calibration: torch.Tensor,
+                search: SearchConfig | None = None, recon: ReconstructConfig | None = None, model_name: str = "",
+                progress: Progress = no_progress) -> PruningPlan:
+    """A plan with searched per-layer widths (`allocation="search"`): the lowest KL divergence to the dense model
+    on held calibration rows among candidates of the same total (see `allocation_search`)."""
+    from minillm_core.allocation_search import search_plan as evolve
+
+    if isinstance(model, LoadedModel):
+        model_name = model_name or model.name
+        model = model.model
+    return evolve(model, scores, geometry_of(model), config, calibration, search or SearchConfig(),
+                  recon or ReconstructConfig(), model_name, progress)
 
 
 def architecture(model: nn.Module) -> dict[str, Any]:

@@ -51,7 +51,10 @@ elif scores is None:
 else:
     st.caption(f"Ranking by **{st.session_state.get(state.ACTIVE_SCORER) or scores.scorer}** scores.")
     values = config_widgets(PlanConfig, "plan", workflow.plan_defaults(g), columns=1, sliders=("ratio",),
-                            choices={"protected_layers": list(range(g.num_layers))})
+                            choices={"protected_layers": list(range(g.num_layers)),
+                                     "allocation": [a for a in workflow.ALLOCATIONS if a != "search"]})
+    st.caption("Searched per-layer widths take minutes of forward passes: run `minillm plan --allocation search "
+               "--out plan.json` (or `minillm prune`), then upload the plan above to see its widths.")
     with state.user_errors():
         plan = workflow.make_plan(handle.loaded, scores, PlanConfig(**values))
 st.session_state[state.PLAN] = plan

@@ -156,3 +156,14 @@ def test_eval_compare_to_with_speed_writes_the_run_dir(model_dir, tmp_path, data
     assert out["pruned"]["memory/load_peak_mb"] > 0 and out["original"]["disk_mb"] > out["pruned"]["disk_mb"]
     assert 0 <= out["comparison"]["agreement/wikitext2"] <= 1 and "speedup/decode/bs8" in out["comparison"]
     assert "acc/arc_easy" in out["pruned"] and (tmp_path / "run" / "lm_eval_pruned.json").is_file()
+
+
+def test_plan_with_a_searched_allocation_and_obs_reselection(model_dir, calib_file, tmp_path):
+    out = _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "obs", "--ratio", "0.3",
+                                    "--allocation", "search", "--search-generations", "2", "--search-offspring", "2",
+                                    "--protect", "", "--calib-file", str(calib_file), "--n-samples", "8",
+                                    "--calib-seq-len", "16", "--recon-select", "obs", "--out", str(tmp_path / "m"),
+                                    "--json"]))
+    plan = PruningPlan.load(tmp_path / "m" / "pruning_plan.json")
+    assert plan.provenance["search"]["evaluations"] == 5 and plan.provenance["reconstruction"]["select"] == "obs"
+    assert out["params_after"] == plan.predicted_params

@@ -56,7 +56,8 @@ def test_every_declared_option_is_offered_by_some_command():
 
 def test_choices_help_and_types_come_from_the_field():
     spec = {s.name: s for s in describe(PlanConfig)}
-    assert spec["allocation"].choices == ("uniform", "global", "schedule") and "uniform" in spec["allocation"].help
+    assert spec["allocation"].choices == ("uniform", "global", "schedule", "search")
+    assert "uniform" in spec["allocation"].help
     protect = spec["protected_layers"]
     assert protect.multiple and protect.optional and protect.type is int
     assert spec["ratio"].type is float and spec["ratio"].default == 0.2

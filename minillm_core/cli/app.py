@@ -99,13 +99,25 @@ def calibration(calib: workflow.CalibrationConfig, seed: int) -> workflow.Calibr
     return dataclasses.replace(calib, seed=seed)
 
 
-def score_model(loaded, score: workflow.ScoreConfig, calib: workflow.CalibrationConfig, data_dir: Path | None,
-                bar: Bar) -> workflow.GroupScores:
-    """Score with the calibration the scorer needs (built only if it needs any)."""
-    calib = calibration(calib, score.seed)
-    if workflow.needs_calibration(score):
-        stderr(f"calibration: {calib.n_samples} x {calib.seq_len} tokens from {calib.source}")
-    return workflow.score(loaded, score, calib, progress=bar, data_dir=data_dir)
+class CalibrationRows:
+    """The calibration token rows of one command, built at most once (scoring, the search and the re-fit share
+    them; the `self` source generates text, which takes a while)."""
+
+    def __init__(self, loaded, calib: workflow.CalibrationConfig, seed: int, data_dir: Path | None) -> None:
+        self.loaded, self.config, self.data_dir = loaded, calibration(calib, seed), data_dir
+        self._rows = None
+
+    def __call__(self):
+        if self._rows is None:
+            c = self.config
+            stderr(f"calibration: {c.n_samples} x {c.seq_len} tokens from {c.source}")
+            self._rows = workflow.calibrate(self.loaded, c, self.data_dir)
+        return self._rows
+
+
+def score_model(loaded, score: workflow.ScoreConfig, rows: CalibrationRows, bar: Bar) -> workflow.GroupScores:
+    """Score with the calibration rows the scorer needs (built only if it needs any)."""
+    return workflow.score(loaded, score, rows() if workflow.needs_calibration(score) else None, progress=bar)
 
 
 def main() -> None:

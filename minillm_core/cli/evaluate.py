@@ -13,7 +13,18 @@ from typing import Annotated, Any
 import typer
 
 from minillm_core import workflow
-from minillm_core.cli.app import Bar, DataDirOpt, JsonOpt, app, emit, load, score_model, stderr, user_errors
+from minillm_core.cli.app import (
+    Bar,
+    CalibrationRows,
+    DataDirOpt,
+    JsonOpt,
+    app,
+    emit,
+    load,
+    score_model,
+    stderr,
+    user_errors,
+)
 from minillm_core.cli.options import Only, config_command
 from minillm_core.errors import MiniLLMError
 from minillm_core.workflow import CalibrationConfig, EvalConfig, LoadConfig, PlanConfig, ScoreConfig
@@ -196,7 +207,7 @@ def search(
             raise MiniLLMError(f"--ratios must be comma-separated numbers, got {ratios!r}") from None
         loaded = load(load_config)
         with Bar(not as_json) as bar:
-            scores = score_model(loaded, score, calib, data_dir, bar)
+            scores = score_model(loaded, score, CalibrationRows(loaded, calib, score.seed, data_dir), bar)
             result = run_search(loaded.model, loaded.tokenizer, scores, c, plan, _with_data(evaluation, data_dir),
                                 ratios=grid, low=low, high=high, tolerance=tolerance, progress=bar)
         if out:

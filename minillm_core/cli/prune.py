@@ -14,6 +14,7 @@ import typer
 from minillm_core import workflow
 from minillm_core.cli.app import (
     Bar,
+    CalibrationRows,
     DataDirOpt,
     JsonOpt,
     app,
@@ -26,7 +27,14 @@ from minillm_core.cli.app import (
 )
 from minillm_core.cli.options import config_command
 from minillm_core.errors import MiniLLMError
-from minillm_core.workflow import CalibrationConfig, LoadConfig, PlanConfig, ReconstructConfig, ScoreConfig
+from minillm_core.workflow import (
+    CalibrationConfig,
+    LoadConfig,
+    PlanConfig,
+    ReconstructConfig,
+    ScoreConfig,
+    SearchConfig,
+)
 
 
 def _print_summary(summary: workflow.PlanSummary) -> None:
@@ -63,9 +71,12 @@ def scorers(as_json: JsonOpt = False) -> None:
         for n, r in rows.items())))
 
 
-def _scored_plan(loaded, score: ScoreConfig, calib: CalibrationConfig, plan: PlanConfig, data_dir, bar: Bar
-                 ) -> workflow.PruningPlan:
-    scores = score_model(loaded, score, calib, data_dir, bar)
+def _scored_plan(loaded, score: ScoreConfig, rows: CalibrationRows, plan: PlanConfig, search: SearchConfig,
+                 recon: ReconstructConfig, bar: Bar) -> workflow.PruningPlan:
+    scores = score_model(loaded, score, rows, bar)
+    if plan.allocation == "search":
+        stderr(f"searching per-layer widths: {search.generations} generations x {search.offspring} candidates")
+        return workflow.search_plan(loaded, scores, plan, rows(), search, recon, progress=bar)
     return workflow.make_plan(loaded, scores, plan)
 
 
@@ -76,6 +87,7 @@ def plan_cmd(
     score: ScoreConfig,
     plan: PlanConfig,
     calib: CalibrationConfig,
+    search: SearchConfig,
     data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the plan JSON here (replayable with `prune --plan`).")] = None,
     as_json: JsonOpt = False,
@@ -84,7 +96,8 @@ def plan_cmd(
     with user_errors():
         loaded = load(load_config)
         with Bar(not as_json) as bar:
-            p = _scored_plan(loaded, score, calib, plan, data_dir, bar)
+            rows = CalibrationRows(loaded, calib, score.seed, data_dir)
+            p = _scored_plan(loaded, score, rows, plan, search, ReconstructConfig(), bar)
         summary = workflow.summary_of(p, loaded.model)
         if out is not None:
             p.save(out)
@@ -102,6 +115,7 @@ def prune(
     plan: PlanConfig,
     calib: CalibrationConfig,
     recon: ReconstructConfig,
+    search: SearchConfig,
     data_dir: DataDirOpt = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Replay a saved plan instead of scoring.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
@@ -116,16 +130,15 @@ def prune(
             raise MiniLLMError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
         loaded = load(load_config)
         with Bar(not as_json) as bar:
+            rows = CalibrationRows(loaded, calib, score.seed, data_dir)
             p = workflow.PruningPlan.load(plan_file) if plan_file else _scored_plan(
-                loaded, score, calib, plan, data_dir, bar)
+                loaded, score, rows, plan, search, recon, bar)
             summary = workflow.summary_of(p, loaded.model)
             t0 = time.perf_counter()
             report = None
             if recon.enabled:  # pruned in place one layer at a time: about one model's memory
-                c = calibration(calib, score.seed)
-                stderr(f"reconstruction: {c.n_samples} x {c.seq_len} tokens from {c.source}")
-                pruned, p, report = workflow.prune_and_reconstruct(
-                    loaded.model, p, workflow.calibrate(loaded, c, data_dir), recon, inplace=True, progress=bar)
+                pruned, p, report = workflow.prune_and_reconstruct(loaded.model, p, rows(), recon, inplace=True,
+                                                                   progress=bar)
             else:
                 pruned = workflow.prune(loaded.model, p, inplace=True)
         workflow.save(pruned, loaded.tokenizer, out, plan=p, overwrite=overwrite)
@@ -165,7 +178,7 @@ def score_cmd(
         loaded = load(load_config)
         with Bar(not as_json) as bar:
             t0 = time.perf_counter()
-            scores = score_model(loaded, score, calib, data_dir, bar)
+            scores = score_model(loaded, score, CalibrationRows(loaded, calib, score.seed, data_dir), bar)
             payload: dict[str, Any] = {"scorer": score.scorer, "options": scores.options,
                                        "seconds": round(time.perf_counter() - t0, 2),
                                        "per_layer_head_mean": [float(h.mean()) for h in scores.heads],

@@ -88,6 +88,13 @@ class ArchAdapter(ABC):
     def layers(self) -> Sequence[nn.Module]:
         """The decoder layers, in order."""
 
+    def replace_layer(self, index: int, layer: nn.Module) -> nn.Module:
+        """Put `layer` in place of decoder layer `index` (a searched variant); returns the layer it replaced."""
+        layers = self.layers()
+        old = layers[index]
+        layers[index] = layer  # every family keeps its layers in an nn.ModuleList
+        return old
+
     @abstractmethod
     def attention(self, layer: nn.Module) -> nn.Module:
         """The attention module of a decoder layer."""
