@@ -27,18 +27,22 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = RESULTS / "quality_parts"
 MODEL = "smollm2-135m"
-VARIANTS = {  # label -> (scorer, scorer options, allocation, reconstruction target or None, calibration source)
+VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, select) or None, calibration source)
     "flap": ("flap", {}, "uniform", None, "c4"),
-    "flap + reconstruct": ("flap", {}, "uniform", "local", "c4"),
-    "flap + reconstruct, schedule": ("flap", {}, "schedule", "local", "c4"),
-    "obs + reconstruct": ("obs", {}, "uniform", "local", "c4"),
-    "obs + reconstruct, schedule": ("obs", {}, "schedule", "local", "c4"),
-    "obs + reconstruct (dense target)": ("obs", {}, "uniform", "dense", "c4"),
-    "fms exact-layerwise + reconstruct": ("minillm", {"estimator": "exact-layerwise"}, "uniform", "local", "c4"),
-    "obs + reconstruct, self calibration": ("obs", {}, "uniform", "local", "self"),
+    "flap + reconstruct": ("flap", {}, "uniform", ("local", "plan"), "c4"),
+    "flap + reconstruct, schedule": ("flap", {}, "schedule", ("local", "plan"), "c4"),
+    "obs + reconstruct": ("obs", {}, "uniform", ("local", "plan"), "c4"),
+    "obs + reconstruct, dense target": ("obs", {}, "uniform", ("dense", "plan"), "c4"),
+    "obs sequential + reconstruct": ("obs", {}, "uniform", ("local", "obs"), "c4"),
+    "obs sequential + reconstruct, global": ("obs", {}, "global", ("local", "obs"), "c4"),
+    "obs sequential + reconstruct, searched": ("obs", {}, "search", ("local", "obs"), "c4"),
+    "fms exact-layerwise + reconstruct": ("minillm", {"estimator": "exact-layerwise"}, "uniform", ("local", "plan"),
+                                          "c4"),
+    "obs sequential + reconstruct, self calibration": ("obs", {}, "uniform", ("local", "obs"), "self"),
 }
-DEFAULT_VARIANTS = ("flap", "flap + reconstruct", "flap + reconstruct, schedule", "obs + reconstruct",
-                    "obs + reconstruct, schedule")
+DEFAULT_VARIANTS = ("flap", "flap + reconstruct", "obs + reconstruct", "obs sequential + reconstruct",
+                    "obs sequential + reconstruct, global", "obs sequential + reconstruct, searched",
+                    "fms exact-layerwise + reconstruct")
 DATASETS = ("wikitext2", "ptb")
 
 
@@ -59,7 +63,7 @@ def _perplexities(model, tokenizer, limit: int | None) -> dict[str, float]:
 def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dict:
     """One variant at one ratio in this process: prune (timed, peak memory), then evaluate."""
     from minillm_core import workflow
-    from minillm_core.workflow import CalibrationConfig, PlanConfig, ReconstructConfig, ScoreConfig
+    from minillm_core.workflow import CalibrationConfig, PlanConfig, ReconstructConfig, ScoreConfig, SearchConfig
 
     torch.manual_seed(0)
     loaded = workflow.load(MODEL, dtype="float32", device="cpu")
@@ -71,30 +75,36 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
         t0 = time.perf_counter()
         workflow.score(loaded.model, ScoreConfig("wanda-sp"), calib)
         return row | {"prune_s": time.perf_counter() - t0, "rss_prune_mb": _rss_mb()}
-    scorer, options, allocation, target, source = VARIANTS[label]
+    scorer, options, allocation, refit, source = VARIANTS[label]
     t0 = time.perf_counter()
     calib = workflow.calibrate(loaded, CalibrationConfig(source, n_samples=calib_rows, seq_len=128, seed=0))
     t_calib = time.perf_counter()
     scores = workflow.score(loaded.model, ScoreConfig(scorer, options), calib)
     t_score = time.perf_counter()
     base = workflow.plan_defaults(loaded.model)
-    plan = workflow.make_plan(loaded, scores, PlanConfig(ratio=ratio, allocation=allocation,
-                                                         protected_layers=base.protected_layers))
+    config = PlanConfig(ratio=ratio, allocation=allocation, protected_layers=base.protected_layers)
+    recon = ReconstructConfig(target=refit[0], select=refit[1]) if refit else ReconstructConfig(enabled=False)
+    if allocation == "search":
+        plan = workflow.search_plan(loaded, scores, config, calib, SearchConfig(), recon)
+    else:
+        plan = workflow.make_plan(loaded, scores, config)
+    t_plan = time.perf_counter()
     summary = workflow.summary_of(plan, loaded.model)
     report = None
-    if target is None:  # in place, as `minillm prune` does: one model in memory
+    if refit is None:  # in place, as `minillm prune` does: one model in memory
         pruned = workflow.prune(loaded.model, plan, inplace=True)
     else:
-        pruned, report = workflow.prune_and_reconstruct(loaded.model, plan, calib, ReconstructConfig(target=target),
-                                                        inplace=True)
+        pruned, plan, report = workflow.prune_and_reconstruct(loaded.model, plan, calib, recon, inplace=True)
     t_end = time.perf_counter()
     rss = _rss_mb()
-    row |= {"scorer": scorer, "options": options, "allocation": allocation, "reconstruct": target,
+    row |= {"scorer": scorer, "options": options, "allocation": allocation, "reconstruct": refit,
             "calibration": source, "removed_fraction": summary.removed_fraction,
             "removed_fraction_blocks": summary.removed_fraction_non_embedding,
             "widths": [[len(k.heads), len(k.channels)] for k in plan.layers],
             "calibrate_s": t_calib - t0, "score_s": t_score - t_calib, "prune_s": t_end - t0,
-            "reconstruct_s": t_end - t_score if target else 0.0, "rss_prune_mb": rss}
+            "plan_s": t_plan - t_score, "reconstruct_s": t_end - t_plan if refit else 0.0, "rss_prune_mb": rss}
+    if allocation == "search":
+        row["search"] = plan.provenance["search"]
     if report is not None:
         errs = [(r["error_before"], r["error_after"]) for r in report["projections"]]
         row["mean_projection_error"] = [sum(e[0] for e in errs) / len(errs), sum(e[1] for e in errs) / len(errs)]
@@ -112,32 +122,38 @@ def _fmt(x, spec: str = ".1f") -> str:
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     dense = next((r for r in rows if r["variant"] == "dense"), {})
-    wanda = next((r for r in rows if r["variant"] == "wanda-sp scoring"), {})
+    wanda = {r["calibration_rows"]: r for r in rows if r["variant"] == "wanda-sp scoring"}
     windows = "full splits" if not args.limit else f"first {args.limit} windows"
     lines = [
         "# Quality: reconstruction, OBS selection and per-layer ratios (issue 11)", "",
         f"SmolLM2-135M (float32, CPU, {os.environ.get('OMP_NUM_THREADS', '?')} thread(s)), c4 calibration "
-        f"{args.calib} x 128 tokens (seed 0) for every variant unless stated, default protected layers, no recovery. "
+        f"{' / '.join(map(str, args.calib_curve or [args.calib]))} x 128 tokens (seed 0) for every variant unless "
+        "stated, default protected layers, no recovery. "
         f"Perplexity: 128-token windows, {windows} of WikiText-2 test and PTB validation. Prune time = calibration "
         "+ scoring + planning + surgery + reconstruction; peak = process max RSS before evaluation (includes the "
         f"loaded model). Reproduce: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/bench_quality.py "
-        f"--limit {args.limit} --calib {args.calib}`.", "",
+        f"--limit {args.limit} " + (f"--calib-curve {' '.join(map(str, args.calib_curve))}" if args.calib_curve
+                                    else f"--calib {args.calib}") + f" --ratios {' '.join(map(str, args.ratios))}"
+        + f" --variants {' '.join(repr(v) for v in args.variants)}`.", "",
         f"Dense: WikiText-2 {_fmt(dense.get('ppl/wikitext2'), '.2f')}, PTB {_fmt(dense.get('ppl/ptb'), '.2f')}. "
-        f"Wanda-sp scoring peak: {_fmt(wanda.get('rss_prune_mb'), '.0f')} MB.", "",
-        "| ratio | variant | removed (all / blocks) | WikiText-2 | PTB | prune s | reconstruct s | peak MB | "
-        "peak / wanda-sp |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if "removed_fraction" in r), key=lambda r: (r["ratio"], list(VARIANTS).index(
-            r["variant"]))):
-        rel = r["rss_prune_mb"] / wanda["rss_prune_mb"] if wanda else None
+        "Wanda-sp scoring peak: "
+        + ", ".join(f"{r['rss_prune_mb']:.0f} MB ({c} rows)" for c, r in sorted(wanda.items())) + ".", "",
+        "| ratio | variant | calib rows | removed (all / blocks) | WikiText-2 | PTB | prune s | score s | plan s | "
+        "re-fit s | peak MB | peak / wanda-sp |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if "removed_fraction" in r), key=lambda r: (
+            r["ratio"], list(VARIANTS).index(r["variant"]), r["calibration_rows"])):
+        ref = wanda.get(r["calibration_rows"])
+        rel = r["rss_prune_mb"] / ref["rss_prune_mb"] if ref else None
         lines.append(
-            f"| {r['ratio']:.0%} | {r['variant']} | {r['removed_fraction']:.1%} / {r['removed_fraction_blocks']:.1%} "
-            f"| {r['ppl/wikitext2']:.1f} | {r['ppl/ptb']:.1f} | {r['prune_s']:.0f} | {r['reconstruct_s']:.0f} | "
-            f"{r['rss_prune_mb']:.0f} | {_fmt(rel, '.2f')} |")
+            f"| {r['ratio']:.0%} | {r['variant']} | {r['calibration_rows']} | "
+            f"{r['removed_fraction']:.1%} / {r['removed_fraction_blocks']:.1%} "
+            f"| {r['ppl/wikitext2']:.1f} | {r['ppl/ptb']:.1f} | {r['prune_s']:.0f} | {r['score_s']:.0f} | "
+            f"{r.get('plan_s', 0):.0f} | {r['reconstruct_s']:.0f} | {r['rss_prune_mb']:.0f} | {_fmt(rel, '.2f')} |")
     lines += ["", "Targets (full WikiText-2 split): 20% <= 90, 50% <= 350; prune peak <= 1.3x Wanda-sp scoring; "
               "default pipeline under 5 minutes.", ""]
     meta = {"machine": platform.platform(), "torch": torch.__version__, "limit": args.limit, "calib": args.calib,
             "threads": os.environ.get("OMP_NUM_THREADS")}
-    stem = "quality" if args.limit else "quality_full"
+    stem = "quality_calibration" if args.calib_curve else "quality" if args.limit else "quality_full"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -149,6 +165,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--limit", type=int, default=40, help="windows per data set; 0 = full splits")
     parser.add_argument("--calib", type=int, default=64, help="calibration rows (x 128 tokens)")
+    parser.add_argument("--calib-curve", type=int, nargs="+", help="run each variant at these calibration sizes "
+                        "instead (writes quality_calibration.*)")
     parser.add_argument("--one", nargs=2, metavar=("LABEL", "RATIO"), help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true", help="re-run rows already in quality_parts/")
     args = parser.parse_args()
@@ -163,16 +181,18 @@ def main() -> None:
         tmp.replace(out)
         return
     PARTS.mkdir(parents=True, exist_ok=True)
-    jobs = [("dense", 0.0), ("wanda-sp scoring", 0.0)] + [(v, r) for r in args.ratios for v in args.variants]
+    sizes = args.calib_curve or [args.calib]
+    jobs = [("dense", 0.0, sizes[0])] + [("wanda-sp scoring", 0.0, c) for c in sizes]
+    jobs += [(v, r, c) for c in sizes for r in args.ratios for v in args.variants]
     rows = []
-    for label, ratio in jobs:
-        part = _part(label, ratio, limit, args.calib)
+    for label, ratio, calib in jobs:
+        part = _part(label, ratio, limit, calib)
         if args.force or not part.exists():
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "--one", label, str(ratio), "--limit", str(args.limit),
-                   "--calib", str(args.calib)]
+                   "--calib", str(calib)]
             subprocess.run(cmd, check=True)
-            print(f"{label} @ {ratio}: {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"{label} @ {ratio}, {calib} rows: {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append(json.loads(part.read_text()))
     report(rows, args)
 

@@ -46,8 +46,9 @@ class ReconstructConfig:
     target: str = option("local", "local: the original layer's output on the pruned model's inputs; dense: the dense "
                          "model's own activations (OSSCAR; also corrects earlier layers' error).", choices=TARGETS,
                          cli="recon-target", label="re-fit target")
-    select: str = option("plan", "plan: keep the units the plan chose; obs: re-choose each layer's heads/channels "
-                         "(same widths) by OBS on the pruned model's own inputs as the layers go (SlimGPT).",
+    select: str = option("obs", "obs: re-choose each layer's heads/channels (same widths) by OBS on the pruned "
+                         "model's own inputs as the layers go (SlimGPT; the best measured, bench/results/quality.md); "
+                         "plan: keep the units the plan's scores chose.",
                          choices=SELECTIONS, cli="recon-select", label="units kept")
     batch_size: int = 8
 
@@ -259,19 +260,27 @@ def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanInd
     return report
 
 
+#: Re-fit the units the plan kept (what `reconstruct` does: an already pruned model cannot re-choose them).
+REFIT_PLAN_UNITS = ReconstructConfig(select="plan")
+
+
 def reconstruct(
     original: nn.Module,
     pruned: nn.Module,
     kept: list[LayerPlanIndices],
     calibration: torch.Tensor,
-    config: ReconstructConfig = ReconstructConfig(),  # frozen: safe as a default
+    config: ReconstructConfig = REFIT_PLAN_UNITS,
     progress: Progress = no_progress,
 ) -> ReconstructReport:
     """Re-fit, in place, the output projections of every pruned layer of `pruned` (a pruned copy of `original`).
 
     `kept[i]`: the kept indices of layer i in the original's numbering (`PruningPlan.layers`); `calibration`:
     [n, seq] token ids. `original` is only read. Returns the per-projection relative errors before/after.
+    Units are the plan's (`config.select` must be "plan"); `prune_and_reconstruct` can re-choose them.
     """
+    if config.select != "plan":
+        raise MiniLLMError("re-fitting an already pruned model keeps the plan's units; to re-choose them by OBS "
+                           "prune with prune_and_reconstruct (select='obs')")
     da, pa = get_adapter(original), get_adapter(pruned)
     with eval_mode(original), eval_mode(pruned):
         xs = first_layer_inputs(pruned, pa, calibration, config.batch_size)

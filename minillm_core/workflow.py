@@ -332,10 +332,12 @@ def prune(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Modu
 def reconstruct(original: nn.Module, pruned: nn.Module, plan: PruningPlan, calibration: torch.Tensor,
                 config: ReconstructConfig | None = None, progress: Progress = no_progress) -> dict[str, Any]:
     """Re-fit, in place, the kept output-projection columns of every pruned layer of `pruned` (a `prune` of
-    `original`) on `calibration` [n, seq]; returns the per-projection errors before/after (for provenance)."""
+    `original`) on `calibration` [n, seq], keeping the plan's units; returns the per-projection errors before/after
+    (for provenance). `prune_and_reconstruct` is the default path (in place, and it can re-choose units)."""
+    from minillm_core.reconstruction import REFIT_PLAN_UNITS
     from minillm_core.reconstruction import reconstruct as refit_layers
 
-    config = config or ReconstructConfig()
+    config = config or REFIT_PLAN_UNITS
     report = refit_layers(original, pruned, plan.layers, calibration, config, progress)
     return {"target": config.target, "damping": config.damping, "calibration_rows": int(calibration.shape[0]),
             **report.to_dict()}
@@ -445,20 +447,23 @@ def prune_and_evaluate(
     elif evaluate_original:
         orig_m, details["original"] = evaluate(original, tokenizer, config, original_dir,
                                                progress=step(EVALUATE_ORIGINAL))
+    extra: dict[str, Any] = {}
     if pruned is None:
         if plan is None:
             raise MiniLLMError("prune_and_evaluate needs a plan or an already pruned model")
         step(PRUNE)
-        pruned = prune(original, plan)  # a copy: the original stays intact for the comparison
-    extra: dict[str, Any] = {}
-    if reconstruction is not None and plan is not None and reconstruction[0].enabled:
-        settings, calibration = reconstruction
-        progress = step(RECONSTRUCT)
-        if config.perplexity:
-            quick = dataclasses.replace(config, tasks=(), speed=False)
-            details["before_reconstruction"] = evaluate(pruned, tokenizer, quick, progress=progress)[0]
-        extra["reconstruction"] = reconstruct(original, pruned, plan, calibration, settings, progress)
-        plan = with_reconstruction(plan, extra["reconstruction"])
+        refit = reconstruction is not None and reconstruction[0].enabled
+        if not refit or config.perplexity:
+            pruned = prune(original, plan)  # a copy: the original stays intact for the comparison
+        if refit:
+            settings, calibration = reconstruction
+            progress = step(RECONSTRUCT)
+            if pruned is not None:  # the model as cut, measured once, then pruned again with the re-fit
+                quick = dataclasses.replace(config, tasks=(), speed=False)
+                details["before_reconstruction"] = evaluate(pruned, tokenizer, quick, progress=progress)[0]
+                del pruned
+            pruned, plan, extra["reconstruction"] = prune_and_reconstruct(original, plan, calibration, settings,
+                                                                          progress=progress)
     model_dir = None
     if out_dir is not None:
         step(SAVE)

@@ -94,7 +94,7 @@ def test_reconstruction_brings_the_pruned_model_closer(kind, target):
     naive = workflow.prune(model, plan)
     refitted = workflow.prune(model, plan)
     hooks = _hook_count(model) + _hook_count(refitted)
-    report = reconstruct(model, refitted, plan.layers, calib, ReconstructConfig(target=target))
+    report = reconstruct(model, refitted, plan.layers, calib, ReconstructConfig(target=target, select="plan"))
     assert _hook_count(model) + _hook_count(refitted) == hooks  # every hook came off
     assert report.rows and all(r["error_after"] <= r["error_before"] + 1e-6 for r in report.rows)
     assert (_logits(refitted, held) - ref).pow(2).mean() < (_logits(naive, held) - ref).pow(2).mean()
@@ -106,7 +106,8 @@ def test_exact_recovery_when_the_removed_units_were_zero(kind):
     model, plan = _pruned(kind)
     zero_mask(get_adapter(model), plan.layers)  # removed heads/channels now contribute nothing
     pruned = workflow.prune(model, plan)
-    reconstruct(model, pruned, plan.layers, torch.randint(3, 96, (16, 24)), ReconstructConfig(damping=1e-9))
+    reconstruct(model, pruned, plan.layers, torch.randint(3, 96, (16, 24)),
+                ReconstructConfig(damping=1e-9, select="plan"))
     ids = torch.randint(3, 96, (4, 24))
     torch.testing.assert_close(_logits(pruned, ids), _logits(model, ids), atol=1e-4, rtol=1e-4)
 
@@ -122,6 +123,12 @@ def test_reconstruction_is_deterministic_and_leaves_the_original_alone():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
+def test_an_already_pruned_model_cannot_re_choose_its_units():
+    model, plan = _pruned("llama-gqa")
+    with pytest.raises(MiniLLMError, match="prune_and_reconstruct"):
+        reconstruct(model, workflow.prune(model, plan), plan.layers, torch.randint(3, 96, (4, 8)), ReconstructConfig())
+
+
 def test_config_is_validated():
     with pytest.raises(MiniLLMError, match="allowed: local, dense"):
         ReconstructConfig(target="global")
@@ -134,7 +141,7 @@ def test_config_is_validated():
 def test_pruning_in_place_layer_by_layer_gives_the_same_model(kind, target):
     model, plan = _pruned(kind)
     calib = torch.randint(3, 96, (8, 16), generator=torch.Generator().manual_seed(3))
-    config = ReconstructConfig(target=target)
+    config = ReconstructConfig(target=target, select="plan")  # the two-model path keeps the plan's units
     copied = workflow.prune(model, plan)
     reconstruct(model, copied, plan.layers, calib, config)
     inplace, after, report = workflow.prune_and_reconstruct(model, plan, calib, config, inplace=True)
@@ -159,7 +166,7 @@ def test_obs_reselection_keeps_the_widths_and_fits_at_least_as_well(kind):
     calib = torch.randint(3, 96, (16, 24), generator=torch.Generator().manual_seed(4))
     held = torch.randint(3, 96, (8, 24), generator=torch.Generator().manual_seed(5))
     ref = _logits(model, held)
-    fixed, _, _ = workflow.prune_and_reconstruct(model, plan, calib)
+    fixed, _, _ = workflow.prune_and_reconstruct(model, plan, calib, ReconstructConfig(select="plan"))
     chosen, after, report = workflow.prune_and_reconstruct(model, plan, calib, ReconstructConfig(select="obs"))
     # the plan's units were chosen at random (`_pruned`): units chosen on the data fit the original better
     assert (_logits(chosen, held) - ref).pow(2).mean() < (_logits(fixed, held) - ref).pow(2).mean()
