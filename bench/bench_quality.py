@@ -33,14 +33,14 @@ VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, se
     "flap + reconstruct, schedule": ("flap", {}, "schedule", ("local", "plan"), "c4"),
     "obs + reconstruct": ("obs", {}, "uniform", ("local", "plan"), "c4"),
     "obs + reconstruct, dense target": ("obs", {}, "uniform", ("dense", "plan"), "c4"),
-    "obs sequential + reconstruct": ("obs", {}, "uniform", ("local", "obs"), "c4"),
+    "default: flap + reconstruct, OBS re-selection": ("flap", {}, "uniform", ("local", "obs"), "c4"),
     "obs sequential + reconstruct, global": ("obs", {}, "global", ("local", "obs"), "c4"),
     "obs sequential + reconstruct, searched": ("obs", {}, "search", ("local", "obs"), "c4"),
     "fms exact-layerwise + reconstruct": ("minillm", {"estimator": "exact-layerwise"}, "uniform", ("local", "plan"),
                                           "c4"),
-    "obs sequential + reconstruct, self calibration": ("obs", {}, "uniform", ("local", "obs"), "self"),
+    "default, self calibration": ("flap", {}, "uniform", ("local", "obs"), "self"),
 }
-DEFAULT_VARIANTS = ("flap", "flap + reconstruct", "obs + reconstruct", "obs sequential + reconstruct",
+DEFAULT_VARIANTS = ("flap", "flap + reconstruct", "obs + reconstruct", "default: flap + reconstruct, OBS re-selection",
                     "obs sequential + reconstruct, global", "obs sequential + reconstruct, searched",
                     "fms exact-layerwise + reconstruct")
 DATASETS = ("wikitext2", "ptb")

@@ -16,7 +16,7 @@ from ui import state
 from ui.widgets import config_widgets
 
 LORA_OPTIONS = ("data", "n_samples", "epochs", "learning_rate", "rank", "merge")
-RECON_OPTIONS = ("enabled", "target", "damping")
+RECON_OPTIONS = ("enabled", "select", "target", "damping")
 
 
 def spec_form(plan) -> runs.RunSpec | None:
@@ -28,7 +28,7 @@ def spec_form(plan) -> runs.RunSpec | None:
         evaluation = config_widgets(runs.EvalConfig, "run.eval", runs.eval_config(),
                                     only=("perplexity", "tasks", "limit", "seq_len", "speed"))
         st.markdown("**Re-fit** (least squares on the session's calibration data, forward passes only)")
-        recon = config_widgets(runs.ReconstructConfig, "run.recon", only=RECON_OPTIONS, columns=3)
+        recon = config_widgets(runs.ReconstructConfig, "run.recon", only=RECON_OPTIONS, columns=4)
         original = st.checkbox("Also evaluate the original", value=True)
         recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
                                  help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")

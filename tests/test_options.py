@@ -119,4 +119,5 @@ def test_widget_defaults_are_the_dataclass_defaults(app):
     recon = runs.ReconstructConfig()
     assert app.checkbox(key="run.recon.enabled").value is recon.enabled
     assert app.selectbox(key="run.recon.target").value == recon.target
+    assert app.selectbox(key="run.recon.select").value == recon.select == "obs"
     assert app.number_input(key="run.recon.damping").value == recon.damping
