@@ -5,7 +5,9 @@ level removing the same number of parameters (`step`), so every candidate remove
 mutation moves one level from one layer to another. Each (layer, level) variant is pruned by the scores and
 re-fitted once, on the dense model's inputs to that layer, and cached; a candidate is scored by swapping its variants
 into the model and measuring the mean per-token KL divergence of its next-token distribution from the dense model's
-on held-out calibration rows. A (1 + lambda) loop keeps the best. Forward passes only; the cache holds every
+on held-out calibration rows. A (1 + lambda) loop keeps the best. The search may cut every layer that is not
+protected (pass no protected layers to let it decide); it starts from the uniform cut over the layers LLM-Pruner's
+rule would not protect. Forward passes only; the cache holds every
 variant's weights (about `levels` layers' worth per layer), the price of fitness evaluations that cost one forward.
 """
 
@@ -28,7 +30,7 @@ from minillm_core.groups import heads_to_keep
 from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import LayerPlanIndices
 from minillm_core.options import option
-from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan
+from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan, default_protected_layers
 from minillm_core.progress import Progress, no_progress
 from minillm_core.reconstruction import ReconstructConfig, _attention, _Layer, _mlp
 from minillm_core.scoring.base import GroupScores
@@ -147,6 +149,18 @@ def _mutate(levels: dict[int, int], max_level: dict[int, int], rng: random.Rando
     return child
 
 
+def _start(caps: dict[int, int], max_level: dict[int, int], per_layer: int, spared: tuple[int, ...]
+           ) -> dict[int, int]:
+    """The starting levels: the uniform cut over the searchable layers, except that layers LLM-Pruner's rule would
+    protect start untouched (their share goes to the others) when the search may cut them; capped per layer."""
+    total = len(caps) * per_layer
+    start = [i for i in caps if i not in spared] or list(caps)
+    levels = dict.fromkeys(caps, 0)
+    for k, i in enumerate(start):
+        levels[i] = min(max_level[i], total // len(start) + (k < total % len(start)))
+    return levels
+
+
 def search_plan(model: nn.Module, scores: GroupScores, geometry: ModelGeometry, config: PlanConfig,
                 calibration: torch.Tensor, search: SearchConfig = SearchConfig(),
                 recon: ReconstructConfig = ReconstructConfig(), model_name: str = "",
@@ -166,10 +180,7 @@ def search_plan(model: nn.Module, scores: GroupScores, geometry: ModelGeometry, 
                         f"{list(config.protected(geometry.num_layers))}; try a smaller ratio")
     step = target / (len(caps) * search.levels)
     max_level = {i: min(2 * search.levels, math.floor(cap / step)) for i, cap in caps.items()}
-    levels = dict.fromkeys(caps, search.levels)
-    over = {i for i in levels if levels[i] > max_level[i]}  # layers that cannot take the uniform cut: spread it
-    for i in over:
-        levels[i] = max_level[i]
+    levels = _start(caps, max_level, search.levels, default_protected_layers(geometry.num_layers))
     t0 = time.perf_counter()
     held, fit_rows = calibration[-search.held_rows:], calibration[: -search.held_rows]
     rng = random.Random(search.seed)
