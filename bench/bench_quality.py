@@ -27,7 +27,8 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = RESULTS / "quality_parts"
 MODEL = "smollm2-135m"
-VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, select) or None, calibration source)
+VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, select) or None, calibration source[,
+    # PlanConfig overrides])
     "flap": ("flap", {}, "uniform", None, "c4"),
     "flap + reconstruct": ("flap", {}, "uniform", ("local", "plan"), "c4"),
     "flap + reconstruct, schedule": ("flap", {}, "schedule", ("local", "plan"), "c4"),
@@ -39,6 +40,9 @@ VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, se
     "fms exact-layerwise + reconstruct": ("minillm", {"estimator": "exact-layerwise"}, "uniform", ("local", "plan"),
                                           "c4"),
     "default, self calibration": ("flap", {}, "uniform", ("local", "obs"), "self"),
+    "default, MLP channels only": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels"}),
+    "obs sequential + reconstruct, searched over all layers": ("obs", {}, "search", ("local", "obs"), "c4",
+                                                               {"protected_layers": ()}),
 }
 DEFAULT_VARIANTS = ("flap", "flap + reconstruct", "obs + reconstruct", "default: flap + reconstruct, OBS re-selection",
                     "obs sequential + reconstruct, global", "obs sequential + reconstruct, searched",
@@ -54,7 +58,7 @@ def _perplexities(model, tokenizer, limit: int | None) -> dict[str, float]:
     from minillm_core.evaluation.perplexity import perplexity_on
 
     out = {}
-    for name in DATASETS:
+    for name in os.environ.get("BENCH_QUALITY_DATASETS", ",".join(DATASETS)).split(","):
         r = perplexity_on(model, tokenizer, name, seq_len=128, limit=limit)
         out[f"ppl/{name}"], out[f"windows/{name}"] = r.ppl, r.n_windows
     return out
@@ -63,6 +67,7 @@ def _perplexities(model, tokenizer, limit: int | None) -> dict[str, float]:
 def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dict:
     """One variant at one ratio in this process: prune (timed, peak memory), then evaluate."""
     from minillm_core import workflow
+    from minillm_core.errors import MiniLLMError
     from minillm_core.workflow import CalibrationConfig, PlanConfig, ReconstructConfig, ScoreConfig, SearchConfig
 
     torch.manual_seed(0)
@@ -75,19 +80,23 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
         t0 = time.perf_counter()
         workflow.score(loaded.model, ScoreConfig("wanda-sp"), calib)
         return row | {"prune_s": time.perf_counter() - t0, "rss_prune_mb": _rss_mb()}
-    scorer, options, allocation, refit, source = VARIANTS[label]
+    scorer, options, allocation, refit, source, *more = VARIANTS[label]
     t0 = time.perf_counter()
     calib = workflow.calibrate(loaded, CalibrationConfig(source, n_samples=calib_rows, seq_len=128, seed=0))
     t_calib = time.perf_counter()
     scores = workflow.score(loaded.model, ScoreConfig(scorer, options), calib)
     t_score = time.perf_counter()
     base = workflow.plan_defaults(loaded.model)
-    config = PlanConfig(ratio=ratio, allocation=allocation, protected_layers=base.protected_layers)
+    overrides = {"protected_layers": base.protected_layers, **(more[0] if more else {})}
     recon = ReconstructConfig(target=refit[0], select=refit[1]) if refit else ReconstructConfig(enabled=False)
-    if allocation == "search":
-        plan = workflow.search_plan(loaded, scores, config, calib, SearchConfig(), recon)
-    else:
-        plan = workflow.make_plan(loaded, scores, config)
+    try:
+        config = PlanConfig(ratio=ratio, allocation=allocation, **overrides)
+        if allocation == "search":
+            plan = workflow.search_plan(loaded, scores, config, calib, SearchConfig(), recon)
+        else:
+            plan = workflow.make_plan(loaded, scores, config)
+    except MiniLLMError as exc:  # e.g. a ratio this variant cannot reach: recorded, not fatal
+        return row | {"error": str(exc)}
     t_plan = time.perf_counter()
     summary = workflow.summary_of(plan, loaded.model)
     report = None
@@ -113,7 +122,8 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
 
 def _part(label: str, ratio: float, limit: int | None, calib: int) -> Path:
     safe = "".join(c if c.isalnum() else "_" for c in label)
-    return PARTS / f"{safe}_{ratio}_{limit or 'full'}_{calib}.json"
+    sets = os.environ.get("BENCH_QUALITY_DATASETS", ",".join(DATASETS)).replace(",", "+")
+    return PARTS / f"{safe}_{ratio}_{limit or 'full'}_{calib}_{sets}.json"
 
 
 def _fmt(x, spec: str = ".1f") -> str:
@@ -133,8 +143,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         "+ scoring + planning + surgery + reconstruction; peak = process max RSS before evaluation (includes the "
         f"loaded model). Reproduce: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/bench_quality.py "
         f"--limit {args.limit} " + (f"--calib-curve {' '.join(map(str, args.calib_curve))}" if args.calib_curve
-                                    else f"--calib {args.calib}") + f" --ratios {' '.join(map(str, args.ratios))}"
-        + f" --variants {' '.join(repr(v) for v in args.variants)}`.", "",
+                                    else f"--calib {args.calib}")
+        + (f" --pairs {' '.join(repr(p) for p in args.pairs)}" if args.pairs
+           else f" --ratios {' '.join(map(str, args.ratios))} --variants {' '.join(repr(v) for v in args.variants)}")
+        + f" --datasets {' '.join(args.datasets)}{' --no-references' if args.no_references else ''}`.", "",
         f"Dense: WikiText-2 {_fmt(dense.get('ppl/wikitext2'), '.2f')}, PTB {_fmt(dense.get('ppl/ptb'), '.2f')}. "
         "Wanda-sp scoring peak: "
         + ", ".join(f"{r['rss_prune_mb']:.0f} MB ({c} rows)" for c, r in sorted(wanda.items())) + ".", "",
@@ -149,6 +161,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             f"{r['removed_fraction']:.1%} / {r['removed_fraction_blocks']:.1%} "
             f"| {r['ppl/wikitext2']:.1f} | {r['ppl/ptb']:.1f} | {r['prune_s']:.0f} | {r['score_s']:.0f} | "
             f"{r.get('plan_s', 0):.0f} | {r['reconstruct_s']:.0f} | {r['rss_prune_mb']:.0f} | {_fmt(rel, '.2f')} |")
+    lines += [f"| {r['ratio']:.0%} | {r['variant']} | {r['calibration_rows']} | not possible: {r['error']} |"
+              for r in rows if "error" in r]
     lines += ["", "Targets (full WikiText-2 split): 20% <= 90, 50% <= 350; prune peak <= 1.3x Wanda-sp scoring; "
               "default pipeline under 5 minutes.", ""]
     meta = {"machine": platform.platform(), "torch": torch.__version__, "limit": args.limit, "calib": args.calib,
@@ -169,6 +183,10 @@ def main() -> None:
                         "instead (writes quality_calibration.*)")
     parser.add_argument("--one", nargs=2, metavar=("LABEL", "RATIO"), help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true", help="re-run rows already in quality_parts/")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--no-references", action="store_true", help="skip the dense and Wanda-sp rows")
+    parser.add_argument("--pairs", nargs="+", metavar="VARIANT@RATIO", help="run just these (variant, ratio) pairs "
+                        "instead of every variant at every ratio")
     args = parser.parse_args()
     limit = args.limit or None
     if args.one:
@@ -182,8 +200,16 @@ def main() -> None:
         return
     PARTS.mkdir(parents=True, exist_ok=True)
     sizes = args.calib_curve or [args.calib]
-    jobs = [("dense", 0.0, sizes[0])] + [("wanda-sp scoring", 0.0, c) for c in sizes]
-    jobs += [(v, r, c) for c in sizes for r in args.ratios for v in args.variants]
+    os.environ["BENCH_QUALITY_DATASETS"] = ",".join(args.datasets)  # read by the per-variant processes
+    jobs = [] if args.no_references else [("dense", 0.0, sizes[0])] + [("wanda-sp scoring", 0.0, c) for c in sizes]
+    if args.pairs:
+        pairs = [(v, float(r)) for v, _, r in (p.rpartition("@") for p in args.pairs)]
+        unknown = sorted({v for v, _ in pairs} - set(VARIANTS))
+        if unknown:
+            parser.error(f"unknown variants {unknown}; allowed: {', '.join(VARIANTS)}")
+        jobs += [(v, r, c) for c in sizes for v, r in pairs]
+    else:
+        jobs += [(v, r, c) for c in sizes for r in args.ratios for v in args.variants]
     rows = []
     for label, ratio, calib in jobs:
         part = _part(label, ratio, limit, calib)
