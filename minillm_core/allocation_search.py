@@ -32,10 +32,10 @@ from minillm_core.modeling.base import LayerPlanIndices
 from minillm_core.options import option
 from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan, default_protected_layers
 from minillm_core.progress import Progress, no_progress
-from minillm_core.reconstruction import ReconstructConfig, _attention, _Layer, _mlp
+from minillm_core.reconstruction import ReconstructConfig, refit_layer
 from minillm_core.scoring.base import GroupScores
 from minillm_core.scoring.engine.forward import eval_mode
-from minillm_core.sequential import first_layer_inputs
+from minillm_core.sequential import LayerInput, first_layer_inputs
 from minillm_core.surgery import prune_layer
 
 
@@ -80,34 +80,25 @@ class _Variants:
         self.dense = list(self.adapter.layers())
         self.cache: dict[tuple[int, int], nn.Module] = {}
         xs = first_layer_inputs(model, self.adapter, calibration, ReconstructConfig.batch_size)
-        for done, i in enumerate(range(geometry.num_layers)):
+        for i in range(geometry.num_layers):
             for level in range(1, max_level.get(i, 0) + 1):
                 kept = _kept(scores, geometry, config, i, level * step)
-                self.cache[i, level] = self._variant(i, kept, xs, damping)
+                self.cache[i, level] = self._variant(i, geometry, kept, xs, damping)
             with torch.no_grad():
                 xs = [x.advanced(self.dense[i]) for x in xs]
-            progress(done + 1, geometry.num_layers, "search: prune and re-fit layer variants")
+            progress(i + 1, geometry.num_layers, "search: prune and re-fit layer variants")
 
-    def _variant(self, i: int, kept: LayerPlanIndices, xs: list, damping: float) -> nn.Module:
-        variant = copy.deepcopy(self.dense[i])
-        self.adapter.replace_layer(i, variant)
+    def _variant(self, i: int, geometry: ModelGeometry, kept: LayerPlanIndices, xs: list[LayerInput],
+                 damping: float) -> nn.Module:
+        """A pruned copy of dense layer i, re-fitted on the dense model's inputs `xs` to that layer."""
+        self.adapter.replace_layer(i, copy.deepcopy(self.dense[i]))
         try:
-            prune_layer(self.adapter, i, kept)
+            prune_layer(self.adapter, i, kept)  # surgery works on the model's layer i: the copy, for now
             variant = self.adapter.layers()[i]
-            layer = _Layer(self.adapter, self.dense[i], variant, kept)
-            if len(kept.heads) < self.dense_heads(i):
-                _attention(layer, xs, None, damping)
-            if len(kept.channels) < self.dense_channels(i):
-                _mlp(layer, xs, None, damping)
+            refit_layer(self.adapter, geometry.layers[i], self.dense[i], variant, kept, xs, None, damping)
         finally:
             self.adapter.replace_layer(i, self.dense[i])
         return variant
-
-    def dense_heads(self, i: int) -> int:
-        return self.adapter.attention_out_proj(self.dense[i]).in_features // self.adapter.head_dim
-
-    def dense_channels(self, i: int) -> int:
-        return self.adapter.mlp_out_proj(self.dense[i]).in_features
 
     def install(self, levels: dict[int, int]) -> None:
         for i, level in levels.items():

@@ -237,6 +237,19 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
     return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets), damping)
 
 
+def refit_layer(adapter: ArchAdapter, shape: LayerShape, dense: nn.Module, pruned: nn.Module, kept: LayerPlanIndices,
+                xs: list[LayerInput], xd: list[LayerInput] | None, damping: float) -> list[dict[str, Any]]:
+    """Re-fit, in place, the output projections of `pruned` (layer `dense` of original widths `shape`, cut to
+    `kept`) on its inputs `xs` (targets from `xd` when given); one row of errors per re-fitted projection."""
+    layer = _Layer(adapter, dense, pruned, kept)
+    rows = []
+    if len(kept.heads) < shape.num_heads:
+        rows.append({"projection": "attention", **_attention(layer, xs, xd, damping)})
+    if len(kept.channels) < shape.intermediate:
+        rows.append({"projection": "mlp", **_mlp(layer, xs, xd, damping)})
+    return rows
+
+
 #: `pair(i, inputs)` -> (layer i's original shape, its dense module, its pruned module, its kept units), called in
 #: layer order with the layer's inputs.
 LayerPair = Callable[[int, list[LayerInput]], tuple[LayerShape, nn.Module, nn.Module, LayerPlanIndices]]
@@ -248,11 +261,8 @@ def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanInd
     report = ReconstructReport()
     for i in range(len(kept)):
         shape, dense, pruned, k = pair(i, xs)
-        layer = _Layer(adapter, dense, pruned, k)
-        if len(k.heads) < shape.num_heads:
-            report.rows.append({"layer": i, "projection": "attention", **_attention(layer, xs, xd, config.damping)})
-        if len(k.channels) < shape.intermediate:
-            report.rows.append({"layer": i, "projection": "mlp", **_mlp(layer, xs, xd, config.damping)})
+        report.rows += [{"layer": i, **row} for row in refit_layer(adapter, shape, dense, pruned, k, xs, xd,
+                                                                  config.damping)]
         with torch.no_grad():
             xs = [x.advanced(pruned) for x in xs]
             xd = [x.advanced(dense) for x in xd] if xd is not None else None
