@@ -137,23 +137,28 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     dense = next((r for r in rows if r["variant"] == "dense"), {})
     wanda = {r["calibration_rows"]: r for r in rows if r["variant"] == "wanda-sp scoring"}
     windows = "full splits" if not args.limit else f"first {args.limit} windows"
-    if not dense:
-        dense = {"ppl/wikitext2": DENSE_FULL[0], "ppl/ptb": DENSE_FULL[1]} if not args.limit else {}
+    quoted = not dense and not args.limit
+    if quoted:
+        dense = {"ppl/wikitext2": DENSE_FULL[0], "ppl/ptb": DENSE_FULL[1]}
     lines = [
         "# Quality: reconstruction, OBS selection and per-layer ratios (issue 11)", "",
         f"SmolLM2-135M (float32, CPU, {os.environ.get('OMP_NUM_THREADS', '?')} thread(s)), c4 calibration "
         f"{' / '.join(map(str, args.calib_curve or [args.calib]))} x 128 tokens (seed 0) for every variant unless "
         "stated, default protected layers, no recovery. "
-        f"Perplexity: 128-token windows, {windows} of WikiText-2 test and PTB validation. Prune time = calibration "
+        f"Perplexity: 128-token windows, {windows} of "
+        + " and ".join({"wikitext2": "WikiText-2 test", "ptb": "PTB validation"}[d] for d in args.datasets)
+        + ". Prune time = calibration "
         "+ scoring + planning + surgery + reconstruction; peak = process max RSS before evaluation (includes the "
-        f"loaded model). Reproduce: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python bench/bench_quality.py "
+        f"loaded model). Reproduce: `MINILLM_DATA_DIR=../shared/data "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python bench/bench_quality.py "
         f"--limit {args.limit} " + (f"--calib-curve {' '.join(map(str, args.calib_curve))}" if args.calib_curve
                                     else f"--calib {args.calib}")
         + (f" --pairs {' '.join(repr(p) for p in args.pairs)}" if args.pairs
            else f" --ratios {' '.join(map(str, args.ratios))} --variants {' '.join(repr(v) for v in args.variants)}")
         + f" --datasets {' '.join(args.datasets)}{' --no-references' if args.no_references else ''}`.", "",
-        f"Dense: WikiText-2 {_fmt(dense.get('ppl/wikitext2'), '.2f')}, PTB {_fmt(dense.get('ppl/ptb'), '.2f')}. "
-        "Wanda-sp scoring peak: "
+        f"Dense: WikiText-2 {_fmt(dense.get('ppl/wikitext2'), '.2f')}, PTB {_fmt(dense.get('ppl/ptb'), '.2f')}"
+        + (" (quoted from scoring.md, not measured in this run). " if quoted else ". ")
+        + "Wanda-sp scoring peak: "
         + ", ".join(f"{r['rss_prune_mb']:.0f} MB ({c} rows)" for c, r in sorted(wanda.items())) + ".", "",
         "| ratio | variant | calib rows | removed (all / blocks) | WikiText-2 | PTB | prune s | score s | plan s | "
         "re-fit s | peak MB | peak / wanda-sp |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
