@@ -352,8 +352,13 @@ def prune_and_reconstruct(model: nn.Module, plan: PruningPlan, calibration: torc
     and the report."""
     from minillm_core.reconstruction import prune_and_reconstruct as refit_while_pruning
 
-    plan.validate(geometry_of(model))
+    geometry = geometry_of(model)
+    plan.validate(geometry)
     config = config or ReconstructConfig()
+    widest = max(s.intermediate for s in geometry.layers)
+    if calibration.numel() < 2 * widest:  # measured: 1,024 tokens for SmolLM2's 1,536 channels did worse than no re-fit
+        logger.warning("the re-fit has %d calibration tokens for projections %d inputs wide; it may overfit and do "
+                       "worse than none: use more calibration (e.g. --n-samples)", calibration.numel(), widest)
     target = model if inplace else copy_model(model)
     kept, _, report = refit_while_pruning(target, plan.layers, calibration, config, progress)
     got = count_params(target)

@@ -62,8 +62,8 @@ def test_prune_20_percent_save_reload_and_evaluate(smollm, tmp_path, data_dir):
 
 
 def test_minillm_prune_refits_by_default_and_beats_the_plain_cut(smollm, tmp_path, data_dir):
-    """The default pipeline (re-fit with OBS re-selection) on the bundled model, through the CLI: it reloads, and it
-    beats the same units simply cut (a small calibration keeps the test quick)."""
+    """The default pipeline (re-fit with OBS re-selection, default calibration) on the bundled model, through the
+    CLI: it reloads, and it beats the same units simply cut."""
     import json
 
     from typer.testing import CliRunner
@@ -73,7 +73,7 @@ def test_minillm_prune_refits_by_default_and_beats_the_plain_cut(smollm, tmp_pat
 
     out = tmp_path / "p20"
     result = CliRunner().invoke(app, ["prune", "--model", "smollm2-135m", "--ratio", "0.2", "--out", str(out),
-                                      "--n-samples", "16", "--calib-seq-len", "64", "--device", "cpu", "--json"])
+                                      "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)["reconstruction"]
     assert report["select"] == "obs" and report["projections"]
