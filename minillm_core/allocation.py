@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from minillm_core.errors import PlanError
-from minillm_core.groups import heads_to_keep
+from minillm_core.groups import channels_to_keep, heads_to_keep
 from minillm_core.modeling.base import LayerPlanIndices, LayerShape
 from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan, default_provenance
 from minillm_core.scoring.base import GroupScores
@@ -230,11 +230,6 @@ def global_cuts(geometry: ModelGeometry, config: PlanConfig, scores: GroupScores
     ]
 
 
-def _kept_channels(scores: torch.Tensor, keep: int) -> tuple[int, ...]:
-    top = torch.argsort(scores.float(), descending=True, stable=True)[:keep]
-    return tuple(sorted(int(i) for i in top))
-
-
 def build_plan(
     geometry: ModelGeometry,
     scores: GroupScores,
@@ -263,7 +258,7 @@ def build_plan(
     layers = []
     for i, (shape, cut) in enumerate(zip(geometry.layers, cuts, strict=True)):
         heads, kv = heads_to_keep(scores.heads[i], shape, cut.head_units, cut.granularity)
-        channels = _kept_channels(scores.channels[i], cut.keep_channels)
+        channels = channels_to_keep(scores.channels[i], cut.keep_channels)
         layers.append(LayerPlanIndices(tuple(heads), tuple(kv), channels))
     shapes = [LayerShape(len(k.heads), len(k.kv_heads), len(k.channels)) for k in layers]
     return PruningPlan(

@@ -26,7 +26,7 @@ from torch import nn
 
 from minillm_core.allocation import build_plan, cuts_for_targets, removal_caps
 from minillm_core.errors import MiniLLMError, PlanError
-from minillm_core.groups import heads_to_keep
+from minillm_core.groups import channels_to_keep, heads_to_keep
 from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import LayerPlanIndices
 from minillm_core.options import option
@@ -66,8 +66,7 @@ def _kept(scores: GroupScores, geometry: ModelGeometry, config: PlanConfig, i: i
     shape = geometry.layers[i]
     cut = cuts_for_targets(geometry, config, {i: removal})[i]
     heads, kv = heads_to_keep(scores.heads[i], shape, cut.head_units, cut.granularity)
-    top = torch.argsort(scores.channels[i].float(), descending=True, stable=True)[: cut.keep_channels]
-    return LayerPlanIndices(tuple(heads), tuple(kv), tuple(sorted(int(c) for c in top)))
+    return LayerPlanIndices(tuple(heads), tuple(kv), channels_to_keep(scores.channels[i], cut.keep_channels))
 
 
 class _Variants:

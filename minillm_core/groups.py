@@ -82,6 +82,12 @@ def heads_to_keep(
     raise PlanError(f"unknown head granularity {granularity!r}; allowed: {', '.join(HEAD_GRANULARITIES)}")
 
 
+def channels_to_keep(scores: torch.Tensor, keep: int) -> tuple[int, ...]:
+    """The `keep` highest-scoring MLP channels, in index order."""
+    top = torch.argsort(scores.float(), descending=True, stable=True)[:keep]
+    return tuple(sorted(int(i) for i in top))
+
+
 def validate_heads(heads: Sequence[int], kv_heads: Sequence[int], shape: LayerShape, tied: bool) -> LayerShape:
     """Check kept head indices obey the GQA rules; return the resulting layer shape (channels unchanged)."""
     if not heads or not kv_heads:

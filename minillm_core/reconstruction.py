@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from minillm_core.errors import MiniLLMError
-from minillm_core.groups import heads_to_keep
+from minillm_core.groups import channels_to_keep, heads_to_keep
 from minillm_core.modeling import get_adapter
 from minillm_core.modeling.base import ArchAdapter, LayerPlanIndices, LayerShape
 from minillm_core.options import option
@@ -310,8 +310,7 @@ def reselect(adapter: ArchAdapter, layer: nn.Module, xs: list[LayerInput], shape
     else:
         kept_heads, kv = heads_to_keep(heads, shape, (shape.num_heads - len(kept.heads)) // shape.num_kv_heads,
                                        "q-heads")
-    top = torch.argsort(channels, descending=True, stable=True)[: len(kept.channels)]
-    return LayerPlanIndices(tuple(kept_heads), tuple(kv), tuple(sorted(int(c) for c in top)))
+    return LayerPlanIndices(tuple(kept_heads), tuple(kv), channels_to_keep(channels, len(kept.channels)))
 
 
 def prune_and_reconstruct(

@@ -21,7 +21,7 @@ from torch import nn
 from minillm_core.errors import MiniLLMError
 from minillm_core.modeling.base import ArchAdapter
 from minillm_core.progress import Progress, no_progress
-from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer, Workload
+from minillm_core.scoring.base import SCORERS, Engine, GroupScores, Need, Scorer
 from minillm_core.scoring.engine.forward import DEFAULT_BATCH_SIZE, eval_mode
 from minillm_core.sequential import LayerInput, capture_input, first_layer_inputs
 
@@ -111,9 +111,6 @@ class ObsScorer(Scorer):
             raise MiniLLMError(f"obs step must be in (0, 1], got {self.step!r}")
         if self.damping < 0:
             raise MiniLLMError(f"obs damping must be >= 0, got {self.damping!r}")
-
-    def workload(self) -> Workload:
-        return Workload(self.engine, batch_size=self.batch_size)
 
     @torch.no_grad()
     def score(
