@@ -22,6 +22,10 @@ class PlanError(MiniLLMError):
     """A pruning plan cannot be built or does not fit the model."""
 
 
+class ExportError(MiniLLMError):
+    """A model cannot be written in the requested deployment format."""
+
+
 class DataError(MiniLLMError):
     """A dataset or calibration source is missing, empty or too small."""
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from minillm_core.errors import PlanError
+from minillm_core.gguf_export import QUANT_BLOCK
 from minillm_core.groups import HEAD_GRANULARITIES, validate_heads
 from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, LayerShape, config_can_express
 from minillm_core.options import option
@@ -52,6 +54,10 @@ class PlanConfig:
         "(whole KV groups with their query heads). Multi-head models always remove whole heads.",
         choices=HEAD_GRANULARITIES)
     round_to: int = option(8, "Kept MLP channels per layer are a multiple of this (hardware-friendly).", min=1)
+    gguf_compatible: bool = option(
+        False, "Keep every layer exportable to GGUF for llama.cpp with quantized weights: MLP widths a multiple of "
+        "32 (GGML's quantization block), at least one head and one channel per layer (always so here).",
+        label="GGUF-compatible widths")
 
     def __post_init__(self) -> None:
         if not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:
@@ -67,6 +73,8 @@ class PlanConfig:
             raise PlanError(f"round_to must be a positive integer, got {self.round_to!r}")
         if self.protected_layers is not None:
             object.__setattr__(self, "protected_layers", tuple(sorted({int(i) for i in self.protected_layers})))
+        if self.gguf_compatible and self.round_to % QUANT_BLOCK:
+            object.__setattr__(self, "round_to", math.lcm(self.round_to, QUANT_BLOCK))
 
     def protected(self, num_layers: int) -> tuple[int, ...]:
         layers = default_protected_layers(num_layers) if self.protected_layers is None else self.protected_layers
@@ -93,6 +101,7 @@ class ModelGeometry:
     total_params: int
     embedding_params: int
     dtype: str = "float32"
+    gguf_arch: str | None = None  # llama.cpp's graph for this family (None: no GGUF route)
 
     @classmethod
     def from_model(cls, model: nn.Module, adapter: ArchAdapter) -> ModelGeometry:
@@ -117,6 +126,7 @@ class ModelGeometry:
             total_params=sum(p.numel() for p in params.values()),
             embedding_params=sum(p.numel() for p in emb.values()),
             dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            gguf_arch=adapter.gguf_arch,
         )
 
     @property
@@ -285,6 +295,7 @@ class PlanSummary:
     size_mb_after: dict[str, float]
     ideal_speedup: float
     loads_with_from_pretrained: bool
+    exports_to: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -319,4 +330,17 @@ def summarize(plan: PruningPlan, geometry: ModelGeometry) -> PlanSummary:
         # Decoder FLOPs scale with non-embedding parameters; the real speed-up is measured, this is its ceiling.
         ideal_speedup=non_emb_before / non_emb_after,
         loads_with_from_pretrained=geometry.loads_plainly(shapes),
+        exports_to=export_targets(geometry, shapes),
     )
+
+
+def export_targets(geometry: ModelGeometry, shapes: list[LayerShape]) -> tuple[str, ...]:
+    """Where a model of these widths runs: plain `from_pretrained`, GGUF for llama.cpp, always `load_pruned`."""
+    out = ["HF from_pretrained"] if geometry.loads_plainly(shapes) else []
+    if geometry.gguf_arch and shapes[0].num_heads > 0:
+        quantizable = all(s.intermediate % QUANT_BLOCK == 0 for s in shapes)
+        out.append("GGUF (llama.cpp)" if quantizable else
+                   f"GGUF (llama.cpp; MLP widths not multiples of {QUANT_BLOCK}, so quantized files keep the down "
+                   "projections in f16: plan with gguf_compatible)")
+    out.append("minillm (load_pruned)")
+    return tuple(out)

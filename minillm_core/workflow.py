@@ -21,7 +21,9 @@ from minillm_core.allocation import build_plan
 from minillm_core.allocation_search import SearchConfig
 from minillm_core.calibration import FILE_SOURCE, CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, PlanError
+from minillm_core.evaluation.llamacpp import LlamaCppConfig
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
+from minillm_core.gguf_export import GGUFConfig, GGUFExport
 from minillm_core.loading import LoadConfig, LoadedModel, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
 from minillm_core.planning import ALLOCATIONS, ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
@@ -35,7 +37,10 @@ __all__ = [
     "FILE_SOURCE",
     "CalibrationConfig",
     "EvalConfig",
+    "GGUFConfig",
+    "GGUFExport",
     "GroupScores",
+    "LlamaCppConfig",
     "LoadConfig",
     "LoadedModel",
     "ModelGeometry",
@@ -55,10 +60,13 @@ __all__ = [
     "describe_scorers",
     "diagnose",
     "evaluate",
+    "evaluate_llamacpp",
     "evaluate_pair",
+    "export_gguf",
     "fidelity_sweep",
     "forward_only_estimators",
     "geometry_of",
+    "gguf_tokenizer_source",
     "load",
     "load_search",
     "make_plan",
@@ -385,6 +393,89 @@ def save(pruned: nn.Module, tokenizer: Any, out: str | os.PathLike, plan: Prunin
     from minillm_core.io import save_pruned
 
     return save_pruned(pruned, tokenizer, out, plan=plan, overwrite=overwrite)
+
+
+# --- deploy: GGUF for llama.cpp ------------------------------------------------------------------------------------
+
+
+def gguf_tokenizer_source(model: str, explicit: str | os.PathLike | None = None) -> Path:
+    """The GGUF file whose tokenizer a GGUF export of `model` copies: `explicit`, else the GGUF the model came from
+    (a bundled name, a .gguf file, or the source recorded in a pruned directory's plan, followed back)."""
+    from minillm_core.errors import ExportError
+    from minillm_core.io import load_plan
+    from minillm_core.loading import BUNDLED, bundled_gguf_path
+
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ExportError(f"tokenizer GGUF {path} does not exist")
+        return path
+    seen = set()
+    while model not in seen:
+        seen.add(model)
+        if model in BUNDLED:
+            return bundled_gguf_path(model)
+        path = Path(model).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            return path
+        plan = load_plan(path) if path.is_dir() else None
+        if plan is None or not plan.model:
+            break
+        model = plan.model
+    raise ExportError(f"no GGUF tokenizer is known for {model!r}: pass tokenizer_from (--tokenizer-from), a GGUF "
+                      "file of the same base model (its tokenizer.* fields are copied)")
+
+
+def export_gguf(loaded: LoadedModel, out: str | os.PathLike, config: GGUFConfig | None = None,
+                overwrite: bool = False) -> GGUFExport:
+    """Write a loaded (pruned or dense) LLaMA-family model as a GGUF file llama.cpp runs (see `gguf_export`)."""
+    from minillm_core.gguf_export import write_gguf
+
+    config = config or GGUFConfig()
+    tokenizer = gguf_tokenizer_source(loaded.name, config.tokenizer_from)
+    return write_gguf(loaded.model, out, config, tokenizer, name=Path(loaded.name).name, overwrite=overwrite)
+
+
+def evaluate_llamacpp(models: dict[str, str], config: EvalConfig, engine: LlamaCppConfig, workdir: str | os.PathLike,
+                      progress: Progress = no_progress) -> dict[str, dict[str, Any]]:
+    """Measure each named model in llama.cpp: a .gguf file as it is, anything else exported to `workdir` first
+    (`engine.gguf_dtype`). Perplexity on `config.perplexity` with the same windows as the PyTorch evaluation (the
+    model's own Hugging Face tokenizer; llama.cpp's for a bare .gguf), then decode speed of all models interleaved."""
+    from minillm_core.data import perplexity_text
+    from minillm_core.evaluation.llamacpp import LlamaCpp, decode_speed, perplexity_llamacpp
+
+    paths: dict[str, Path] = {}
+    out: dict[str, dict[str, Any]] = {}
+    prompt: list[int] | None = None
+    for i, (label, name) in enumerate(models.items()):
+        tokenize = None
+        if name.endswith(".gguf") and Path(name).expanduser().is_file():
+            paths[label] = Path(name).expanduser()
+        else:
+            loaded = load(name, device="cpu")
+            paths[label] = export_gguf(loaded, Path(workdir) / f"{i}-{engine.gguf_dtype}.gguf",
+                                       GGUFConfig(dtype=engine.gguf_dtype), overwrite=True).path
+            tokenize = loaded.tokenizer
+            del loaded
+        out[label] = {"model": name, "gguf": str(paths[label]), "gguf_dtype": engine.gguf_dtype,
+                      "llamacpp/file_mb": paths[label].stat().st_size / 1e6}
+        for dataset in config.perplexity:
+            text = perplexity_text(dataset, data_dir=config.data_dir)
+            if tokenize is not None:
+                ids = tokenize(text, return_tensors="pt", verbose=False).input_ids[0]
+            else:
+                with LlamaCpp(paths[label], n_ctx=config.seq_len) as llm:
+                    ids = torch.tensor(llm.tokenize(text))
+            r = perplexity_llamacpp(paths[label], ids, config.seq_len, config.limit, progress=progress)
+            out[label][f"llamacpp/ppl/{dataset}"] = r.ppl
+            out[label][f"llamacpp/windows/{dataset}"] = r.n_windows
+            if prompt is None:
+                prompt = ids[:32].tolist()
+    if prompt is None:  # no perplexity set: a fixed prompt of token ids 1..32 (any vocabulary has them)
+        prompt = list(range(1, 33))
+    for label, speeds in decode_speed(paths, prompt, engine, progress).items():
+        out[label] |= speeds
+    return out
 
 
 # --- evaluate -------------------------------------------------------------------------------------------------------

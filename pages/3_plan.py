@@ -62,11 +62,11 @@ state.sidebar_status()
 
 # --- preview ----------------------------------------------------------------------------------------------------
 s = workflow.summary_of(plan, g)
-m1, m2, m3, m4 = st.columns(4)
+m1, m2, m3 = st.columns(3)
 m1.metric("Parameters after", f"{s.params_after:,}", f"-{s.removed_fraction:.1%}", delta_color="off")
 m2.metric("Non-embedding removed", f"{s.removed_fraction_non_embedding:.1%}")
 m3.metric("Ideal speed-up", f"x{s.ideal_speedup:.2f}")
-m4.metric("Loads with plain from_pretrained", "yes" if s.loads_with_from_pretrained else "no")
+st.markdown("**Exports to:** " + " · ".join(s.exports_to))
 sizes = pd.DataFrame({"before (MB)": s.size_mb_before, "after (MB)": s.size_mb_after}).rename_axis("dtype")
 st.dataframe(sizes.round(1), key="sizes_table")
 if not s.loads_with_from_pretrained:

@@ -109,3 +109,42 @@ def spec_for(model_dir: Path, **kw):
     base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "device": "cpu",
             "evaluation": eval_config(**evaluation)}
     return RunSpec(**(base | kw))
+
+
+def _byte_level(text: str) -> str:
+    """GPT-2's byte-to-unicode spelling of `text` (how llama.cpp's `gpt2` vocabularies store tokens)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b], extra = chr(256 + extra), extra + 1
+    return "".join(table[b] for b in text.encode())
+
+
+def write_tokenizer_gguf(path: Path, tokenizer, vocab_size: int) -> Path:
+    """A GGUF file holding only the `tokenizer.*` fields of a word-level test tokenizer (padded to `vocab_size` with
+    unused tokens), as `minillm export` copies them: what a real model's own GGUF would provide."""
+    import gguf
+
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    special = set(tokenizer.all_special_tokens)
+    tokens, types = [], []
+    for i in range(vocab_size):
+        t = by_id.get(i)
+        tokens.append(f"<unused_{i}>" if t is None else t if t in special else _byte_level(t))
+        types.append(gguf.TokenType.UNUSED if t is None else gguf.TokenType.CONTROL if t in special
+                     else gguf.TokenType.NORMAL)
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([f"{tokens[-2]} {tokens[-1]}"])  # llama.cpp needs a merges list; this one never applies
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_add_bos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -139,7 +139,7 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     # Each press may rerun the page; the slider commits its last value after a debounce: wait for that plan.
     expect(params).to_have_text(after, timeout=30_000)
     wait_idle(page)
-    expect(metric_value(page, "Loads with plain from_pretrained")).to_have_text(re.compile("yes|no"))
+    expect(page.get_by_text(re.compile(r"Exports to:.*GGUF \(llama\.cpp"))).to_be_visible()
     shot(page, "03-plan-after", params)
 
     # 4. Prune & evaluate: a background job with a tiny perplexity budget, followed to the end

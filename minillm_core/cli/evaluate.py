@@ -27,7 +27,7 @@ from minillm_core.cli.app import (
 )
 from minillm_core.cli.options import Only, config_command
 from minillm_core.errors import MiniLLMError
-from minillm_core.workflow import CalibrationConfig, EvalConfig, LoadConfig, PlanConfig, ScoreConfig
+from minillm_core.workflow import CalibrationConfig, EvalConfig, LlamaCppConfig, LoadConfig, PlanConfig, ScoreConfig
 
 CompareOpt = Annotated[str | None, typer.Option(
     help="The original model (name, path or Hub id): adds KL divergence, top-1 agreement, retained % and speed-ups.")]
@@ -37,6 +37,7 @@ ContractOpt = Annotated[Path, typer.Option(help="Quality contract (YAML or JSON)
                                                 "retained/ppl/wikitext2 max 1.3; see README.")]
 #: `check` and `search` measure what the contract names: no perplexity set unless a clause needs one.
 CONTRACT_EVAL = EvalConfig(perplexity=())
+ENGINES = ("torch", "llamacpp")
 PLAN_SHAPE = Only("allocation", "protected_layers", "target", "head_granularity", "round_to")
 
 
@@ -108,12 +109,41 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _llamacpp(load_config: LoadConfig, compare_to: str | None, config: EvalConfig, engine: LlamaCppConfig,
+              bar: Bar) -> dict[str, Any]:
+    """`eval --engine llamacpp`: the model (and the original) measured in llama.cpp, exported to GGUF first."""
+    import tempfile
+
+    models = {"pruned": load_config.model, "original": compare_to} if compare_to else {"model": load_config.model}
+    with tempfile.TemporaryDirectory(prefix="minillm-gguf-") as tmp:
+        results = workflow.evaluate_llamacpp(models, config, engine, tmp, progress=bar)
+    payload: dict[str, Any] = {"engine": "llamacpp", "limit": config.limit, "seq_len": config.seq_len,
+                               "models": results}
+    if compare_to:
+        payload["speedup"] = {k.removeprefix("llamacpp/decode_tps/"): v / results["original"][k]
+                              for k, v in results["pruned"].items() if k.startswith("llamacpp/decode_tps/")}
+    return payload
+
+
+def _render_llamacpp(payload: dict[str, Any]) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({label: {k: v for k, v in r.items() if not isinstance(v, list)}
+                          for label, r in payload["models"].items()})
+    typer.echo(table.to_string())
+    for threads, x in payload.get("speedup", {}).items():
+        typer.echo(f"decode speed-up in llama.cpp ({threads.removeprefix('t')} thread(s)): x{x:.2f}")
+
+
 @app.command("eval")
 @config_command
 def eval_cmd(
     ctx: typer.Context,
     load_config: LoadConfig,
     evaluation: EvalConfig,
+    llamacpp: LlamaCppConfig,
+    engine: Annotated[str, typer.Option(help=f"Where to run the models: {' or '.join(ENGINES)} (exports a GGUF "
+                                             "file first; perplexity and decode speed).")] = "torch",
     compare_to: CompareOpt = None,
     text: Annotated[Path | None, typer.Option(help="Also measure perplexity on this UTF-8 text file.")] = None,
     data_dir: DataDirOpt = None,
@@ -126,11 +156,17 @@ def eval_cmd(
     import dataclasses
 
     with user_errors():
+        if engine not in ENGINES:
+            raise MiniLLMError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
         config = _with_data(evaluation, data_dir)
         if text is not None and _defaulted(ctx, "ppl"):
             config = dataclasses.replace(config, perplexity=())  # --text alone measures only the text
         with Bar(not as_json) as bar:
-            if compare_to:
+            if engine == "llamacpp":
+                payload = _llamacpp(load_config, compare_to, config, llamacpp, bar)
+                if run_dir:
+                    _write_json(run_dir / "llamacpp.json", payload)
+            elif compare_to:
                 run = _pair(load_config, compare_to, config, bar)
                 payload = run.to_dict()
                 if run_dir:
@@ -141,7 +177,7 @@ def eval_cmd(
                     _write_json(run_dir / "metrics.json", payload)
         if out is not None:
             _write_json(out, payload)
-        emit(as_json, payload, lambda: _render_metrics(payload))
+        emit(as_json, payload, lambda: (_render_llamacpp if engine == "llamacpp" else _render_metrics)(payload))
 
 
 @app.command()

@@ -49,6 +49,7 @@ def _print_summary(summary: workflow.PlanSummary) -> None:
         f"ideal speed-up x{summary.ideal_speedup:.2f}; "
         f"plain from_pretrained: {'yes' if summary.loads_with_from_pretrained else 'no (use minillm_core.load_pruned)'}"
     )
+    typer.echo(f"exports to: {'; '.join(summary.exports_to)}")
 
 
 @app.command()
@@ -145,7 +146,7 @@ def prune(
         payload = {"out": str(out), "params_before": summary.params_before, "reconstruction": report,
                    "params_after": workflow.count_params(pruned), "removed_fraction": summary.removed_fraction,
                    "removed_fraction_non_embedding": summary.removed_fraction_non_embedding,
-                   "loads_with_from_pretrained": summary.loads_with_from_pretrained,
+                   "loads_with_from_pretrained": summary.loads_with_from_pretrained, "exports_to": summary.exports_to,
                    "seconds": round(time.perf_counter() - t0, 3)}
         emit(as_json, payload, lambda: (_print_summary(summary), typer.echo(f"saved to {out}")))
 

@@ -190,6 +190,24 @@ class ArchAdapter(ABC):
     def restore_state(self, layer: nn.Module, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Re-apply `layer_state` after loading."""
 
+    # --- llama.cpp export (GGUF) -----------------------------------------------------------------------------
+    #: llama.cpp's name for this family's graph when every layer has the config's widths (None: no route).
+    gguf_arch: ClassVar[str | None] = None
+
+    def gguf_model_tensors(self) -> dict[str, torch.Tensor]:
+        """Embedding, final norm and (untied) output head under llama.cpp's tensor names."""
+        raise self._no_gguf_route()
+
+    def gguf_layer_tensors(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        """One decoder layer's tensors under llama.cpp's names without the `blk.N.` prefix (`attn_q.weight`, ...)."""
+        raise self._no_gguf_route()
+
+    def _no_gguf_route(self) -> Exception:
+        from minillm_core.errors import ExportError
+
+        return ExportError(f"{self.model_type} models have no llama.cpp (GGUF) export route; exportable families: "
+                           f"{', '.join(n for n in ADAPTERS.names() if ADAPTERS.get(n).gguf_arch)}")
+
     @abstractmethod
     def config_fields(self, shape: LayerShape) -> dict[str, int]:
         """Config values that describe a uniform `shape` (only called when `config_expresses` allows it)."""

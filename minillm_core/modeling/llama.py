@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, LayerShape, Slice
@@ -14,6 +15,8 @@ from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, 
 
 @ADAPTERS.register("llama", "mistral", "qwen2")
 class LlamaAdapter(ArchAdapter):
+    gguf_arch = "llama"
+
     def layers(self) -> Sequence[nn.Module]:
         return self.model.model.layers
 
@@ -64,3 +67,22 @@ class LlamaAdapter(ArchAdapter):
             "head_dim": self.head_dim,
             "intermediate_size": shape.intermediate,
         }
+
+    def gguf_model_tensors(self) -> dict[str, torch.Tensor]:
+        m = self.model
+        out = {"token_embd.weight": m.model.embed_tokens.weight, "output_norm.weight": m.model.norm.weight}
+        if m.lm_head.weight is not m.model.embed_tokens.weight:  # tied: llama.cpp reuses token_embd as output
+            out["output.weight"] = m.lm_head.weight
+        return out
+
+    def gguf_layer_tensors(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        attn, mlp = layer.self_attn, layer.mlp
+        out = {"attn_norm.weight": layer.input_layernorm.weight,
+               "ffn_norm.weight": layer.post_attention_layernorm.weight}
+        for name, lin in (("attn_q", attn.q_proj), ("attn_k", attn.k_proj), ("attn_v", attn.v_proj),
+                          ("attn_output", attn.o_proj), ("ffn_gate", mlp.gate_proj), ("ffn_up", mlp.up_proj),
+                          ("ffn_down", mlp.down_proj)):
+            out[f"{name}.weight"] = lin.weight
+            if lin.bias is not None:  # Qwen2's q/k/v biases
+                out[f"{name}.bias"] = lin.bias
+        return out
