@@ -51,6 +51,7 @@ DATASETS = ("wikitext2", "ptb")
 #: Dense SmolLM2-135M on the full splits with this perplexity code (bench/results/scoring.md), quoted when a full-split
 #: run skips the dense row (`--no-references`) to save its ~16 CPU-minutes.
 DENSE_FULL = (56.09, 99.01)
+ZEROSHOT_SEED = 1234  # `--zeroshot N`: N items per task drawn with this seed (lm-eval --limit with a seeded subset)
 
 
 def _rss_mb() -> float:
@@ -64,6 +65,13 @@ def _perplexities(model, tokenizer, limit: int | None) -> dict[str, float]:
     for name in os.environ.get("BENCH_QUALITY_DATASETS", ",".join(DATASETS)).split(","):
         r = perplexity_on(model, tokenizer, name, seq_len=128, limit=limit)
         out[f"ppl/{name}"], out[f"windows/{name}"] = r.ppl, r.n_windows
+    items = int(os.environ.get("BENCH_QUALITY_ZEROSHOT", "0"))
+    if items:  # the 7 tasks on a fixed seeded subset (the same items for every variant)
+        from minillm_core.evaluation.zeroshot import ALL_TASKS, average_accuracy, evaluate_tasks
+
+        results = evaluate_tasks(model, tokenizer, ALL_TASKS, limit=items, seed=ZEROSHOT_SEED)
+        out |= {f"acc/{t}": r.metrics["acc"] for t, r in results.items()}
+        out["acc/mean7"], out["zeroshot_items"] = average_accuracy(results), items
     return out
 
 
@@ -126,7 +134,8 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
 def _part(label: str, ratio: float, limit: int | None, calib: int) -> Path:
     safe = "".join(c if c.isalnum() else "_" for c in label)
     sets = os.environ.get("BENCH_QUALITY_DATASETS", ",".join(DATASETS)).replace(",", "+")
-    return PARTS / f"{safe}_{ratio}_{limit or 'full'}_{calib}_{sets}.json"
+    zs = os.environ.get("BENCH_QUALITY_ZEROSHOT", "0")
+    return PARTS / f"{safe}_{ratio}_{limit or 'full'}_{calib}_{sets}{'_zs' + zs if zs != '0' else ''}.json"
 
 
 def _fmt(x, spec: str = ".1f") -> str:
@@ -155,13 +164,19 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
                                     else f"--calib {args.calib}")
         + (f" --pairs {' '.join(repr(p) for p in args.pairs)}" if args.pairs
            else f" --ratios {' '.join(map(str, args.ratios))} --variants {' '.join(repr(v) for v in args.variants)}")
-        + f" --datasets {' '.join(args.datasets)}{' --no-references' if args.no_references else ''}`.", "",
+        + f" --datasets {' '.join(args.datasets)}{' --no-references' if args.no_references else ''}"
+        + (f" --zeroshot {args.zeroshot}" if args.zeroshot else "")
+        + (f" --stem {args.stem}" if args.stem else "") + "`."
+        + (f" Zero-shot: mean acc of the 7 tasks (lm-eval 0.4 prompts) on the same {args.zeroshot} seeded items per "
+           f"task (seed {ZEROSHOT_SEED}); one item moves a task's acc by {1 / args.zeroshot:.1%}."
+           if args.zeroshot else ""), "",
         f"Dense: WikiText-2 {_fmt(dense.get('ppl/wikitext2'), '.2f')}, PTB {_fmt(dense.get('ppl/ptb'), '.2f')}"
+        + (f", zero-shot mean {_fmt(dense.get('acc/mean7'), '.3f')}" if args.zeroshot else "")
         + (" (quoted from scoring.md, not measured in this run). " if quoted else ". ")
         + "Wanda-sp scoring peak: "
         + ", ".join(f"{r['rss_prune_mb']:.0f} MB ({c} rows)" for c, r in sorted(wanda.items())) + ".", "",
-        "| ratio | variant | calib rows | removed (all / blocks) | WikiText-2 | PTB | prune s | score s | plan s | "
-        "re-fit s | peak MB | peak / wanda-sp |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| ratio | variant | calib rows | removed (all / blocks) | WikiText-2 | PTB | 0-shot mean | prune s | "
+        "score s | plan s | re-fit s | peak MB | peak / wanda-sp |", "|---" * 13 + "|"]
     for r in sorted((r for r in rows if "removed_fraction" in r), key=lambda r: (
             r["ratio"], list(VARIANTS).index(r["variant"]), r["calibration_rows"])):
         ref = wanda.get(r["calibration_rows"])
@@ -169,7 +184,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         lines.append(
             f"| {r['ratio']:.0%} | {r['variant']} | {r['calibration_rows']} | "
             f"{r['removed_fraction']:.1%} / {r['removed_fraction_blocks']:.1%} "
-            f"| {_fmt(r.get('ppl/wikitext2'))} | {_fmt(r.get('ppl/ptb'))} | {r['prune_s']:.0f} | {r['score_s']:.0f} | "
+            f"| {_fmt(r.get('ppl/wikitext2'))} | {_fmt(r.get('ppl/ptb'))} | {_fmt(r.get('acc/mean7'), '.3f')} "
+            f"| {r['prune_s']:.0f} | {r['score_s']:.0f} | "
             f"{r.get('plan_s', 0):.0f} | {r['reconstruct_s']:.0f} | {r['rss_prune_mb']:.0f} | {_fmt(rel, '.2f')} |")
     lines += [f"| {r['ratio']:.0%} | {r['variant']} | {r['calibration_rows']} | not possible: {r['error']} |"
               for r in rows if "error" in r]
@@ -177,7 +193,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
               "default pipeline under 5 minutes.", ""]
     meta = {"machine": platform.platform(), "torch": torch.__version__, "limit": args.limit, "calib": args.calib,
             "threads": os.environ.get("OMP_NUM_THREADS")}
-    stem = "quality_calibration" if args.calib_curve else "quality" if args.limit else "quality_full"
+    stem = args.stem or ("quality_calibration" if args.calib_curve else "quality" if args.limit else "quality_full")
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -194,6 +210,9 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("LABEL", "RATIO"), help=argparse.SUPPRESS)
     parser.add_argument("--force", action="store_true", help="re-run rows already in quality_parts/")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--zeroshot", type=int, default=0, metavar="N",
+                        help=f"also the 7-task zero-shot mean on N seeded items per task (seed {ZEROSHOT_SEED})")
+    parser.add_argument("--stem", help="output name under bench/results/ (default by the kind of run)")
     parser.add_argument("--no-references", action="store_true", help="skip the dense and Wanda-sp rows")
     parser.add_argument("--pairs", nargs="+", metavar="VARIANT@RATIO", help="run just these (variant, ratio) pairs "
                         "instead of every variant at every ratio")
@@ -211,6 +230,7 @@ def main() -> None:
     PARTS.mkdir(parents=True, exist_ok=True)
     sizes = args.calib_curve or [args.calib]
     os.environ["BENCH_QUALITY_DATASETS"] = ",".join(args.datasets)  # read by the per-variant processes
+    os.environ["BENCH_QUALITY_ZEROSHOT"] = str(args.zeroshot)
     jobs = [] if args.no_references else [("dense", 0.0, sizes[0])] + [("wanda-sp scoring", 0.0, c) for c in sizes]
     if args.pairs:
         pairs = [(v, float(r)) for v, _, r in (p.rpartition("@") for p in args.pairs)]
