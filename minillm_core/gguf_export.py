@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import tempfile
 from collections import Counter
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from minillm_core.errors import ExportError
-from minillm_core.modeling import LayerShape, get_adapter
+from minillm_core.modeling import LayerShape, get_adapter, max_context
 from minillm_core.options import option
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,8 @@ class GGUFConfig:
                         "multiple of 32 falls back to f16).", choices=GGUF_DTYPES)
     tokenizer_from: str | None = option(
         None, "A GGUF file whose tokenizer.* fields to copy (same vocabulary as the model). Default: the GGUF the "
-        "model came from (the bundled model, a .gguf source, or the source recorded in a pruned model's plan).")
+        "model came from (the bundled model, a .gguf source, a tokenizer.gguf in the model directory, or the source "
+        "recorded in a pruned model's plan).")
 
     def __post_init__(self) -> None:
         if self.dtype not in GGUF_DTYPES:
@@ -168,7 +168,7 @@ def _metadata(writer, model: nn.Module, shapes: list[LayerShape], arch: str, hea
     gguf, c = _gguf(), model.config
     per_layer = arch == "deci"
     writer.add_name(name)
-    writer.add_context_length(int(getattr(c, "max_position_embeddings", 2048)))
+    writer.add_context_length(max_context(model) or 2048)
     writer.add_embedding_length(int(c.hidden_size))
     writer.add_block_count(len(shapes))
     writer.add_feed_forward_length([s.intermediate for s in shapes] if per_layer else shapes[0].intermediate)
@@ -270,14 +270,6 @@ def check_output_file(out: str | os.PathLike, overwrite: bool) -> Path:
     if not os.access(parent, os.W_OK):
         raise ExportError(f"cannot write {path}: {parent} is not writable")
     return path
-
-
-def gguf_size_estimate(params_by_kind: dict[str, int], dtype: str) -> float:
-    """Bytes of a GGUF file holding these parameters (`matrix`, `embedding`, `vector` counts) in `dtype`."""
-    bits = {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}
-    embed_bits = bits["q8_0"] if dtype == "q4_0" else bits[dtype]
-    return math.ceil((params_by_kind.get("matrix", 0) * bits[dtype] + params_by_kind.get("embedding", 0) * embed_bits
-                      + params_by_kind.get("vector", 0) * 32) / 8)
 
 
 __all__ = [

@@ -240,12 +240,17 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
 def refit_layer(adapter: ArchAdapter, shape: LayerShape, dense: nn.Module, pruned: nn.Module, kept: LayerPlanIndices,
                 xs: list[LayerInput], xd: list[LayerInput] | None, damping: float) -> list[dict[str, Any]]:
     """Re-fit, in place, the output projections of `pruned` (layer `dense` of original widths `shape`, cut to
-    `kept`) on its inputs `xs` (targets from `xd` when given); one row of errors per re-fitted projection."""
+    `kept`) on its inputs `xs` (targets from `xd` when given); one row of errors per re-fitted projection.
+
+    With dense targets an unpruned projection is re-fitted too (all its columns): its input has drifted with the
+    error of the layers before it, and the dense activations say what it should produce (OSSCAR's correction).
+    `dense` must then be a copy, not `pruned` itself.
+    """
     layer = _Layer(adapter, dense, pruned, kept)
     rows = []
-    if len(kept.heads) < shape.num_heads:
+    if len(kept.heads) < shape.num_heads or (xd is not None and kept.heads):
         rows.append({"projection": "attention", **_attention(layer, xs, xd, damping)})
-    if len(kept.channels) < shape.intermediate:
+    if len(kept.channels) < shape.intermediate or (xd is not None and kept.channels):
         rows.append({"projection": "mlp", **_mlp(layer, xs, xd, damping)})
     return rows
 
@@ -336,7 +341,7 @@ def prune_and_reconstruct(
         if config.select == "obs":
             chosen[i] = reselect(adapter, layer, xs, shape, kept[i], config.damping)
         full = len(chosen[i].heads) == shape.num_heads and len(chosen[i].channels) == shape.intermediate
-        dense = layer if full else copy.deepcopy(layer)
+        dense = layer if full and config.target == "local" else copy.deepcopy(layer)  # dense targets re-fit all
         shapes.append(prune_layer(adapter, i, chosen[i]))
         return shape, dense, adapter.layers()[i], chosen[i]
 

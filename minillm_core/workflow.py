@@ -398,9 +398,13 @@ def save(pruned: nn.Module, tokenizer: Any, out: str | os.PathLike, plan: Prunin
 # --- deploy: GGUF for llama.cpp ------------------------------------------------------------------------------------
 
 
+TOKENIZER_GGUF = "tokenizer.gguf"  # a model directory may carry its GGUF tokenizer under this name
+
+
 def gguf_tokenizer_source(model: str, explicit: str | os.PathLike | None = None) -> Path:
     """The GGUF file whose tokenizer a GGUF export of `model` copies: `explicit`, else the GGUF the model came from
-    (a bundled name, a .gguf file, or the source recorded in a pruned directory's plan, followed back)."""
+    (a bundled name, a .gguf file, a directory holding a `tokenizer.gguf`, or the source recorded in a pruned
+    directory's plan, followed back)."""
     from minillm_core.errors import ExportError
     from minillm_core.io import load_plan
     from minillm_core.loading import BUNDLED, bundled_gguf_path
@@ -418,6 +422,8 @@ def gguf_tokenizer_source(model: str, explicit: str | os.PathLike | None = None)
         path = Path(model).expanduser()
         if path.is_file() and path.suffix == ".gguf":
             return path
+        if (path / TOKENIZER_GGUF).is_file():
+            return path / TOKENIZER_GGUF
         plan = load_plan(path) if path.is_dir() else None
         if plan is None or not plan.model:
             break

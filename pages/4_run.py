@@ -30,6 +30,9 @@ def spec_form(plan) -> runs.RunSpec | None:
         st.markdown("**Re-fit** (least squares on the session's calibration data, forward passes only)")
         recon = config_widgets(runs.ReconstructConfig, "run.recon", only=RECON_OPTIONS, columns=4)
         original = st.checkbox("Also evaluate the original", value=True)
+        llamacpp = st.checkbox("Also measure in llama.cpp", value=False,
+                               help="Export both models to GGUF (q8_0) and measure perplexity and decode speed in "
+                                    "llama.cpp (CPU), as deployed; the pruned model's GGUF stays in the run.")
         recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
                                  help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")
         with st.expander("LoRA settings"):
@@ -39,7 +42,7 @@ def spec_form(plan) -> runs.RunSpec | None:
     data_dir = os.environ.get("MINILLM_DATA_DIR")
     try:
         return runs.RunSpec(
-            model=st.session_state[state.MODEL], plan=plan, name=name, evaluate_original=original,
+            model=st.session_state[state.MODEL], plan=plan, name=name, evaluate_original=original, llamacpp=llamacpp,
             evaluation=runs.eval_config(**{k: v for k, v in evaluation.items() if k != "speed"},
                                         measure_speed=evaluation["speed"], data_dir=data_dir),
             recovery=runs.RecoveryConfig(**recovery, alpha=2.0 * recovery["rank"], data_dir=data_dir)

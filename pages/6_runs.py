@@ -14,6 +14,26 @@ from minillm_core import runs
 from minillm_core.errors import MiniLLMError
 from ui.report import report_html
 
+
+def _gguf_download(run: runs.Run) -> None:
+    """Write the run's model as GGUF for llama.cpp (once per weight type) and offer the file."""
+    st.subheader("Run it in llama.cpp")
+    c1, c2 = st.columns([1, 2])
+    dtype = c1.selectbox("GGUF weights", runs.GGUF_DTYPES, key="gguf_dtype",
+                         help="q8_0 and q4_0 are quantized (the embedding/output matrix stays q8_0 under q4_0).")
+    path = runs.gguf_file(run.id, dtype)
+    if path is None and c2.button("Write the GGUF file", key="gguf_write"):
+        try:
+            with st.spinner("Writing the GGUF file (a few seconds per 100M parameters) ..."):
+                path = runs.export_gguf(run.id, dtype)
+        except MiniLLMError as exc:
+            st.error(str(exc))
+    if path is not None:
+        c2.download_button(f"Download {path.name} ({path.stat().st_size / 1e6:.0f} MB)", path.read_bytes(),
+                           file_name=f"{run.id}-{dtype}.gguf", mime="application/octet-stream", key="gguf_download")
+        st.code(f"llama-cli -m {run.id}-{dtype}.gguf -p \"The capital of France is\" -n 32", language="bash")
+
+
 st.title("Runs & report")
 recorded = runs.list()
 st.caption(f"Run store: `{runs.runs_root()}` (shared by every session of this server).")
@@ -73,5 +93,6 @@ if run.state == "done" and run.model_dir:
         code += ("\n\n# or, since every layer kept the same widths:\nfrom transformers import AutoModelForCausalLM\n"
                  f"model = AutoModelForCausalLM.from_pretrained({run.model_dir!r})")
     st.code(code, language="python")
+    _gguf_download(run)
 elif run.error:
     st.error(run.error)

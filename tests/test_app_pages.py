@@ -206,6 +206,8 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert frame(app, "state").shape[0] == 1
     assert len(app.get("download_button")) == 3
     assert any("load_pruned" in c.value for c in app.code)
+    ok(app.button(key="gguf_write").click().run())  # the tiny model has no GGUF vocabulary: said, not a crash
+    assert any("no GGUF tokenizer is known" in e.value for e in app.error)
     app.text_input[0].set_value("renamed run")
     ok(app.get("form_submit_button")[0].click().run())
     assert runs.get(job_id, runs_dir).name == "renamed run"

@@ -194,3 +194,30 @@ def test_cli_export_writes_a_gguf_and_refuses_bad_input_before_loading(tmp_path,
     assert bad.exit_code == 2 and "error: unknown format 'onnx'; allowed: gguf" in bad.stderr
     lost = runner.invoke(app, ["export", "--model", str(model_dir), "--out", str(tmp_path / "y.gguf")])
     assert lost.exit_code == 2 and "no GGUF tokenizer is known" in lost.stderr
+
+
+def test_cli_eval_in_llamacpp_measures_both_models_interleaved(tmp_path, vocab_gguf, data_dir):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from minillm_core.cli import app
+    from minillm_core.io import save_pruned
+
+    dirs = {}
+    for name, model in (("dense", gguf_llama()), ("pruned", uneven(gguf_llama()))):
+        dirs[name] = save_pruned(model, char_tokenizer(), tmp_path / name)
+        shutil.copy(vocab_gguf, dirs[name] / "tokenizer.gguf")
+    args = ["eval", "--model", str(dirs["pruned"]), "--compare-to", str(dirs["dense"]), "--engine", "llamacpp",
+            "--limit", "2", "--seq-len", "16", "--speed-repeats", "2", "--decode-tokens", "8", "--gguf-dtype", "f32"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    for label in ("pruned", "original"):
+        r = payload["models"][label]
+        assert r["llamacpp/ppl/wikitext2"] > 1 and r["llamacpp/windows/wikitext2"] == 2
+        assert len(r["llamacpp/decode_runs/t1"]) == 2 and r["llamacpp/decode_tps/t1"] > 0
+    assert payload["models"]["pruned"]["llamacpp/file_mb"] < payload["models"]["original"]["llamacpp/file_mb"]
+    assert payload["speedup"]["t1"] > 0
+    bad = CliRunner().invoke(app, [*args, "--engine", "onnxruntime"])
+    assert bad.exit_code == 2 and "error: unknown engine 'onnxruntime'; allowed: torch, llamacpp" in bad.stderr

@@ -63,7 +63,7 @@ def test_prune_20_percent_save_reload_and_evaluate(smollm, tmp_path, data_dir):
 
 def test_minillm_prune_refits_by_default_and_beats_the_plain_cut(smollm, tmp_path, data_dir):
     """The default pipeline (re-fit with OBS re-selection, default calibration) on the bundled model, through the
-    CLI: it reloads, and it beats the same units simply cut."""
+    CLI: it reloads, it beats the same units simply cut, and its GGUF runs in llama.cpp with the same greedy text."""
     import json
 
     from typer.testing import CliRunner
@@ -84,6 +84,17 @@ def test_minillm_prune_refits_by_default_and_beats_the_plain_cut(smollm, tmp_pat
     plain = perplexity_on(cut, smollm.tokenizer, "wikitext2", limit=4)
     better = perplexity_on(refitted, tokenizer, "wikitext2", limit=4)
     assert better.ppl < plain.ppl
+    # ... and it runs in llama.cpp: exported with its per-layer widths, the same greedy tokens as transformers
+    from minillm_core.evaluation.llamacpp import LlamaCpp
+    from minillm_core.workflow import GGUFConfig, export_gguf, load
+
+    gguf = export_gguf(load(str(out), device="cpu"), tmp_path / "p20.gguf", GGUFConfig(dtype="f32"))
+    assert gguf.arch == "deci" and gguf.tokenizer_source.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = refitted.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    with LlamaCpp(gguf.path, n_ctx=64) as llm:
+        assert llm.complete(ids[0].tolist(), 16, ignore_eos=True)["tokens"] == ref[0, ids.shape[1]:].tolist()
 
 
 @pytest.mark.parametrize("estimator", ["spsa", "gates"])

@@ -130,3 +130,30 @@ def test_run_with_reconstruction_records_perplexity_before_and_after_the_refit(t
     saved = json.loads((runs_dir / run_id / "model" / "pruning_plan.json").read_text())
     assert saved["provenance"]["reconstruction"]["target"] == "local"
     assert runs.read_spec(run_id, runs_dir).reconstruct == runs.ReconstructConfig()
+
+
+def test_run_measured_in_llamacpp_keeps_the_pruned_gguf(tiny_model_dir, runs_dir, tmp_path):
+    """The job option: both models exported to q8_0 GGUF and measured in llama.cpp; the metrics join the original and
+    pruned columns, the decode speed-up the comparison; only the pruned model's GGUF stays (the Runs page offers it)."""
+    import shutil
+
+    from tests.helpers import char_tokenizer, write_tokenizer_gguf
+
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny"))
+    write_tokenizer_gguf(model_dir / "tokenizer.gguf", char_tokenizer(), 96)  # the model's GGUF vocabulary
+    run_id = runs.submit(spec_for(model_dir, measure_speed=False, llamacpp=True), runs_dir)
+    st = wait_for(run_id, runs_dir)
+    assert st.state == "done", (st.error, log_of(runs_dir, run_id))
+    assert st.steps == 7 and runs.read_spec(run_id, runs_dir).llamacpp  # the 6 of a plain run + llama.cpp
+    metrics = runs.read_metrics(run_id, runs_dir)
+    for side in ("original", "pruned"):  # q8_0 weights and 8-bit activations: close to PyTorch, not equal
+        assert metrics[side]["llamacpp/ppl/wikitext2"] == pytest.approx(metrics[side]["ppl/wikitext2"], rel=0.05)
+        assert metrics[side]["llamacpp/decode_tps/t1"] > 0
+    assert metrics["pruned"]["llamacpp/file_mb"] < metrics["original"]["llamacpp/file_mb"]
+    assert metrics["comparison"]["speedup/llamacpp_decode_tps/t1"] > 0
+    assert [p.name for p in (runs_dir / run_id / "gguf").iterdir()] == ["model-q8_0.gguf"]
+    assert runs.gguf_file(run_id, "q8_0", runs_dir) == runs.export_gguf(run_id, "q8_0", runs_dir)
+    assert runs.gguf_file(run_id, "f16", runs_dir) is None
+    assert runs.export_gguf(run_id, "f16", runs_dir).name == "model-f16.gguf"
+    with pytest.raises(MiniLLMError, match="allowed: q8_0, q4_0, f16, f32"):
+        runs.export_gguf(run_id, "q3", runs_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from minillm_core.calibration import CalibrationConfig
@@ -16,19 +17,51 @@ from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
 from minillm_core.runs import compare, process, store
 from minillm_core.runs.compare import comparison_rows, metric_label, pareto_front, quality_of, size_quality_points
-from minillm_core.runs.files import MODEL_SUBDIR, RECOVERED_SUBDIR
+from minillm_core.runs.files import GGUF_SUBDIR, MODEL_SUBDIR, RECOVERED_SUBDIR
 from minillm_core.runs.spec import ALL_TASKS, PPL_DATASETS, RECOVER_STEP, RunSpec, eval_config
 from minillm_core.runs.store import RUNS_DIR_ENV, STATES, TERMINAL, Run, RunStatus, runs_root
 
 __all__ = [
-    "ALL_TASKS", "PPL_DATASETS", "RECOVER_STEP", "RUNS_DIR_ENV", "STATES", "TERMINAL", "CalibrationConfig",
-    "EvalConfig", "ReconstructConfig", "RecoveryConfig", "Run", "RunSpec", "RunStatus", "cancel", "comparison_rows",
-    "delete", "eval_config", "get", "list", "loads_with_from_pretrained", "loss_curve", "metric_label", "metrics_csv",
-    "metrics_json", "pareto_front", "quality_of", "read_metrics", "read_spec", "rename", "runs_root",
-    "size_quality_points", "status", "submit",
+    "ALL_TASKS",
+    "GGUF_DTYPES",
+    "PPL_DATASETS",
+    "RECOVER_STEP",
+    "RUNS_DIR_ENV",
+    "STATES",
+    "TERMINAL",
+    "CalibrationConfig",
+    "EvalConfig",
+    "ReconstructConfig",
+    "RecoveryConfig",
+    "Run",
+    "RunSpec",
+    "RunStatus",
+    "cancel",
+    "comparison_rows",
+    "delete",
+    "eval_config",
+    "export_gguf",
+    "get",
+    "gguf_file",
+    "list",
+    "loads_with_from_pretrained",
+    "loss_curve",
+    "metric_label",
+    "metrics_csv",
+    "metrics_json",
+    "pareto_front",
+    "quality_of",
+    "read_metrics",
+    "read_spec",
+    "rename",
+    "runs_root",
+    "size_quality_points",
+    "status",
+    "submit",
 ]
 
 Root = str | os.PathLike | None
+GGUF_DTYPES = ("q8_0", "q4_0", "f16", "f32")  # the dashboard's order: the usual deployment choice first
 
 
 def submit(spec: RunSpec, root: Root = None, start: bool = True) -> str:
@@ -114,3 +147,26 @@ def metrics_csv(run_ids: Sequence[str], root: Root = None) -> str:
 
 def metrics_json(run_ids: Sequence[str], root: Root = None) -> str:
     return compare.metrics_json([get(i, root) for i in run_ids])
+
+
+def gguf_file(run_id: str, dtype: str, root: Root = None) -> Path | None:
+    """The run's GGUF file in `dtype` if it was written already (`export_gguf`), else None."""
+    path = store.run_dir(run_id, root) / GGUF_SUBDIR / f"model-{dtype}.gguf"
+    return path if path.is_file() else None
+
+
+def export_gguf(run_id: str, dtype: str, root: Root = None) -> Path:
+    """Write the run's pruned model as a GGUF file for llama.cpp inside the run directory (once per dtype)."""
+    from minillm_core import workflow
+
+    if dtype not in GGUF_DTYPES:
+        raise MiniLLMError(f"unknown GGUF dtype {dtype!r}; allowed: {', '.join(GGUF_DTYPES)}")
+    run = get(run_id, root)
+    if run.state != "done" or not run.model_dir:
+        raise MiniLLMError(f"run {run_id} has no saved model to export (state {run.state})")
+    existing = gguf_file(run_id, dtype, root)
+    if existing is not None:
+        return existing
+    loaded = workflow.load(str(run.model_dir), dtype="float32", device="cpu")
+    out = store.run_dir(run_id, root) / GGUF_SUBDIR / f"model-{dtype}.gguf"
+    return workflow.export_gguf(loaded, out, workflow.GGUFConfig(dtype=dtype)).path

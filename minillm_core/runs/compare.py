@@ -27,6 +27,11 @@ def metric_label(key: str) -> str:
     if key in METRIC_LABELS:
         return METRIC_LABELS[key]
     head, _, rest = key.partition("/")
+    if head == "llamacpp":  # llamacpp/ppl/wikitext2, llamacpp/decode_tps/t2, llamacpp/file_mb
+        kind, _, arg = rest.partition("/")
+        return {"ppl": f"llama.cpp perplexity {arg}", "decode_tps": f"llama.cpp decode tokens/s, batch 1, "
+                f"{arg.removeprefix('t')} thread(s)", "file_mb": "GGUF file (MB)",
+                "windows": f"llama.cpp windows {arg}"}.get(kind, key)
     return f"perplexity {rest}" if head == "ppl" else key
 
 

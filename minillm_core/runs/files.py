@@ -21,6 +21,7 @@ PID_FILE = "pid"
 LOG_FILE = "job.log"
 MODEL_SUBDIR = "model"
 RECOVERED_SUBDIR = "recovered"
+GGUF_SUBDIR = "gguf"  # GGUF files for llama.cpp, written on request (runs.export_gguf)
 OLD_INDEX_FILE = "runs.sqlite"  # the index of runs written before the runs package (read only, never written)
 
 

@@ -17,14 +17,15 @@ from minillm_core.planning import PruningPlan
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
 
-__all__ = ["ALL_TASKS", "EVALUATE_RECOVERED", "LOAD_STEP", "PPL_DATASETS", "RECOVER_STEP", "SPEC_FORMAT", "RunSpec",
-           "eval_config"]
+__all__ = ["ALL_TASKS", "EVALUATE_RECOVERED", "LLAMACPP_STEP", "LOAD_STEP", "PPL_DATASETS", "RECOVER_STEP",
+           "SPEC_FORMAT", "RunSpec", "eval_config"]
 
 SPEC_FORMAT = "minillm.runspec/2"  # spec.json without a "format" key is the flat JobSpec layout (version 1)
 #: A run's speed measurement: fewer repeats and tokens than the CLI default, so a dashboard run stays quick.
 RUN_SPEED = SpeedConfig(repeats=3, new_tokens=16)
 #: The steps of a run besides `workflow.steps_of`'s, as the Run page shows them.
 LOAD_STEP, RECOVER_STEP, EVALUATE_RECOVERED = "load model", "recover with LoRA", "evaluate recovered"
+LLAMACPP_STEP = "measure in llama.cpp"
 _OLD_EVAL_KEYS = ("perplexity", "tasks", "limit", "seq_len", "measure_speed", "data_dir")
 
 
@@ -49,6 +50,7 @@ class RunSpec:
     reconstruct: ReconstructConfig | None = None  # re-fit the kept weights after pruning (None: no re-fit)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # the re-fit's calibration rows
     evaluate_original: bool = True
+    llamacpp: bool = False  # also export both models to GGUF (q8_0) and measure them in llama.cpp
     dtype: str = "auto"
     device: str = "auto"
     name: str = ""
@@ -85,6 +87,7 @@ class RunSpec:
         from minillm_core.workflow import steps_of
 
         steps = [LOAD_STEP, *steps_of(self.evaluate_original, reconstruct=self.reconstructs)]
+        steps += [LLAMACPP_STEP] if self.llamacpp else []
         return steps + ([RECOVER_STEP, EVALUATE_RECOVERED] if self.recovery is not None else [])
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +96,8 @@ class RunSpec:
                 "recovery": None if self.recovery is None else asdict(self.recovery),
                 "reconstruct": None if self.reconstruct is None else asdict(self.reconstruct),
                 "calibration": asdict(self.calibration),
-                "evaluate_original": self.evaluate_original, "dtype": self.dtype, "device": self.device,
+                "evaluate_original": self.evaluate_original, "llamacpp": self.llamacpp, "dtype": self.dtype,
+                "device": self.device,
                 "name": self.name, "extra": dict(self.extra)}
 
     @classmethod

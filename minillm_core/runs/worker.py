@@ -17,11 +17,12 @@ from minillm_core import workflow
 from minillm_core.errors import MiniLLMError
 from minillm_core.progress import Progress
 from minillm_core.runs import files
-from minillm_core.runs.spec import EVALUATE_RECOVERED, LOAD_STEP, RECOVER_STEP, RunSpec
+from minillm_core.runs.spec import EVALUATE_RECOVERED, LLAMACPP_STEP, LOAD_STEP, RECOVER_STEP, RunSpec
 from minillm_core.runs.store import read_spec, read_status, write_status
 
 logger = logging.getLogger(__name__)
 
+GGUF_RUN_DTYPE = "q8_0"  # what a run's llama.cpp measurement writes: the usual deployment choice
 _STATUS_EVERY_S = 0.25  # throttle for progress writes; step and state changes are always written
 
 
@@ -102,10 +103,35 @@ def execute(spec: RunSpec, folder: Path, rep: Reporter) -> tuple[dict[str, Any],
            "model_dir": str(folder / files.MODEL_SUBDIR), **outcome.extra}
     if "reconstruction" in outcome.extra:
         out["before_reconstruction"] = outcome.run.details.get("before_reconstruction", {})
+    if spec.llamacpp:
+        _llamacpp(spec, folder, out, rep.begin(LLAMACPP_STEP))
     if spec.recovery is not None:
         out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep)
     out["seconds"] = time.time() - t0
     return out, outcome.run.side_files()
+
+
+def _llamacpp(spec: RunSpec, folder: Path, out: dict[str, Any], progress: Progress) -> None:
+    """Both models as q8_0 GGUF files measured in llama.cpp (decode speed on one thread, 3 interleaved runs); the
+    metrics join the run's original/pruned columns (scalars only), the decode speed-ups its comparison. The pruned
+    model's file stays for the Runs page."""
+    engine = workflow.LlamaCppConfig(gguf_dtype=GGUF_RUN_DTYPE, threads=(1,), speed_repeats=3,
+                                     decode_tokens=32)
+    models = {"pruned": str(folder / files.MODEL_SUBDIR)}
+    if spec.evaluate_original:
+        models["original"] = spec.model
+    gguf_dir = folder / files.GGUF_SUBDIR
+    gguf_dir.mkdir(exist_ok=True)
+    results = workflow.evaluate_llamacpp(models, spec.evaluation, engine, gguf_dir, progress=progress)
+    for label, r in results.items():
+        out.setdefault(label, {}).update({k: v for k, v in r.items() if k.startswith("llamacpp/")
+                                          and isinstance(v, (int, float))})
+    os.replace(results["pruned"]["gguf"], gguf_dir / f"model-{GGUF_RUN_DTYPE}.gguf")
+    if "original" in results:
+        Path(results["original"]["gguf"]).unlink(missing_ok=True)
+        out.setdefault("comparison", {}).update({
+            f"speedup/llamacpp_{k.removeprefix('llamacpp/')}": v / results["original"][k]
+            for k, v in results["pruned"].items() if k.startswith("llamacpp/decode_tps/")})
 
 
 def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Reporter) -> dict[str, Any]:
