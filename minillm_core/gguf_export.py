@@ -252,6 +252,11 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, config: GGUFConfig, tok
                       str(tokenizer_gguf))
 
 
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def check_output_file(out: str | os.PathLike, overwrite: bool) -> Path:
     """`out` as a path a new file may be written to: refuses a directory, an existing file unless `overwrite`, and
     a parent that is not a directory (checked before any work is done)."""
@@ -260,6 +265,8 @@ def check_output_file(out: str | os.PathLike, overwrite: bool) -> Path:
         raise ExportError(f"{path} is a directory; --out takes a file name such as model.gguf")
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; choose another name or pass overwrite")
+    if path.is_file() and not _is_gguf(path):  # overwrite replaces a GGUF file, never someone's other file
+        raise ExportError(f"{path} exists and is not a GGUF file; overwrite only replaces GGUF files")
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise ExportError(f"cannot write {path}: {parent} is not a directory")

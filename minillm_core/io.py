@@ -46,18 +46,41 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
+#: Files that mark a directory as minillm's own output: a pruned model (manifest), a LoRA adapter (plan beside
+#: it), a recovery run (its checkpoint folder, live loss log, record). `overwrite` replaces only such directories.
+OWN_MARKERS = (MANIFEST, PLAN_FILE, "checkpoint", "live_losses.jsonl", "recovery.json")
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` as a directory minillm may write (checked before any work): absent or empty; with `overwrite`, also
+    one that holds minillm's own output. Never a file, never a folder of other files (overwrite would delete them),
+    never under a file, always under a writable parent. Raises `MiniLLMError` saying which and what to do."""
+    out = Path(out).expanduser()
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    if out.exists() and not out.is_dir():
+        raise MiniLLMError(f"{out} exists and is a file, not a directory")
+    if not parent.is_dir():
+        raise MiniLLMError(f"cannot write {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK):
+        raise MiniLLMError(f"cannot write {out}: {parent} is not writable")
+    if out.exists() and not _is_empty_dir(out):
+        if not overwrite:
+            raise MiniLLMError(f"{out} exists and is not empty; choose another directory or pass overwrite")
+        if not any((out / m).exists() for m in OWN_MARKERS):
+            raise MiniLLMError(f"{out} holds files minillm did not write (no {MANIFEST}); overwrite only replaces a "
+                               "directory minillm wrote: choose another directory")
+    return out
+
+
 def save_pruned(
     model: nn.Module, tokenizer: Any, out_dir: str | Path, plan: PruningPlan | None = None, overwrite: bool = False
 ) -> Path:
     """Write a pruned model to `out_dir` atomically: everything goes to a temporary sibling, then one rename.
 
-    Refuses a non-empty `out_dir` unless `overwrite`; on any failure (disk full included) `out_dir` is untouched.
+    Refuses a non-empty `out_dir` unless `overwrite`, and even then one that minillm did not write
+    (`check_output_dir`); on any failure (disk full included) `out_dir` is untouched.
     """
-    out = Path(out_dir).expanduser()
-    if out.exists() and not (overwrite or _is_empty_dir(out)):
-        raise MiniLLMError(f"{out} exists and is not empty; choose another directory or pass overwrite")
-    if out.exists() and not out.is_dir():
-        raise MiniLLMError(f"{out} exists and is a file, not a directory")
+    out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -148,4 +171,5 @@ def load_plan(path: str | Path) -> PruningPlan | None:
     return PruningPlan.load(file) if file.is_file() else None
 
 
-__all__ = ["MANIFEST", "PLAN_FILE", "load_plan", "load_pruned", "manifest_for", "save_pruned"]
+__all__ = ["MANIFEST", "OWN_MARKERS", "PLAN_FILE", "check_output_dir", "load_plan", "load_pruned", "manifest_for",
+           "save_pruned"]

@@ -30,7 +30,7 @@ from minillm_core.surgery import prune_layer, unit_index
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("local", "dense")
+TARGETS = ("local", "dense", "residual")
 SELECTIONS = ("plan", "obs")
 
 
@@ -44,7 +44,9 @@ class ReconstructConfig:
     damping: float = option(0.01, "Ridge damping of the re-fit, as a fraction of the mean diagonal of the input "
                             "Gram matrix.", min=0.0, max=10.0, cli="recon-damping", label="re-fit damping")
     target: str = option("local", "local: the original layer's output on the pruned model's inputs; dense: the dense "
-                         "model's own activations (OSSCAR; also corrects earlier layers' error).", choices=TARGETS,
+                         "model's own activations (OSSCAR; also corrects earlier layers' error); residual: dense, and "
+                         "the output projections also pull the residual stream back to the dense model's (error "
+                         "feedback; pre-norm layers). dense and residual re-fit unpruned layers too.", choices=TARGETS,
                          cli="recon-target", label="re-fit target")
     select: str = option("obs", "obs: re-choose each layer's heads/channels (same widths) by OBS on the pruned "
                          "model's own inputs as the layers go (SlimGPT; the best measured, bench/results/quality.md); "
@@ -75,17 +77,26 @@ class Gram:
     cross: torch.Tensor
     gram: torch.Tensor
     rows: int = 0
+    shift: torch.Tensor | None = None  # R^T S [out, k]: an extra target R [rows, out] added to T W^T (residual drift)
 
     @classmethod
     def empty(cls, n: int, k: int, device: torch.device) -> Gram:
         return cls(torch.zeros(n, k, dtype=torch.float64, device=device),
                    torch.zeros(k, k, dtype=torch.float64, device=device))
 
-    def add(self, target: torch.Tensor, source: torch.Tensor) -> None:
+    def add(self, target: torch.Tensor, source: torch.Tensor, extra: torch.Tensor | None = None) -> None:
         t, s = target.to(torch.float64), source.to(torch.float64)
         self.cross += t.T @ s
         self.gram += s.T @ s
         self.rows += t.shape[0]
+        if extra is not None:
+            shift = extra.to(torch.float64).T @ s
+            self.shift = shift if self.shift is None else self.shift + shift
+
+    def rhs(self, weight: torch.Tensor) -> torch.Tensor:
+        """`W C (+ R^T S)` [out, k]: the cross term of the target with the kept inputs."""
+        out = weight.to(torch.float64) @ self.cross
+        return out if self.shift is None else out + self.shift
 
 
 def with_ones(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +113,7 @@ def refit(weight: torch.Tensor, stats: Gram, damping: float) -> torch.Tensor:
     g = stats.gram
     lam = damping * g.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
-    rhs = (weight.to(torch.float64) @ stats.cross).T  # [k, out]
+    rhs = stats.rhs(weight).T  # [k, out]
     for _ in range(6):  # a singular Gram matrix (dead channels) gets more damping, never a crash
         chol, info = torch.linalg.cholesky_ex(g + lam * eye)
         if int(info) == 0:
@@ -114,8 +125,7 @@ def refit(weight: torch.Tensor, stats: Gram, damping: float) -> torch.Tensor:
 def objective(candidate: torch.Tensor, weight: torch.Tensor, stats: Gram) -> float:
     """||S W''^T - T W^T||^2 up to the constant ||T W^T||^2: -2 tr(W'' C^T W^T) + tr(W'' G W''^T)."""
     c = candidate.to(torch.float64)
-    w = weight.to(torch.float64)
-    return float(-2 * torch.sum((w @ stats.cross) * c) + torch.sum((c @ stats.gram) * c))
+    return float(-2 * torch.sum(stats.rhs(weight) * c) + torch.sum((c @ stats.gram) * c))
 
 
 def best_fit(weight: torch.Tensor, kept_weight: torch.Tensor, stats: Gram, damping: float) -> tuple[torch.Tensor, bool]:
@@ -162,9 +172,10 @@ def _fit_projection(dense: nn.Linear, pruned: nn.Linear, kept: torch.Tensor, sta
     return {"error_before": before, "error_after": after, "refit": used}
 
 
-def _energy(dense: nn.Linear, targets: list[torch.Tensor]) -> float:
-    """||T W^T + b||^2 summed over the recorded rows (for relative errors)."""
-    return float(sum(dense(t).double().pow(2).sum() for t in targets))
+def _energy(dense: nn.Linear, targets: list[torch.Tensor], extras: list[torch.Tensor] | None = None) -> float:
+    """||T W^T + b (+ R)||^2 summed over the recorded rows (for relative errors)."""
+    extras = extras or [0.0] * len(targets)
+    return float(sum((dense(t).double() + e).pow(2).sum() for t, e in zip(targets, extras, strict=True)))
 
 
 class _Layer:
@@ -181,20 +192,26 @@ class _Layer:
         return unit_index(self.kept.channels, 1, device)
 
 
-def _stats_for(proj: nn.Linear, targets: list[torch.Tensor], sources: list[torch.Tensor], kept: torch.Tensor) -> Gram:
+def _stats_for(proj: nn.Linear, targets: list[torch.Tensor], sources: list[torch.Tensor], kept: torch.Tensor,
+               extras: list[torch.Tensor] | None = None) -> Gram:
     bias = proj.bias is not None
     n, k = proj.weight.shape[1] + bias, kept.numel() + bias
     stats = Gram.empty(n, k, proj.weight.device)
-    for t, s in zip(targets, sources, strict=True):
+    for b, (t, s) in enumerate(zip(targets, sources, strict=True)):
         s = s.index_select(1, kept)
-        stats.add(with_ones(t) if bias else t, with_ones(s) if bias else s)
+        stats.add(with_ones(t) if bias else t, with_ones(s) if bias else s, None if extras is None else extras[b])
     return stats
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
 @torch.no_grad()
-def _attention(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, damping: float
-               ) -> dict[str, Any]:
-    """Re-fit the attention output projection: kept heads' outputs are the original layer's, on the same input."""
+def _attention(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, damping: float,
+               residual: bool = False) -> dict[str, Any]:
+    """Re-fit the attention output projection: kept heads' outputs are the original layer's, on the same input.
+    `residual`: the target also carries the residual stream's drift, x_dense - x_pruned."""
     o_dense = layer.d_adapter.attention_out_proj(layer.dense)
     sources, targets = [], []
     with capture_input(o_dense) as cap:
@@ -205,21 +222,26 @@ def _attention(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None,
                 xd[b].run(layer.dense)
                 targets.append(cap.take())
     targets = targets or sources
+    extras = [_rows(d.hidden - x.hidden) for d, x in zip(xd, xs, strict=True)] if residual and xd else None
     kept = layer.head_columns(o_dense.weight.device)
-    stats = _stats_for(o_dense, targets, sources, kept)
+    stats = _stats_for(o_dense, targets, sources, kept, extras)
     o_pruned = layer.p_adapter.attention_out_proj(layer.pruned)
-    return _fit_projection(o_dense, o_pruned, kept, stats, _energy(o_dense, targets), damping)
+    return _fit_projection(o_dense, o_pruned, kept, stats, _energy(o_dense, targets, extras), damping)
 
 
 @torch.no_grad()
-def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, damping: float) -> dict[str, Any]:
-    """Re-fit the MLP output projection on the pruned layer's own MLP input (after its re-fitted attention)."""
+def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, damping: float,
+         residual: bool = False) -> dict[str, Any]:
+    """Re-fit the MLP output projection on the pruned layer's own MLP input (after its re-fitted attention).
+    `residual`: the target also carries the drift of the residual stream between attention and MLP (the layer's
+    output minus its MLP output, dense minus pruned), so the layer's output becomes the dense one."""
     down_dense = layer.d_adapter.mlp_out_proj(layer.dense)
+    down_pruned = layer.p_adapter.mlp_out_proj(layer.pruned)
     first_in = layer.p_adapter.mlp_in_projs(layer.pruned)[0]
-    sources, targets = [], []
+    sources, targets, extras = [], [], []
     for b, x in enumerate(xs):
-        with capture_input(first_in) as mlp_in:
-            x.run(layer.pruned)
+        with capture_input(first_in) as mlp_in, capture_input(down_pruned) as zp:
+            out_p = x.run(layer.pruned)
         u = mlp_in.values[0]
         # The original MLP on the pruned layer's MLP input: every channel, so removed ones count in the target.
         with replace_inputs(layer.d_adapter.mlp_in_projs(layer.dense), lambda u=u: u), \
@@ -228,17 +250,20 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
         sources.append(z.take())
         if xd is not None:
             with capture_input(down_dense) as zd:
-                xd[b].run(layer.dense)
+                out_d = xd[b].run(layer.dense)
             targets.append(zd.take())
+            if residual:  # mid-stream drift: (out_d - down(z_d)) - (out_p - down_p(z_p))
+                mid_d = _rows(out_d) - down_dense(targets[-1])
+                extras.append(mid_d - (_rows(out_p) - down_pruned(zp.take())))
     targets = targets or sources
     kept = layer.channel_columns(down_dense.weight.device)
-    stats = _stats_for(down_dense, targets, sources, kept)
-    down_pruned = layer.p_adapter.mlp_out_proj(layer.pruned)
-    return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets), damping)
+    stats = _stats_for(down_dense, targets, sources, kept, extras or None)
+    return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets, extras or None), damping)
 
 
 def refit_layer(adapter: ArchAdapter, shape: LayerShape, dense: nn.Module, pruned: nn.Module, kept: LayerPlanIndices,
-                xs: list[LayerInput], xd: list[LayerInput] | None, damping: float) -> list[dict[str, Any]]:
+                xs: list[LayerInput], xd: list[LayerInput] | None, damping: float, residual: bool = False
+                ) -> list[dict[str, Any]]:
     """Re-fit, in place, the output projections of `pruned` (layer `dense` of original widths `shape`, cut to
     `kept`) on its inputs `xs` (targets from `xd` when given); one row of errors per re-fitted projection.
 
@@ -249,9 +274,9 @@ def refit_layer(adapter: ArchAdapter, shape: LayerShape, dense: nn.Module, prune
     layer = _Layer(adapter, dense, pruned, kept)
     rows = []
     if len(kept.heads) < shape.num_heads or (xd is not None and kept.heads):
-        rows.append({"projection": "attention", **_attention(layer, xs, xd, damping)})
+        rows.append({"projection": "attention", **_attention(layer, xs, xd, damping, residual)})
     if len(kept.channels) < shape.intermediate or (xd is not None and kept.channels):
-        rows.append({"projection": "mlp", **_mlp(layer, xs, xd, damping)})
+        rows.append({"projection": "mlp", **_mlp(layer, xs, xd, damping, residual)})
     return rows
 
 
@@ -267,7 +292,7 @@ def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanInd
     for i in range(len(kept)):
         shape, dense, pruned, k = pair(i, xs)
         report.rows += [{"layer": i, **row} for row in refit_layer(adapter, shape, dense, pruned, k, xs, xd,
-                                                                  config.damping)]
+                                                                  config.damping, config.target == "residual")]
         with torch.no_grad():
             xs = [x.advanced(pruned) for x in xs]
             xd = [x.advanced(dense) for x in xd] if xd is not None else None
@@ -299,7 +324,7 @@ def reconstruct(
     da, pa = get_adapter(original), get_adapter(pruned)
     with eval_mode(original), eval_mode(pruned):
         xs = first_layer_inputs(pruned, pa, calibration, config.batch_size)
-        xd = first_layer_inputs(original, da, calibration, config.batch_size) if config.target == "dense" else None
+        xd = first_layer_inputs(original, da, calibration, config.batch_size) if config.target != "local" else None
         return _refit_layers(da, lambda i, _x: (da.layer_shape(i), da.layers()[i], pa.layers()[i], kept[i]), kept,
                              xs, xd, config, progress)
 
@@ -348,6 +373,6 @@ def prune_and_reconstruct(
     with eval_mode(model):
         xs = first_layer_inputs(model, adapter, calibration, config.batch_size)
         xd = [LayerInput(x.hidden.clone(), x.args, x.kwargs, x.adapter) for x in xs] \
-            if config.target == "dense" else None
+            if config.target != "local" else None
         report = _refit_layers(adapter, pair, kept, xs, xd, config, progress)
     return chosen, adapter.sync_config(shapes), report

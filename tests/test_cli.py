@@ -88,6 +88,9 @@ def test_prune_refuses_non_empty_out_before_loading(tmp_path):
     (tmp_path / "f").write_text("x")
     result = runner.invoke(app, ["prune", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "not empty" in result.stderr and "loading" not in result.stderr
+    result = runner.invoke(app, ["prune", "--out", str(tmp_path), "--overwrite"])  # not a folder minillm wrote
+    assert result.exit_code == 2 and "holds files minillm did not write" in result.stderr
+    assert "loading" not in result.stderr and (tmp_path / "f").read_text() == "x"
 
 
 def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):

@@ -153,6 +153,8 @@ def test_refusals_name_the_problem(tmp_path, vocab_gguf):
     (tmp_path / "exists.gguf").write_bytes(b"keep me")
     with pytest.raises(ExportError, match="exists; choose another name or pass overwrite"):
         check_output_file(tmp_path / "exists.gguf", overwrite=False)
+    with pytest.raises(ExportError, match="is not a GGUF file; overwrite only replaces GGUF files"):
+        check_output_file(tmp_path / "exists.gguf", overwrite=True)
     with pytest.raises(ExportError, match="is a directory"):
         check_output_file(tmp_path, overwrite=True)
     with pytest.raises(ExportError, match="is not a directory"):

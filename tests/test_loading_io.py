@@ -99,17 +99,25 @@ def pruned():
     return apply_plan(model, p), p
 
 
-def test_save_refuses_non_empty_directory_unless_overwrite(pruned, tmp_path):
+def test_save_refuses_non_empty_directory_and_overwrites_only_its_own(pruned, tmp_path):
+    """Issue 14: `--overwrite` once deleted any directory it was given; now it replaces only minillm's output."""
     model, p = pruned
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     with pytest.raises(MiniLLMError, match="exists and is not empty"):
         save_pruned(model, None, out, p)
+    with pytest.raises(MiniLLMError, match="holds files minillm did not write"):
+        save_pruned(model, None, out, p, overwrite=True)
     assert (out / "keep.txt").read_text() == "precious"
-    save_pruned(model, None, out, p, overwrite=True)
-    assert (out / MANIFEST).is_file() and not (out / "keep.txt").exists()
-    assert [f.name for f in tmp_path.iterdir()] == ["out"]  # no temporary leftovers
+    mine = save_pruned(model, None, tmp_path / "mine", p)
+    (mine / "stale.txt").write_text("from an earlier run")
+    save_pruned(model, None, mine, p, overwrite=True)
+    assert (mine / MANIFEST).is_file() and not (mine / "stale.txt").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["mine", "out"]  # no temporary leftovers
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MiniLLMError, match="is a file, not a directory"):
+        save_pruned(model, None, tmp_path / "file" / "sub", p)
 
 
 def test_disk_full_leaves_nothing_behind(pruned, tmp_path, monkeypatch):
@@ -149,3 +157,10 @@ def test_load_pruned_rejects_corrupt_manifest_and_weights(pruned, tmp_path):
     (out / MANIFEST).write_text(json.dumps({"format": 7}))
     with pytest.raises(ModelLoadError, match="unsupported format 7"):
         load_pruned(out, device="cpu")
+
+
+def test_overwrite_knows_every_file_that_marks_minillm_output():
+    from minillm_core.io import OWN_MARKERS
+    from minillm_core.recovery.train import CHECKPOINT_DIR, LIVE_LOG, RECOVERY_FILE
+
+    assert {MANIFEST, CHECKPOINT_DIR, LIVE_LOG, RECOVERY_FILE} <= set(OWN_MARKERS)

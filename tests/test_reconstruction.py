@@ -50,6 +50,20 @@ def test_exact_when_the_removed_columns_carry_nothing():
     torch.testing.assert_close(x[:, kept] @ fitted.T, x @ w.T, atol=1e-6, rtol=1e-6)
 
 
+def test_an_extra_target_shifts_the_least_squares_fit():
+    """The residual target: min ||S W'^T - (T W^T + R)||^2, with R accumulated as R^T S beside the Gram matrix."""
+    torch.manual_seed(4)
+    x, w, r = torch.randn(150, 9, dtype=torch.float64), torch.randn(4, 9, dtype=torch.float64), torch.randn(150, 4)
+    kept = torch.tensor([0, 3, 4, 8])
+    stats = Gram.empty(9, 4, x.device)
+    for rows in (slice(0, 70), slice(70, 150)):  # accumulated over batches
+        stats.add(x[rows], x[rows][:, kept], r[rows])
+    expected = torch.linalg.lstsq(x[:, kept], x @ w.T + r.double()).solution.T
+    torch.testing.assert_close(refit(w, stats, damping=0.0), expected)
+    residual = (x[:, kept] @ expected.T - x @ w.T - r.double()).pow(2).sum()
+    assert objective(expected, w, stats) == pytest.approx(float(residual - (x @ w.T + r.double()).pow(2).sum()))
+
+
 def test_best_fit_never_increases_the_error():
     torch.manual_seed(3)
     for damping in (0.0, 0.01, 1.0, 100.0):
@@ -85,7 +99,7 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("target", ["local", "dense"])
+@pytest.mark.parametrize("target", ["local", "dense", "residual"])
 def test_reconstruction_brings_the_pruned_model_closer(kind, target):
     model, plan = _pruned(kind)
     calib = torch.randint(3, 96, (16, 24), generator=torch.Generator().manual_seed(8))
@@ -137,7 +151,7 @@ def test_config_is_validated():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("target", ["local", "dense"])
+@pytest.mark.parametrize("target", ["local", "dense", "residual"])
 def test_pruning_in_place_layer_by_layer_gives_the_same_model(kind, target):
     model, plan = _pruned(kind)
     calib = torch.randint(3, 96, (8, 16), generator=torch.Generator().manual_seed(3))

@@ -27,6 +27,7 @@ from minillm_core.cli.app import (
 )
 from minillm_core.cli.options import config_command
 from minillm_core.errors import MiniLLMError
+from minillm_core.io import check_output_dir
 from minillm_core.workflow import (
     CalibrationConfig,
     LoadConfig,
@@ -127,8 +128,7 @@ def prune(
     Example: minillm prune --model smollm2-135m --scorer flap --ratio 0.2 --out runs/demo
     """
     with user_errors():
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise MiniLLMError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        check_output_dir(out, overwrite)  # before minutes of work, not after
         loaded = load(load_config)
         with Bar(not as_json) as bar:
             rows = CalibrationRows(loaded, calib, score.seed, data_dir)

@@ -213,6 +213,8 @@ def _check_resumable(meta: dict[str, Any], config: RecoveryConfig, fingerprint: 
 
 def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume, if any; refuses a non-empty directory that is not a resumable run."""
+    from minillm_core.io import check_output_dir
+
     if out.exists() and not out.is_dir():
         raise MiniLLMError(f"{out} exists and is a file, not a directory")
     meta = read_checkpoint(out / CHECKPOINT_DIR)
@@ -221,6 +223,7 @@ def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[st
     if out.is_dir() and any(out.iterdir()) and not config.overwrite:
         hint = "pass resume to continue its checkpoint or " if meta is not None else ""
         raise MiniLLMError(f"{out} exists and is not empty; {hint}choose another directory or pass overwrite")
+    check_output_dir(out, config.overwrite)  # overwrite replaces only what minillm wrote
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     return None
