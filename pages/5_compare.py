@@ -24,14 +24,15 @@ run = st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
                    format_func=lambda r: f"{r.name} · {r.model} · {r.id}")
 
 # --- one run: original vs pruned --------------------------------------------------------------------------------
-table = pd.DataFrame(runs.comparison_rows(run))
-st.dataframe(table, hide_index=True, key="comparison_table",
-             column_config={"retained %": st.column_config.NumberColumn(format="%.1f %%")})
+st.markdown(f"#### {runs.headline(run)}")
+if runs.protocol(run):
+    st.caption(runs.protocol(run))
+st.dataframe(pd.DataFrame(runs.comparison_table(run)), hide_index=True, key="comparison_table")
 comparison = run.metrics.get("comparison") or {}
 if comparison:  # KL / agreement against the original and measured speed-ups
     cols = st.columns(min(len(comparison), 4))
     for i, (key, value) in enumerate(sorted(comparison.items())):
-        cols[i % len(cols)].metric(key, f"{value:.4g}")
+        cols[i % len(cols)].metric(*runs.comparison_tile(key, value))
 st.plotly_chart(figures.comparison_figure(run), key="comparison_chart")
 
 # --- across runs ------------------------------------------------------------------------------------------------

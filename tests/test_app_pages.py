@@ -195,7 +195,8 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     goto(app, "5_compare.py")
     table = frame(app, "metric")
     assert {"parameters", "perplexity wikitext2"} <= set(table["metric"])
-    assert table.loc[table["metric"] == "parameters", "retained %"].iloc[0] < 100
+    assert table.loc[table["metric"] == "parameters", "change"].iloc[0].endswith("better")  # fewer parameters
+    assert any("smaller" in m.value and "perplexity (wikitext2)" in m.value for m in app.markdown)  # the headline
     assert len(charts(app)) == 2
     app.text_area[0].set_value("the cat")
     app.number_input[0].set_value(4)

@@ -167,8 +167,9 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     # 5a. Compare: original vs pruned table
     rerun(page, page.get_by_role("link", name="Compare original and pruned").click)
     expect(page.get_by_role("heading", name="Compare")).to_be_visible()
-    expect(table_row(page, "perplexity wikitext2")).to_have_count(4)  # metric, original, pruned, retained %
+    expect(table_row(page, "perplexity wikitext2")).to_have_count(4)  # metric, original, pruned, change
     expect(table_row(page, "parameters")).to_have_count(4)
+    expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\) .* (worse|better)"))).to_be_visible()
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
     shot(page, "05-compare")
 

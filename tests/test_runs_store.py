@@ -132,12 +132,44 @@ def test_exports(root):
     assert table["perplexity wikitext2"]["retained %"] == pytest.approx(120.0)
 
 
+def test_headline_and_table_state_the_trade_off_with_directions(root):
+    run = runs.get(fake_run(root, ppl=29.4, size_mb=3.0), root)
+    run.metrics["comparison"]["speedup/decode/bs1"] = 1.2
+    run.metrics["details"] = {"pruned": {"perplexity": {"wikitext2": {"n_windows": 40, "seq_len": 128}}}}
+    assert runs.headline(run) == ("25% smaller (4 -> 3 MB); perplexity (wikitext2) 10.0 -> 29.4, x2.9 worse; 80% of "
+                                  "next tokens unchanged; decoding x1.20 faster (PyTorch, batch 1)")
+    assert runs.protocol(run) == "Measured on wikitext2: 40 windows of 128 tokens."
+    table = {r["metric"]: r for r in runs.comparison_table(run)}
+    assert table["parameters"] == {"metric": "parameters", "original": "0.0 M", "pruned": "0.0 M",
+                                   "change": "↓ x0.75 better"}
+    assert table["perplexity wikitext2"]["change"] == "↑ x2.94 worse"  # lower is better: no "294 %" anymore
+    assert table["decode tokens/s, batch 1"]["pruned"] == "120.0 tok/s"
+    assert table["decode tokens/s, batch 1"]["change"] == "↑ x1.20 better"
+    assert runs.comparison_tile("agreement/wikitext2", 0.8) == ("next tokens unchanged (wikitext2)", "80.0%")
+    assert runs.comparison_tile("speedup/llamacpp_decode_tps/t1", 1.234) == (
+        "decode speed-up in llama.cpp, 1 thread(s)", "x1.23")
+
+
+def test_size_quality_figure_has_the_original_on_a_log_axis(root):
+    from ui.figures import pareto_figure
+
+    done = [runs.get(fake_run(root, ppl, size), root) for ppl, size in ((12.0, 3.0), (28_000.0, 2.0))]
+    assert runs.dense_points(done) == [(4.0, 10.0, "tiny")]
+    fig = pareto_figure(done)
+    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.range[0] == 0
+    original = next(t for t in fig.data if t.name == "original")
+    assert list(original.x) == [4.0] and list(original.y) == [10.0]
+    assert list(next(t for t in fig.data if t.name == "pruned runs").text) == ["ppl 12.0", "ppl 28000.0"]
+
+
 def test_report_html_embeds_figures_and_plotly(root):
     ids = [fake_run(root, ppl, size) for ppl, size in ((12.0, 3.0), (11.0, 3.5))]
     page = report_html([runs.get(i, root) for i in ids])
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("Plotly.newPlot") == 1 + 2 * len(ids)  # Pareto + (comparison, widths) per run
     assert "Pareto front" in page and "kept widths" in page
+    assert page.count('"plot_bgcolor":"white"') == 1 + 2 * len(ids)  # plotly_white, fixed: never the server's theme
+    assert "x1.20 better" in page and "25% smaller" in page  # the formatted table and the headline
     assert len(page) > 1_000_000  # plotly.js is inlined, so the file works offline
     with pytest.raises(MiniLLMError, match="at least one run"):
         report_html([])

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy.stats import spearmanr
 
-from minillm_core.runs import Run, comparison_rows, pareto_front, size_quality_points
+from minillm_core.runs import Run, comparison_rows, dense_points, pareto_front, size_quality_points
 from minillm_core.scoring import GroupScores
 
 CHANNEL_BINS = 64
@@ -178,15 +178,25 @@ def comparison_figure(run: Run) -> go.Figure:
 
 
 def pareto_figure(runs: list[Run], dataset: str | None = None) -> go.Figure:
-    """Size (MB) vs pruned perplexity for finished runs, with the Pareto front drawn as a line."""
+    """Size (MB) vs pruned perplexity for finished runs (labelled), the original model as the reference point, the
+    Pareto front as a line; perplexity on a log axis (a broken model is orders of magnitude off), sizes from 0."""
     points = size_quality_points(runs, dataset)
     pts = [(size, ppl) for size, ppl, _ in points]
-    labels = [f"{r.name} ({r.id})" for _, _, r in points]
     front = pareto_front(pts)
-    fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="runs",
-                               text=labels, hovertemplate="%{text}<br>%{x:.2f} MB, ppl %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[pts[i][0] for i in front], y=[pts[i][1] for i in front], mode="lines+markers",
+    fig = go.Figure(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers+text", name="pruned runs",
+                               text=[r.name for _, _, r in points], textposition="top center",
+                               customdata=[r.id for _, _, r in points],
+                               hovertemplate="%{text} (%{customdata})<br>%{x:,.1f} MB, perplexity %{y:,.2f}"
+                                             "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[pts[i][0] for i in front], y=[pts[i][1] for i in front], mode="lines",
                              name="Pareto front", line={"dash": "dash"}))
-    fig.update_layout(title="Size vs quality across runs", xaxis_title="pruned size (MB)",
-                      yaxis_title=f"perplexity{f' ({dataset})' if dataset else ''}")
+    dense = dense_points(runs, dataset)
+    fig.add_trace(go.Scatter(x=[d[0] for d in dense], y=[d[1] for d in dense], mode="markers+text", name="original",
+                             text=[f"original {d[2]}" for d in dense], textposition="bottom center",
+                             marker={"symbol": "star", "size": 14},
+                             hovertemplate="%{text}<br>%{x:,.1f} MB, perplexity %{y:,.2f}<extra></extra>"))
+    sizes = [p[0] for p in pts] + [d[0] for d in dense]
+    fig.update_layout(title="Size vs quality across runs (lower left is better)", xaxis_title="size in memory (MB)",
+                      yaxis_title=f"perplexity{f' ({dataset})' if dataset else ''}, log scale", yaxis_type="log",
+                      xaxis_range=[0, max(sizes, default=1) * 1.1])
     return fig

@@ -8,10 +8,9 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from minillm_core.errors import MiniLLMError
-from minillm_core.runs import Run, comparison_rows
+from minillm_core.runs import Run, comparison_table, headline, protocol
 from ui.figures import comparison_figure, pareto_figure, widths_figure
 
 
@@ -24,7 +23,10 @@ def report_html(runs: Sequence[Run]) -> str:
         if r.state == "done":
             figures += [comparison_figure(r),
                         widths_figure((r.metrics.get("summary") or {}).get("rows") or [], f"{r.name}: kept widths")]
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    # A fixed template: figures built inside the Streamlit server otherwise carry its theme placeholders, which a
+    # standalone page cannot resolve (every chart came out black).
+    parts = [fig.update_layout(template="plotly_white").to_html(full_html=False, include_plotlyjs=(i == 0))
+             for i, fig in enumerate(figures)]
     tables = "".join(_run_section(r) for r in runs)
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     return (
@@ -36,19 +38,14 @@ def report_html(runs: Sequence[Run]) -> str:
     )
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:,.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return "" if v is None else html.escape(str(v))
-
-
 def _run_section(run: Run) -> str:
-    rows = "".join(f"<tr><th>{html.escape(r['metric'])}</th><td>{_fmt(r['original'])}</td><td>{_fmt(r['pruned'])}"
-                   f"</td><td>{_fmt(r['retained %'])}</td></tr>" for r in comparison_rows(run))
+    rows = "".join(f"<tr><th>{html.escape(r['metric'])}</th><td>{html.escape(r['original'])}</td>"
+                   f"<td>{html.escape(r['pruned'])}</td><td>{html.escape(r['change'])}</td></tr>"
+                   for r in comparison_table(run))
+    summary = (f"<p><b>{html.escape(headline(run))}</b><br>{html.escape(protocol(run))}</p>"
+               if run.state == "done" else "")
     error = f"<p>Error: {html.escape(run.error)}</p>" if run.error else ""
     return (f"<h2>{html.escape(run.name)} <small>({html.escape(run.id)})</small></h2>"
             f"<p>model {html.escape(run.model)}, scorer {html.escape(run.scorer)}, ratio {run.ratio:.1%}, "
-            f"state {html.escape(run.state)}; pruned model: {html.escape(run.model_dir or '-')}</p>{error}"
-            f"<table><tr><th>metric</th><th>original</th><th>pruned</th><th>retained %</th></tr>{rows}</table>")
+            f"state {html.escape(run.state)}; pruned model: {html.escape(run.model_dir or '-')}</p>{error}{summary}"
+            f"<table><tr><th>metric</th><th>original</th><th>pruned</th><th>change</th></tr>{rows}</table>")

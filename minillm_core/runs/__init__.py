@@ -16,7 +16,18 @@ from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
 from minillm_core.runs import compare, process, store
-from minillm_core.runs.compare import comparison_rows, metric_label, pareto_front, quality_of, size_quality_points
+from minillm_core.runs.compare import (
+    comparison_rows,
+    comparison_table,
+    comparison_tile,
+    dense_points,
+    headline,
+    metric_label,
+    pareto_front,
+    protocol,
+    quality_of,
+    size_quality_points,
+)
 from minillm_core.runs.files import GGUF_SUBDIR, MODEL_SUBDIR, RECOVERED_SUBDIR
 from minillm_core.runs.spec import ALL_TASKS, PPL_DATASETS, RECOVER_STEP, RunSpec, eval_config
 from minillm_core.runs.store import RUNS_DIR_ENV, STATES, TERMINAL, Run, RunStatus, runs_root
@@ -38,11 +49,15 @@ __all__ = [
     "RunStatus",
     "cancel",
     "comparison_rows",
+    "comparison_table",
+    "comparison_tile",
     "delete",
+    "dense_points",
     "eval_config",
     "export_gguf",
     "get",
     "gguf_file",
+    "headline",
     "list",
     "loads_with_from_pretrained",
     "loss_curve",
@@ -50,6 +65,7 @@ __all__ = [
     "metrics_csv",
     "metrics_json",
     "pareto_front",
+    "protocol",
     "quality_of",
     "read_metrics",
     "read_spec",

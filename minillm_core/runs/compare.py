@@ -35,6 +35,109 @@ def metric_label(key: str) -> str:
     return f"perplexity {rest}" if head == "ppl" else key
 
 
+#: Which way is better, by metric key prefix: -1 lower (perplexity, size, latency), +1 higher (accuracy, speed).
+_DIRECTIONS = (("ppl/", -1), ("kl/", -1), ("llamacpp/ppl/", -1), ("llamacpp/file_mb", -1), ("params", -1),
+               ("size_mb", -1), ("disk_mb", -1), ("memory/", -1), ("speed/prefill_ms", -1), ("acc", 1),
+               ("agreement/", 1), ("speed/decode_tps", 1), ("llamacpp/decode_tps/", 1))
+
+
+def direction(key: str) -> int | None:
+    """-1 when lower is better, +1 when higher is better, None when the metric has no better side."""
+    return next((d for prefix, d in _DIRECTIONS if key.startswith(prefix)), None)
+
+
+def format_value(key: str, value: Any) -> str:
+    """A metric value with its unit, for people: "134.5 M", "513.1 MB", "55.12", "45.3 %", "39.9 tok/s"."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "" if value is None else str(value)
+    if key == "params":
+        return f"{value / 1e6:,.1f} M"
+    if key.endswith("_mb") or key in ("size_mb", "disk_mb"):
+        return f"{value:,.1f} MB"
+    if key.startswith(("acc", "agreement/")):
+        return f"{value:.1%}"
+    if "decode_tps" in key:
+        return f"{value:,.1f} tok/s"
+    if "_ms" in key:
+        return f"{value:,.1f} ms"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def change_of(key: str, original: Any, pruned: Any) -> str:
+    """Pruned vs original as a ratio with its verdict: "x2.94 worse", "x0.80 better", "same"."""
+    if not all(isinstance(v, (int, float)) for v in (original, pruned)) or not original:
+        return ""
+    ratio, d = pruned / original, direction(key)
+    if abs(ratio - 1) < 0.005:
+        return "same"
+    if d is None:
+        return f"x{ratio:.2f}"
+    better = ratio < 1 if d < 0 else ratio > 1
+    return f"{'↓' if ratio < 1 else '↑'} x{ratio:.2f} {'better' if better else 'worse'}"
+
+
+def comparison_table(run: Run) -> list[dict[str, str]]:
+    """Original vs pruned per metric for people: formatted values with units and the change with its direction."""
+    orig, pruned = run.metrics.get("original") or {}, run.metrics.get("pruned") or {}
+    return [{"metric": metric_label(k), "original": format_value(k, orig.get(k)),
+             "pruned": format_value(k, pruned.get(k)), "change": change_of(k, orig.get(k), pruned.get(k))}
+            for k in dict.fromkeys([*orig, *pruned])]
+
+
+def headline(run: Run) -> str:
+    """The trade-off of a run in one sentence: size, quality, agreement and speed, each with its direction."""
+    o, p, c = run.metrics.get("original") or {}, run.metrics.get("pruned") or {}, run.metrics.get("comparison") or {}
+    parts = []
+    if o.get("params") and p.get("params"):
+        mb = next((k for k in ("disk_mb", "size_mb") if o.get(k) and p.get(k)), None)
+        sizes = f" ({o[mb]:,.0f} -> {p[mb]:,.0f} MB)" if mb else ""
+        parts.append(f"{1 - p['params'] / o['params']:.0%} smaller{sizes}")
+    ppl = next((k for k in p if k.startswith("ppl/") and o.get(k)), None)
+    if ppl:
+        x = p[ppl] / o[ppl]
+        parts.append(f"perplexity ({ppl.removeprefix('ppl/')}) {o[ppl]:,.1f} -> {p[ppl]:,.1f}, "
+                     f"x{x:.1f} {'worse' if x > 1 else 'better'}")
+    if o.get("acc/average") and p.get("acc/average"):
+        parts.append(f"zero-shot accuracy {o['acc/average']:.1%} -> {p['acc/average']:.1%}")
+    agree = next((v for k, v in c.items() if k.startswith("agreement/")), None)
+    if agree is not None:
+        parts.append(f"{agree:.0%} of next tokens unchanged")
+    speed = next(((k, v) for k, v in sorted(c.items()) if k.startswith("speedup/llamacpp_decode")), None) or \
+        next(((k, v) for k, v in c.items() if k == "speedup/decode/bs1"), None)
+    if speed:
+        where = "llama.cpp, batch 1" if "llamacpp" in speed[0] else "PyTorch, batch 1"
+        parts.append(f"decoding x{speed[1]:.2f} {'faster' if speed[1] >= 1 else 'slower'} ({where})")
+    return "; ".join(parts) if parts else "no comparison with the original was measured"
+
+
+def protocol(run: Run) -> str:
+    """How the quality numbers were measured: windows and tokens per perplexity set, items per task."""
+    details = (run.metrics.get("details") or {}).get("pruned") or {}
+    sets = [f"{name}: {r['n_windows']} windows of {r['seq_len']} tokens"
+            for name, r in (details.get("perplexity") or {}).items() if isinstance(r, dict) and "n_windows" in r]
+    config = run.metrics.get("eval_config") or {}
+    tasks = config.get("tasks") or []
+    if tasks:
+        items = f"the first {config['limit']}" if config.get("limit") else "all"
+        sets.append(f"{len(tasks)} zero-shot task(s) on {items} items")
+    return ("Measured on " + "; ".join(sets) + ".") if sets else ""
+
+
+def comparison_tile(key: str, value: float) -> tuple[str, str]:
+    """(label, formatted value) of a `comparison` metric: KL, agreement, measured speed-ups."""
+    head, _, rest = key.partition("/")
+    if head == "kl":
+        return f"KL divergence to the original ({rest}), lower is better", f"{value:.3f}"
+    if head == "agreement":
+        return f"next tokens unchanged ({rest})", f"{value:.1%}"
+    if key.startswith("speedup/llamacpp_decode_tps/t"):
+        return f"decode speed-up in llama.cpp, {key.rsplit('/t', 1)[1]} thread(s)", f"x{value:.2f}"
+    if head == "speedup":  # speedup/decode/bs1, speedup/prefill/bs8
+        kind, _, batch = rest.partition("/")
+        return f"{kind} speed-up in PyTorch, batch {batch.removeprefix('bs')}", f"x{value:.2f}"
+    return key, f"{value:.4g}"
+
+
 def comparison_rows(run: Run) -> list[dict[str, Any]]:
     """Original vs pruned per metric, with the retained percentage (pruned / original)."""
     orig, pruned = run.metrics.get("original") or {}, run.metrics.get("pruned") or {}
@@ -63,6 +166,17 @@ def size_quality_points(runs: Sequence[Run], dataset: str | None = None) -> list
         if q is not None and size is not None:
             points.append((float(size), q[1], r))
     return points
+
+
+def dense_points(runs: Sequence[Run], dataset: str | None = None) -> list[tuple[float, float, str]]:
+    """(size in MB, perplexity, model) of each distinct original model the runs measured (the reference point)."""
+    out: dict[str, tuple[float, float, str]] = {}
+    for r in runs:
+        orig, q = r.metrics.get("original") or {}, quality_of(r, dataset)
+        key = f"ppl/{q[0]}" if q else None
+        if key and orig.get(key) is not None and orig.get("size_mb") is not None and r.model not in out:
+            out[r.model] = (float(orig["size_mb"]), float(orig[key]), r.model)
+    return list(out.values())
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
