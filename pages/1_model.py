@@ -16,6 +16,7 @@ from ui.widgets import config_widgets
 MAX_UPLOAD_MB = 20
 SOURCES = ("Bundled", "Hugging Face Hub id", "Local directory or .gguf file")
 
+state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Model & data")
 
 # --- model ------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ui import figures, state
 from ui.models import model_handle
 from ui.widgets import scorer_options
 
+state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Importance")
 with state.user_errors():
     handle = model_handle(*state.model_key())

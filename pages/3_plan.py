@@ -22,6 +22,7 @@ def _toggle_clicked_layers() -> None:
     st.session_state[PROTECTED] = sorted(set(st.session_state.get(PROTECTED, [])) ^ clicked)
 
 
+state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Plan")
 with state.user_errors():
     handle = model_handle(*state.model_key())

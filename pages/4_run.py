@@ -140,6 +140,7 @@ def job_panel(run_id: str, was_running: bool) -> None:
         st.error(f"Failed: {run.error}")
 
 
+state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Prune & evaluate")
 plan = st.session_state.get(state.PLAN)
 if plan is None:

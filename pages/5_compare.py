@@ -12,6 +12,7 @@ from minillm_core import runs, workflow
 from ui import figures, state
 from ui.models import greedy_generate, model_handle, pruned_handle
 
+state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Compare")
 done = runs.list(states=("done",))
 if not done:

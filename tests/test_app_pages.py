@@ -242,3 +242,13 @@ def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_d
     assert [(r["estimator"], r["n_probes"]) for r in rows] == [("spsa", 1), ("spsa", 2)]
     assert all(-1 <= r["cosine"] <= 1 for r in rows)
     assert len(charts(app)) == 4
+
+
+@pytest.mark.parametrize("page", ["1_model.py", "2_importance.py", "3_plan.py", "4_run.py", "5_compare.py",
+                                  "6_runs.py"])
+def test_every_page_runs_on_its_own_as_a_deep_link_does(page, tiny_model_dir, runs_dir, monkeypatch):
+    """A deep link opened first on a cold server runs the page file without the router: no KeyError."""
+    monkeypatch.chdir(Path(APP).parent)
+    at = AppTest.from_file(str(Path(APP).parent / "pages" / page), default_timeout=120)
+    at.session_state[state.MODEL] = str(tiny_model_dir)  # only the model: everything else from the page's init
+    ok(at.run())
