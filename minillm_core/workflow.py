@@ -19,7 +19,7 @@ from torch import nn
 
 from minillm_core.allocation import build_plan
 from minillm_core.allocation_search import SearchConfig
-from minillm_core.calibration import FILE_SOURCE, CalibrationConfig, build_calibration
+from minillm_core.calibration import FILE_SOURCE, SELF_SOURCE, CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, PlanError
 from minillm_core.evaluation.llamacpp import LlamaCppConfig
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
@@ -35,6 +35,7 @@ from minillm_core.surgery import apply_indices, copy_model
 __all__ = [
     "ALLOCATIONS",
     "FILE_SOURCE",
+    "SELF_SOURCE",
     "CalibrationConfig",
     "EvalConfig",
     "GGUFConfig",

@@ -7,10 +7,18 @@ import time
 import streamlit as st
 
 from minillm_core import workflow
+from minillm_core.errors import DataError
 from minillm_core.workflow import CalibrationConfig, ScoreConfig
 from ui import figures, state
 from ui.models import model_handle
 from ui.widgets import scorer_options
+
+
+def _use_own_text() -> None:
+    """The no-data path: the model writes its own calibration text (seeded), so scoring needs no data set."""
+    st.session_state[state.CALIBRATION] = {**st.session_state[state.CALIBRATION], "source": workflow.SELF_SOURCE,
+                                           "path": None}
+
 
 state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Importance")
@@ -45,8 +53,14 @@ if st.button("Compute scores", type="primary"):
         calibration = None
         if needs_data:
             bar.progress(0.0, text="building calibration batch")
-            with handle.lock:  # 'self' calibration runs the shared model
-                calibration = workflow.calibrate(handle.loaded, CalibrationConfig(**calib))
+            try:
+                with handle.lock:  # 'self' calibration runs the shared model
+                    calibration = workflow.calibrate(handle.loaded, CalibrationConfig(**calib))
+            except DataError as exc:  # no mirror and no internet: offer the path that needs no data at all
+                st.error(f"{exc}")
+                st.button("Use the model's own text instead (no data set needed)", type="primary",
+                          on_click=_use_own_text, key="use_own_text")
+                st.stop()
         t0 = time.perf_counter()
         with handle.lock:  # the cached model is shared: scorers that hook it take turns
             result = workflow.score(handle.loaded, ScoreConfig(name, options), calibration, progress=progress)

@@ -252,3 +252,16 @@ def test_every_page_runs_on_its_own_as_a_deep_link_does(page, tiny_model_dir, ru
     at = AppTest.from_file(str(Path(APP).parent / "pages" / page), default_timeout=120)
     at.session_state[state.MODEL] = str(tiny_model_dir)  # only the model: everything else from the page's init
     ok(at.run())
+
+
+def test_no_data_at_all_offers_the_models_own_text_and_ends_in_heatmaps(app, tmp_path, monkeypatch):
+    """No data mirror and no Hub (a new user's machine here): the error offers self calibration as a button."""
+    monkeypatch.setenv("MINILLM_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    app.session_state[state.CALIBRATION] = {"source": "c4", "n_samples": 2, "seq_len": 16, "seed": 0, "path": None}
+    with_scores(app, "wanda-sp")
+    assert app.error and app.session_state[state.ACTIVE_SCORER] is None
+    ok(app.button(key="use_own_text").click().run())
+    assert app.session_state[state.CALIBRATION]["source"] == "self"
+    with_scores(app, "wanda-sp")
+    assert app.session_state[state.ACTIVE_SCORER].startswith("wanda-sp") and len(charts(app)) == 3
