@@ -334,6 +334,35 @@ def summarize(plan: PruningPlan, geometry: ModelGeometry) -> PlanSummary:
     )
 
 
+#: What the benchmarks measured at heavy cuts (bench/results/quality_full.md: SmolLM2-135M, default pipeline with
+#: the re-fit, WikiText-2 full split): the reference a risk warning quotes.
+HEAVY_CUT_EVIDENCE = ("on SmolLM2-135M, removing 50% of the parameters took WikiText-2 perplexity from 56 to 442 "
+                      "even with the re-fit, and 20% to 111")
+
+
+def plan_risks(summary: PlanSummary) -> list[str]:
+    """Warnings a person should read before running a plan: layers cut to a sliver, a large share removed."""
+    thin = [r["layer"] for r in summary.rows
+            if r["channels_before"] and r["channels_after"] < 0.25 * r["channels_before"]]
+    risks = []
+    if thin:
+        risks.append(f"{len(thin)} layer(s) keep under a quarter of their MLP channels (layers {_ranges(thin)}).")
+    if summary.removed_fraction_non_embedding > 0.4:
+        risks.append(f"{summary.removed_fraction_non_embedding:.0%} of the decoder blocks go: expect a much worse "
+                     f"model ({HEAVY_CUT_EVIDENCE}); plan a recovery step.")
+    return risks
+
+
+def _ranges(layers: list[int]) -> str:
+    """[4, 5, 6, 9] -> "4-6, 9"."""
+    out, start = [], layers[0]
+    for prev, cur in zip(layers, [*layers[1:], None], strict=True):
+        if cur != prev + 1:
+            out.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = cur
+    return ", ".join(out)
+
+
 def export_targets(geometry: ModelGeometry, shapes: list[LayerShape]) -> tuple[str, ...]:
     """Where a model of these widths runs: plain `from_pretrained`, GGUF for llama.cpp, always `load_pruned`."""
     out = ["HF from_pretrained"] if geometry.loads_plainly(shapes) else []

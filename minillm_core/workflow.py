@@ -26,7 +26,15 @@ from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metric
 from minillm_core.gguf_export import GGUFConfig, GGUFExport
 from minillm_core.loading import LoadConfig, LoadedModel, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
-from minillm_core.planning import ALLOCATIONS, ModelGeometry, PlanConfig, PlanSummary, PruningPlan, summarize
+from minillm_core.planning import (
+    ALLOCATIONS,
+    ModelGeometry,
+    PlanConfig,
+    PlanSummary,
+    PruningPlan,
+    plan_risks,
+    summarize,
+)
 from minillm_core.progress import Progress, no_progress
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
@@ -76,6 +84,7 @@ __all__ = [
     "needs_calibration",
     "perplexity_of_text",
     "plan_defaults",
+    "plan_risks",
     "preview_scorer",
     "prune",
     "prune_and_evaluate",

@@ -68,6 +68,8 @@ m1.metric("Parameters after", f"{s.params_after:,}", f"-{s.removed_fraction:.1%}
 m2.metric("Non-embedding removed", f"{s.removed_fraction_non_embedding:.1%}")
 m3.metric("Ideal speed-up", f"x{s.ideal_speedup:.2f}")
 st.markdown("**Exports to:** " + " · ".join(s.exports_to))
+for risk in workflow.plan_risks(s):
+    st.warning(risk)
 sizes = pd.DataFrame({"before (MB)": s.size_mb_before, "after (MB)": s.size_mb_after}).rename_axis("dtype")
 st.dataframe(sizes.round(1), key="sizes_table")
 if not s.loads_with_from_pretrained:

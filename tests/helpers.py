@@ -104,7 +104,7 @@ def spec_for(model_dir: Path, **kw):
     evaluation's settings (perplexity, tasks, limit, seq_len, measure_speed)."""
     from minillm_core.runs import RunSpec, eval_config
 
-    evaluation = {"perplexity": ("wikitext2",), "limit": 2, "seq_len": 16}
+    evaluation = {"perplexity": ("wikitext2",), "limit": 2, "seq_len": 16, "measure_speed": True}
     evaluation |= {k: kw.pop(k) for k in ("perplexity", "tasks", "limit", "seq_len", "measure_speed") if k in kw}
     base = {"model": str(model_dir), "plan": tiny_plan(model_dir), "device": "cpu",
             "evaluation": eval_config(**evaluation)}

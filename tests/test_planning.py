@@ -195,3 +195,18 @@ def test_preview_does_not_touch_weights(gqa):
     before = {k: v.clone() for k, v in gqa.state_dict().items()}
     summarize(build_plan(g, scores, PlanConfig(ratio=0.3, allocation="global", protected_layers=())), g)
     assert all(torch.equal(before[k], v) for k, v in gqa.state_dict().items())
+
+
+def test_heavy_plans_come_with_a_warning(tiny_model_dir):
+    from minillm_core import workflow
+
+    loaded = workflow.load(str(tiny_model_dir), device="cpu")
+    scores = workflow.score(loaded.model, "magnitude")
+    mild = workflow.summary_of(workflow.make_plan(loaded, scores, PlanConfig(ratio=0.1, protected_layers=())),
+                               loaded.model)
+    heavy = workflow.summary_of(workflow.make_plan(loaded, scores, PlanConfig(ratio=0.45, protected_layers=(0,))),
+                                loaded.model)
+    assert workflow.plan_risks(mild) == []
+    risks = workflow.plan_risks(heavy)
+    assert any("keep under a quarter of their MLP channels (layers 1-3)" in r for r in risks)
+    assert any("of the decoder blocks go: expect a much worse model" in r for r in risks)

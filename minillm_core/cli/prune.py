@@ -51,6 +51,8 @@ def _print_summary(summary: workflow.PlanSummary) -> None:
         f"plain from_pretrained: {'yes' if summary.loads_with_from_pretrained else 'no (use minillm_core.load_pruned)'}"
     )
     typer.echo(f"exports to: {'; '.join(summary.exports_to)}")
+    for risk in workflow.plan_risks(summary):
+        typer.echo(f"warning: {risk}")
 
 
 @app.command()

@@ -30,10 +30,18 @@ _OLD_EVAL_KEYS = ("perplexity", "tasks", "limit", "seq_len", "measure_speed", "d
 
 
 def eval_config(perplexity: tuple[str, ...] = ("wikitext2",), tasks: tuple[str, ...] = (), limit: int | None = 16,
-                seq_len: int = 128, measure_speed: bool = True, data_dir: str | None = None) -> EvalConfig:
-    """The evaluation of a run from the Run page's settings (`limit`: windows per benchmark and items per task)."""
+                seq_len: int = 128, measure_speed: bool | None = None, data_dir: str | None = None) -> EvalConfig:
+    """The evaluation of a run from the Run page's settings (`limit`: windows per benchmark and items per task).
+
+    `measure_speed` defaults to on with CUDA and off on a CPU, where PyTorch timings of a few repeats on a shared
+    machine were noise (a pruned model measured "slower"); llama.cpp's interleaved measurement is the CPU option.
+    """
     if isinstance(limit, bool):
         raise MiniLLMError(f"limit must be None (everything) or an integer >= 1, got {limit!r}")
+    if measure_speed is None:
+        import torch
+
+        measure_speed = torch.cuda.is_available()
     return EvalConfig(perplexity=tuple(perplexity), seq_len=seq_len, tasks=tuple(tasks), limit=limit,
                       speed=measure_speed, speed_config=RUN_SPEED, data_dir=data_dir)
 
