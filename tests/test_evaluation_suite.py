@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,7 +116,12 @@ def test_a_passing_and_a_failing_contract():
         ({"clauses": [{"min": 1}]}, "clause 1 needs a 'metric' name"),
         ({"clauses": [{"metric": "params"}]}, "needs 'min' or 'max'"),
         ({"clauses": [{"metric": "params", "mx": 3}]}, "unknown keys ['mx']; allowed: metric, min, max"),
-        ({"clauses": [{"metric": "params", "max": "big"}]}, "bounds must be numbers"),
+        ({"clauses": [{"metric": "params", "max": "big"}]}, "clause 1 max must be a finite number, got 'big'"),
+        ({"clauses": [{"metric": "params", "max": True}]}, "max must be a finite number, got True"),
+        ({"clauses": [{"metric": "params", "min": float("nan")}]}, "min must be a finite number, got nan"),
+        ({"clauses": [{"metric": "params", "min": 3, "max": 2}]}, "min 3 is above max 2; no value could pass"),
+        ({"clauses": [{"metric": "perplexity", "max": 2}]}, "unknown metric 'perplexity'; metrics: params, size_mb"),
+        ({"clauses": [{"metric": "retained/ppl/wikitext2/", "max": 2}]}, "unknown metric"),
     ],
 )
 def test_malformed_contracts(data, message):
@@ -130,6 +136,31 @@ def test_contract_file_errors(tmp_path):
         Contract.load(bad)
     with pytest.raises(ContractError, match="cannot read contract"):
         Contract.load(tmp_path / "missing.yaml")
+
+
+def test_contract_files_are_bounded(tmp_path):
+    """Issue 14: 403 bytes of nested YAML aliases once expanded to 4 GB; aliases, huge and binary files are refused."""
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
+                                                      for p, c in zip("abcdefg", "bcdefgh", strict=True)]
+    bomb.write_text("\n".join(levels) + "\nname: *h\nclauses: [{metric: params, max: 1}]\n")
+    with pytest.raises(ContractError, match=r"aliases \(\*name\) are not allowed in a contract"):
+        Contract.load(bomb)
+    big = tmp_path / "big.yaml"
+    big.write_text("clauses: [{metric: params, max: 1}]\n" + "#" * 70_000)
+    with pytest.raises(ContractError, match="is over 64 KB"):
+        Contract.load(big)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ContractError, match="is not UTF-8 text"):
+        Contract.load(binary)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 30_000 + "]" * 30_000)
+    with pytest.raises(ContractError, match="is nested too deeply"):
+        Contract.load(deep)
+    example = tmp_path / "ok.yaml"
+    example.write_text((Path(__file__).parents[1] / "assets" / "contract-example.yaml").read_text())
+    assert len(Contract.load(example).clauses) == 3
 
 
 def test_required_eval_covers_every_clause():

@@ -6,6 +6,8 @@ Each clause bounds one metric of `RunMetrics.flat()`: `retained/ppl/wikitext2 <=
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,40 @@ from minillm_core.evaluation.suite import EvalConfig
 
 class ContractError(MiniLLMError):
     """A contract file that cannot be read or understood."""
+
+
+MAX_CONTRACT_BYTES = 64 * 1024  # a contract is a few clauses; anything bigger is a mistake or an attack
+#: Every metric a clause can name (`RunMetrics.flat()`), optionally prefixed by original/ or retained/.
+METRIC_FORMS = ("params", "size_mb", "disk_mb", "param_ratio", "ppl/<dataset>", "kl/<dataset>",
+                "agreement/<dataset>", "acc/<task>", "acc/average", "acc_norm/<task>", "speed/decode_tps/bs<N>",
+                "speed/prefill_ms/bs<N>", "speedup/decode/bs<N>", "speedup/prefill/bs<N>", "memory/<kind>_mb",
+                "llamacpp/ppl/<dataset>", "llamacpp/decode_tps/t<N>", "llamacpp/file_mb",
+                "speedup/llamacpp_decode_tps/t<N>")
+_METRIC = re.compile(
+    r"(original/|retained/)?(params|size_mb|disk_mb|param_ratio|(ppl|kl|agreement|acc|acc_norm|llamacpp/ppl)/[\w.-]+"
+    r"|speed/(decode_tps|prefill_ms)/bs\d+|speedup/(decode|prefill)/bs\d+|memory/\w+_mb|llamacpp/decode_tps/t\d+"
+    r"|llamacpp/file_mb|speedup/llamacpp_decode_tps/t\d+)")
+
+
+def _no_aliases_loader():
+    """PyYAML's safe loader without anchors/aliases: nested aliases expand exponentially (a 403-byte contract
+    once took 4 GB), and a contract has no use for them."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a contract",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    return Loader
+
+
+def _bound(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ContractError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
 
 
 EXAMPLE = """\
@@ -76,10 +112,14 @@ class Contract:
                                     "max")
             if c.get("min") is None and c.get("max") is None:
                 raise ContractError(f"{source}: clause {i + 1} ({c['metric']}) needs 'min' or 'max'")
-            try:
-                bounds = {k: float(c[k]) for k in ("min", "max") if c.get(k) is not None}
-            except (TypeError, ValueError):
-                raise ContractError(f"{source}: clause {i + 1} bounds must be numbers") from None
+            if not _METRIC.fullmatch(c["metric"]):
+                raise ContractError(f"{source}: clause {i + 1}: unknown metric {c['metric']!r}; metrics: "
+                                    f"{', '.join(METRIC_FORMS)} (optionally prefixed original/ or retained/)")
+            bounds = {k: _bound(c[k], f"{source}: clause {i + 1} {k}") for k in ("min", "max")
+                      if c.get(k) is not None}
+            if bounds.get("min", -math.inf) > bounds.get("max", math.inf):
+                raise ContractError(f"{source}: clause {i + 1} ({c['metric']}): min {bounds['min']:g} is above max "
+                                    f"{bounds['max']:g}; no value could pass")
             clauses.append(Clause(c["metric"], **bounds))
         return cls(str(data.get("name", source)), tuple(clauses))
 
@@ -89,11 +129,19 @@ class Contract:
 
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_CONTRACT_BYTES + 1)
+            text = raw.decode("utf-8")
         except OSError as exc:
             raise ContractError(f"cannot read contract {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ContractError(f"contract {path} is not UTF-8 text: {exc}") from None
+        if len(raw) > MAX_CONTRACT_BYTES:
+            raise ContractError(f"contract {path} is over {MAX_CONTRACT_BYTES // 1024} KB; a contract is a few clauses")
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_no_aliases_loader())
+        except RecursionError:
+            raise ContractError(f"contract {path} is nested too deeply") from None
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
             raise ContractError(f"contract {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                                 f"{exc}") from None

@@ -26,12 +26,19 @@ from minillm_core.progress import Progress, no_progress
 
 RUN_SCHEMA = "minillm.run/1"
 PPL_DATASETS = ("wikitext2", "ptb")
-#: Metrics where lower is better (the rest: higher is better); used by gates and the Pareto front.
-LOWER_IS_BETTER_PREFIXES = ("ppl/", "kl/", "params", "size_mb", "disk_mb", "memory/", "speed/prefill_ms")
+#: Metrics where lower is better, and where higher is better (the rest, e.g. a parameter ratio, have no better side).
+LOWER_IS_BETTER_PREFIXES = ("ppl/", "kl/", "params", "size_mb", "disk_mb", "memory/", "speed/prefill_ms",
+                            "llamacpp/ppl/", "llamacpp/file_mb")
+HIGHER_IS_BETTER_PREFIXES = ("acc", "agreement/", "speed/decode_tps", "llamacpp/decode_tps/", "speedup/")
 
 
 def lower_is_better(metric: str) -> bool:
     return metric.startswith(LOWER_IS_BETTER_PREFIXES)
+
+
+def direction(metric: str) -> int | None:
+    """-1 when lower is better, +1 when higher is better, None when the metric has no better side."""
+    return -1 if lower_is_better(metric) else 1 if metric.startswith(HIGHER_IS_BETTER_PREFIXES) else None
 
 
 @dataclass(frozen=True)

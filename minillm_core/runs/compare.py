@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from minillm_core.evaluation.suite import direction
+
 if TYPE_CHECKING:
     from minillm_core.runs.store import Run
 
@@ -33,17 +35,6 @@ def metric_label(key: str) -> str:
                 f"{arg.removeprefix('t')} thread(s)", "file_mb": "GGUF file (MB)",
                 "windows": f"llama.cpp windows {arg}"}.get(kind, key)
     return f"perplexity {rest}" if head == "ppl" else key
-
-
-#: Which way is better, by metric key prefix: -1 lower (perplexity, size, latency), +1 higher (accuracy, speed).
-_DIRECTIONS = (("ppl/", -1), ("kl/", -1), ("llamacpp/ppl/", -1), ("llamacpp/file_mb", -1), ("params", -1),
-               ("size_mb", -1), ("disk_mb", -1), ("memory/", -1), ("speed/prefill_ms", -1), ("acc", 1),
-               ("agreement/", 1), ("speed/decode_tps", 1), ("llamacpp/decode_tps/", 1))
-
-
-def direction(key: str) -> int | None:
-    """-1 when lower is better, +1 when higher is better, None when the metric has no better side."""
-    return next((d for prefix, d in _DIRECTIONS if key.startswith(prefix)), None)
 
 
 def format_value(key: str, value: Any) -> str:
