@@ -246,6 +246,10 @@ def build_plan(
     for i, shape in enumerate(geometry.layers):
         if scores.heads[i].numel() != shape.num_heads or scores.channels[i].numel() != shape.intermediate:
             raise PlanError(f"scores for layer {i} do not match its widths; were they computed on another model?")
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in (*scores.heads, *scores.channels))
+    if bad:  # a ranking of NaN/inf is arbitrary: the model would be cut at random and look fine
+        raise PlanError(f"{bad} of the {scores.scorer} scores are NaN or infinite (options "
+                        f"{scores.options or 'default'}); the ranking would be arbitrary: change the scorer options")
     if targets is not None:  # explicit per-layer removals (a searched allocation)
         cuts = cuts_for_targets(geometry, config, targets)
     elif config.allocation == "global":
@@ -261,6 +265,9 @@ def build_plan(
         channels = channels_to_keep(scores.channels[i], cut.keep_channels)
         layers.append(LayerPlanIndices(tuple(heads), tuple(kv), channels))
     shapes = [LayerShape(len(k.heads), len(k.kv_heads), len(k.channels)) for k in layers]
+    if shapes == list(geometry.layers):
+        raise PlanError(f"ratio {config.ratio:g} removes nothing: it is below the smallest unit a layer can lose "
+                        f"(rounding channels to multiples of {config.round_to}); choose a larger ratio")
     return PruningPlan(
         model=model_name,
         model_type=geometry.model_type,

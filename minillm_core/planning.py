@@ -227,13 +227,25 @@ class PruningPlan:
 
     def validate(self, geometry: ModelGeometry | None = None) -> None:
         """Check indices against the original widths (and a model's geometry, when given)."""
+        for i, kept in enumerate(self.layers):
+            for what, values in (("heads", kept.heads), ("kv_heads", kept.kv_heads), ("channels", kept.channels)):
+                wrong = next((v for v in values if isinstance(v, bool) or not isinstance(v, int)), None)
+                if wrong is not None:
+                    raise PlanError(f"layer {i}: {what} must be integer indices, got {wrong!r}")
         if len(self.layers) != len(self.original):
             raise PlanError(f"plan lists {len(self.layers)} layers but {len(self.original)} original shapes")
         if geometry is not None:
             if geometry.model_type != self.model_type:
                 raise PlanError(f"plan is for a {self.model_type!r} model, this model is {geometry.model_type!r}")
+            if geometry.num_layers != len(self.original):
+                raise PlanError(f"plan was made for a model with {len(self.original)} layers, this model has "
+                                f"{geometry.num_layers}")
             if list(geometry.layers) != list(self.original):
                 raise PlanError("plan was made for a model with other layer widths")
+            expected = geometry.params_for(self.shapes())
+            if self.predicted_params != expected:
+                raise PlanError(f"the plan's predicted_params ({self.predicted_params:,}) do not match its kept widths "
+                                f"on this model ({expected:,}): the file was edited or made for another model")
         tied = geometry.tied_heads if geometry is not None else ADAPTERS.get(self.model_type).tied_heads
         for i, (kept, shape) in enumerate(zip(self.layers, self.original, strict=True)):
             try:

@@ -76,6 +76,9 @@ def search(
     """
     if not 0 < low < high < 1 or tolerance <= 0:
         raise MiniLLMError(f"need 0 < low < high < 1 and tolerance > 0, got low={low}, high={high}, tol={tolerance}")
+    outside = [r for r in ratios or [] if not 0 < r < 1]
+    if ratios is not None and (outside or not ratios):
+        raise MiniLLMError(f"ratios must be fractions of parameters in (0, 1), got {outside or 'none'}")
     base = base or PlanConfig()
     eval_config = contract.required_eval(eval_config or EvalConfig())
     run = _Evaluator(model, tokenizer, scores, base, contract, eval_config, progress)

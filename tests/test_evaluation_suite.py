@@ -233,3 +233,21 @@ def test_saved_search_loads_and_plots(tmp_path):
     assert [len(t.x) for t in fig.data] == [2, 1, 1]  # the line, one passing point, one failing point
     with pytest.raises(MiniLLMError, match="not a search result"):
         load_search('{"points": [{"x": 1}]}')
+
+
+def test_search_ratios_and_seq_len_out_of_range_are_refused(tmp_path):
+    """Issue 14: `search --ratios 1.5,-1` exited 0 and `eval --seq-len` beyond the context ran for minutes."""
+    from typer.testing import CliRunner
+
+    from minillm_core.cli import app
+    from tests.helpers import save_tiny_model_dir
+
+    model_dir = save_tiny_model_dir(tmp_path / "m", "opt")  # OPT: 64 positions
+    contract = tmp_path / "c.yaml"
+    contract.write_text("clauses: [{metric: params, max: 1.0e12}]\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["search", "--model", str(model_dir), "--scorer", "magnitude", "--contract", str(contract),
+                            "--ratios", "1.5,-1"])
+    assert r.exit_code == 2 and "ratios must be fractions of parameters in (0, 1), got [1.5, -1.0]" in r.stderr
+    r = runner.invoke(app, ["eval", "--model", str(model_dir), "--seq-len", "128", "--limit", "1"])
+    assert r.exit_code == 2 and "seq_len 128 is longer than the model's context (64 positions)" in r.stderr

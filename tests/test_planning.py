@@ -210,3 +210,33 @@ def test_heavy_plans_come_with_a_warning(tiny_model_dir):
     risks = workflow.plan_risks(heavy)
     assert any("keep under a quarter of their MLP channels (layers 1-3)" in r for r in risks)
     assert any("of the decoder blocks go: expect a much worse model" in r for r in risks)
+
+
+def test_damaged_plans_and_scores_are_refused_with_a_reason(tiny_model_dir):
+    """Issue 14: silently wrong results and tracebacks on damaged plans."""
+    import json
+
+    from minillm_core import workflow
+
+    loaded = workflow.load(str(tiny_model_dir), device="cpu")
+    scores = workflow.score(loaded.model, "magnitude")
+    plan = workflow.make_plan(loaded, scores, PlanConfig(ratio=0.2, protected_layers=()))
+    data = json.loads(plan.to_json())
+    for value in (2.5, True, "1"):
+        bad = json.loads(plan.to_json())
+        bad["layers"][0]["heads"][0] = value
+        with pytest.raises(PlanError, match="layer 0: heads must be integer indices"):
+            PruningPlan.from_dict(bad)
+    edited = dict(data, predicted_params=data["predicted_params"] - 1)
+    with pytest.raises(PlanError, match=r"predicted_params \(.*\) do not match its kept widths"):
+        workflow.prune(loaded.model, PruningPlan.from_dict(edited))
+    shorter = dict(data, layers=data["layers"][:-1], original=data["original"][:-1])
+    with pytest.raises(PlanError, match="made for a model with 3 layers, this model has 4"):
+        workflow.prune(loaded.model, PruningPlan.from_dict(shorter))
+    broken = GroupScores(scores.scorer, [h.clone() for h in scores.heads], [c.clone() for c in scores.channels],
+                         scores.options)
+    broken.channels[1][3] = float("nan")
+    with pytest.raises(PlanError, match="1 of the magnitude scores are NaN or infinite"):
+        workflow.make_plan(loaded, broken, PlanConfig(ratio=0.2))
+    with pytest.raises(PlanError, match="removes nothing"):
+        workflow.make_plan(loaded, scores, PlanConfig(ratio=0.0001, protected_layers=()))

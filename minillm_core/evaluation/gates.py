@@ -49,9 +49,16 @@ def _no_aliases_loader():
 
 
 def _bound(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A finite number; a numeric string too (YAML 1.1 reads `1.0e12` as a string), never a boolean."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
         raise ContractError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    return float(number)
 
 
 EXAMPLE = """\

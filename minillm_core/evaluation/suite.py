@@ -20,7 +20,7 @@ from minillm_core.evaluation.perplexity import perplexity_on, token_windows
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
 from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
-from minillm_core.modeling.base import count_params
+from minillm_core.modeling.base import count_params, max_context
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 
@@ -109,6 +109,10 @@ def _size_metrics(model: Any, model_dir: str | os.PathLike | None) -> dict[str, 
 def evaluate(model: Any, tokenizer: Any, config: EvalConfig, model_dir: str | os.PathLike | None = None,
              progress: Progress = no_progress) -> tuple[dict[str, float], dict[str, Any]]:
     """Measure one model. Returns (flat metrics, details: perplexity records and lm-eval JSON)."""
+    context = max_context(model)
+    if config.perplexity and context is not None and config.seq_len > context:
+        raise MiniLLMError(f"seq_len {config.seq_len} is longer than the model's context ({context} positions); "
+                           f"allowed: 2..{context}")
     metrics = _size_metrics(model, model_dir)
     details: dict[str, Any] = {"perplexity": {}}
     for name in config.perplexity:
