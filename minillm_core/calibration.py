@@ -28,6 +28,11 @@ SELF_SOURCE = "self"  # the model writes its own calibration text: no data set, 
 FILE_SUFFIXES = (".txt", ".jsonl")
 STREAM_JOIN = "\n\n"  # the paper-protocol join (see data.perplexity_text), also used for paragraphs of a .txt
 _TOKENIZE_CHUNK = 32  # documents per tokenizer call while searching for long-enough documents
+#: The joined stream is tokenized whole up to this many characters (exactly the paper protocol); beyond, in pieces of
+#: this size, and only until `STREAM_BUDGET` x the needed tokens are in hand: tokenizing a 20 MB file of short lines
+#: in one call once took 5.8 GB (issue 14).
+STREAM_PIECE_CHARS = 1_000_000
+STREAM_BUDGET = 16
 
 
 def calibration_sources() -> list[str]:
@@ -118,9 +123,13 @@ def _windows_from_documents(tokenizer: Any, docs: Sequence[str], config: Calibra
     order = list(range(len(docs)))
     rng.shuffle(order)
     windows: list[list[int]] = []
+    budget, seen = config.n_samples * config.seq_len * STREAM_BUDGET, 0
     for start in range(0, len(order), _TOKENIZE_CHUNK):
+        if seen >= budget:  # long documents are too rare here: the joined stream will do
+            break
         texts = [docs[i] for i in order[start : start + _TOKENIZE_CHUNK]]
         for ids in _encode_many(tokenizer, [t for t in texts if t.strip()]):
+            seen += len(ids)
             if len(ids) < config.seq_len:
                 continue
             begin = rng.randint(0, len(ids) - config.seq_len)
@@ -129,7 +138,7 @@ def _windows_from_documents(tokenizer: Any, docs: Sequence[str], config: Calibra
                 logger.info("calibration: %d windows from documents (%d tokenized)", len(windows), start + len(texts))
                 return windows
     logger.info(
-        "calibration: only %d of %d documents reach %d tokens; sampling from the joined text instead",
+        "calibration: only %d of the documents read (of %d) reach %d tokens; sampling from the joined text instead",
         len(windows),
         len(docs),
         config.seq_len,
@@ -143,7 +152,7 @@ def _windows_from_stream(tokenizer: Any, docs: Sequence[str], config: Calibratio
     For short documents (PTB sentences, lines of a user file), as SparseGPT/Wanda calibrate on joined text. The
     stream is cut into `N // seq_len` chunks after a random offset and `n_samples` of them are drawn.
     """
-    ids = _encode_many(tokenizer, [STREAM_JOIN.join(docs)])[0]
+    ids = _stream_ids(tokenizer, docs, config.n_samples * config.seq_len * STREAM_BUDGET)
     n_chunks = len(ids) // config.seq_len
     if n_chunks < config.n_samples:
         need = config.n_samples * config.seq_len
@@ -155,6 +164,34 @@ def _windows_from_stream(tokenizer: Any, docs: Sequence[str], config: Calibratio
     offset = rng.randint(0, len(ids) - n_chunks * config.seq_len)
     picks = rng.sample(range(n_chunks), config.n_samples)
     return [ids[offset + k * config.seq_len : offset + (k + 1) * config.seq_len] for k in picks]
+
+
+def _stream_ids(tokenizer: Any, docs: Sequence[str], budget: int) -> list[int]:
+    """Token ids of `STREAM_JOIN.join(docs)`: in one call when the text is small; else piece by piece (documents
+    kept whole, about `STREAM_PIECE_CHARS` per call) until `budget` tokens, so memory stays bounded."""
+    if sum(len(d) for d in docs) <= STREAM_PIECE_CHARS:
+        return _encode_many(tokenizer, [STREAM_JOIN.join(docs)])[0]
+    ids: list[int] = []
+    piece: list[str] = []
+    size = 0
+    for i, doc in enumerate(docs):
+        piece.append(doc)
+        size += len(doc) + len(STREAM_JOIN)
+        last = i == len(docs) - 1
+        if size >= STREAM_PIECE_CHARS or last:
+            encoded = _encode_many(tokenizer, [STREAM_JOIN.join(piece) + ("" if last else STREAM_JOIN)])[0]
+            ids += encoded if not ids else encoded[_special_prefix(tokenizer):]
+            piece, size = [], 0
+            if len(ids) >= budget:
+                logger.info("calibration: stopped reading after %d of %d documents (%d tokens)", i + 1, len(docs),
+                            len(ids))
+                break
+    return ids
+
+
+def _special_prefix(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer puts before a text (a BOS), dropped from every piece but the first."""
+    return len(_encode_many(tokenizer, [""])[0])
 
 
 def build_calibration(

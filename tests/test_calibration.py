@@ -185,3 +185,18 @@ def test_self_calibration_needs_no_data_and_is_seeded():
     assert (a[:, 0] == tok.bos_token_id).all()
     with pytest.raises(DataError, match="needs the model"):
         build_calibration(tok, CalibrationConfig(SELF_SOURCE, n_samples=2, seq_len=8))
+
+
+def test_a_big_stream_is_tokenized_in_pieces_with_the_same_ids(monkeypatch):
+    """Issue 14: a 20 MB file of short lines was tokenized in one call (5.8 GB); pieces give the same token ids and
+    stop once the budget is in hand."""
+    from minillm_core import calibration
+    from tests.helpers import char_tokenizer
+
+    tok = char_tokenizer()
+    docs = [f"line {i} of the file" for i in range(400)]
+    whole = calibration._stream_ids(tok, docs, budget=10**9)
+    monkeypatch.setattr(calibration, "STREAM_PIECE_CHARS", 300)
+    assert calibration._stream_ids(tok, docs, budget=10**9) == whole
+    bounded = calibration._stream_ids(tok, docs, budget=1000)
+    assert 1000 <= len(bounded) < 1400 and bounded == whole[: len(bounded)]
