@@ -13,13 +13,22 @@ from ui.models import model_handle
 from ui.widgets import config_widgets
 
 PROTECTED = "plan.protected_layers"  # the protected-layers widget's key
+CHART_GENERATION = "plan.widths_chart_generation"  # bumped after each click: a fresh chart with no selection
+
+
+def _chart_key() -> str:
+    return f"widths_chart_{st.session_state.get(CHART_GENERATION, 0)}"
 
 
 def _toggle_clicked_layers() -> None:
-    """Click a layer's bar to protect it (or to unprotect it); runs before the script, so it may set the widget."""
-    points = st.session_state["widths_chart"].selection.get("points", [])
+    """Click a layer's bar to protect it (or to unprotect it); runs before the script, so it may set the widget.
+
+    A chart keeps its selection across reruns, so a second click on the same bar would select nothing new; the chart
+    gets a new key after every click, and each click toggles."""
+    points = st.session_state[_chart_key()].selection.get("points", [])
     clicked = {int(p["x"]) for p in points if "x" in p}
     st.session_state[PROTECTED] = sorted(set(st.session_state.get(PROTECTED, [])) ^ clicked)
+    st.session_state[CHART_GENERATION] = st.session_state.get(CHART_GENERATION, 0) + 1
 
 
 state.init()  # a deep link on a cold server runs this page before the router (app.py)
@@ -75,7 +84,7 @@ st.dataframe(sizes.round(1), key="sizes_table")
 if not s.loads_with_from_pretrained:
     st.caption("Layers end up with different widths: load the result with `minillm_core.load_pruned(dir)`.")
 clickable = uploaded is None
-st.plotly_chart(widths_figure(s.rows), key="widths_chart", on_select=_toggle_clicked_layers if clickable else "ignore",
+st.plotly_chart(widths_figure(s.rows), key=_chart_key(), on_select=_toggle_clicked_layers if clickable else "ignore",
                 selection_mode="points")
 if clickable:
     st.caption("Click a layer's bar to protect it, or to unprotect it.")

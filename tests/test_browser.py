@@ -133,6 +133,18 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     expect(thumb).to_have_value("0.2")
     expect(params).to_have_text(before)
     shot(page, "03-plan-before")
+    # click-to-protect toggles both ways: a layer's bar protects it, a second click on the same bar unprotects it
+    bar = page.get_by_test_id("stPlotlyChart").first.locator("g.barlayer g.point path").nth(2)
+
+    def click_bar() -> None:  # plotly's drag layer takes the pointer: click where the bar is drawn
+        bar.scroll_into_view_if_needed()
+        box = bar.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+    rerun(page, click_bar)
+    expect(params).not_to_have_text(before)
+    rerun(page, click_bar)
+    expect(params).to_have_text(before)
     thumb.focus()
     rerun(page, lambda: [thumb.press("ArrowRight") for _ in range(20)])
     expect(page.get_by_test_id("stSliderThumbValue")).to_have_text("0.40")

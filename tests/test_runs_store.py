@@ -136,11 +136,11 @@ def test_headline_and_table_state_the_trade_off_with_directions(root):
     run = runs.get(fake_run(root, ppl=29.4, size_mb=3.0), root)
     run.metrics["comparison"]["speedup/decode/bs1"] = 1.2
     run.metrics["details"] = {"pruned": {"perplexity": {"wikitext2": {"n_windows": 40, "seq_len": 128}}}}
-    assert runs.headline(run) == ("25% smaller (4 -> 3 MB); perplexity (wikitext2) 10.0 -> 29.4, x2.9 worse; 80% of "
-                                  "next tokens unchanged; decoding x1.20 faster (PyTorch, batch 1)")
+    assert runs.headline(run) == ("25% smaller (4.0 -> 3.0 MB); perplexity (wikitext2) 10.0 -> 29.4, x2.94 worse; 80% "
+                                  "of next tokens unchanged; decoding x1.20 faster (PyTorch, batch 1)")
     assert runs.protocol(run) == "Measured on wikitext2: 40 windows of 128 tokens."
     table = {r["metric"]: r for r in runs.comparison_table(run)}
-    assert table["parameters"] == {"metric": "parameters", "original": "0.0 M", "pruned": "0.0 M",
+    assert table["parameters"] == {"metric": "parameters", "original": "1,000", "pruned": "750",
                                    "change": "↓ x0.75 better"}
     assert table["perplexity wikitext2"]["change"] == "↑ x2.94 worse"  # lower is better: no "294 %" anymore
     assert table["decode tokens/s, batch 1"]["pruned"] == "120.0 tok/s"

@@ -42,9 +42,9 @@ def format_value(key: str, value: Any) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "" if value is None else str(value)
     if key == "params":
-        return f"{value / 1e6:,.1f} M"
+        return f"{value / 1e6:,.1f} M" if value >= 1e6 else f"{value:,.0f}"
     if key.endswith("_mb") or key in ("size_mb", "disk_mb"):
-        return f"{value:,.1f} MB"
+        return _mb(value)
     if key.startswith(("acc", "agreement/")):
         return f"{value:.1%}"
     if "decode_tps" in key:
@@ -52,6 +52,10 @@ def format_value(key: str, value: Any) -> str:
     if "_ms" in key:
         return f"{value:,.1f} ms"
     return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def _mb(value: float) -> str:
+    return f"{value:,.0f} MB" if value >= 100 else f"{value:,.1f} MB" if value >= 1 else f"{value:.2f} MB"
 
 
 def change_of(key: str, original: Any, pruned: Any) -> str:
@@ -81,13 +85,13 @@ def headline(run: Run) -> str:
     parts = []
     if o.get("params") and p.get("params"):
         mb = next((k for k in ("disk_mb", "size_mb") if o.get(k) and p.get(k)), None)
-        sizes = f" ({o[mb]:,.0f} -> {p[mb]:,.0f} MB)" if mb else ""
+        sizes = f" ({_mb(o[mb]).removesuffix(' MB')} -> {_mb(p[mb])})" if mb else ""
         parts.append(f"{1 - p['params'] / o['params']:.0%} smaller{sizes}")
     ppl = next((k for k in p if k.startswith("ppl/") and o.get(k)), None)
     if ppl:
         x = p[ppl] / o[ppl]
-        parts.append(f"perplexity ({ppl.removeprefix('ppl/')}) {o[ppl]:,.1f} -> {p[ppl]:,.1f}, "
-                     f"x{x:.1f} {'worse' if x > 1 else 'better'}")
+        verdict = "about the same" if abs(x - 1) < 0.005 else f"x{x:.2f} {'worse' if x > 1 else 'better'}"
+        parts.append(f"perplexity ({ppl.removeprefix('ppl/')}) {o[ppl]:,.1f} -> {p[ppl]:,.1f}, {verdict}")
     if o.get("acc/average") and p.get("acc/average"):
         parts.append(f"zero-shot accuracy {o['acc/average']:.1%} -> {p['acc/average']:.1%}")
     agree = next((v for k, v in c.items() if k.startswith("agreement/")), None)
@@ -118,7 +122,9 @@ def comparison_tile(key: str, value: float) -> tuple[str, str]:
     """(label, formatted value) of a `comparison` metric: KL, agreement, measured speed-ups."""
     head, _, rest = key.partition("/")
     if head == "kl":
-        return f"KL divergence to the original ({rest}), lower is better", f"{value:.3f}"
+        return f"KL to the original ({rest})", f"{value:.3f}"
+    if key == "param_ratio":
+        return "parameter ratio (original / pruned)", f"x{value:.2f}"
     if head == "agreement":
         return f"next tokens unchanged ({rest})", f"{value:.1%}"
     if key.startswith("speedup/llamacpp_decode_tps/t"):
