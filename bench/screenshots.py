@@ -1,7 +1,7 @@
 """README screenshots: the dashboard on the bundled SmolLM2 in Debian's Chromium, 1400x900, into assets/screenshots/.
 
 Run from the repository root: `python bench/screenshots.py` (needs /usr/bin/chromium, playwright, the data mirror;
-`apt-get install fonts-noto-color-emoji` draws the page icons). Starts its own server on a free port with a private
+the page icons are Material symbols, no emoji font needed). Starts its own server on a free port with a private
 run store, walks Model & data -> Importance -> Plan -> Prune & evaluate -> Compare, and always stops the server.
 """
 
