@@ -44,6 +44,7 @@ VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, se
     "default, residual target (every layer re-fitted)": ("flap", {}, "uniform", ("residual", "obs"), "c4"),
     "default, MLP channels only": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels"}),
     "obs global, MLP channels only": ("obs", {}, "global", ("local", "obs"), "c4", {"target": "channels"}),
+    "default, channels first": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels-first"}),
     "obs sequential + reconstruct, searched over all layers": ("obs", {}, "search", ("local", "obs"), "c4",
                                                                {"protected_layers": ()}),
 }

@@ -68,14 +68,14 @@ def _layer_cut(shape: LayerShape, geometry: ModelGeometry, config: PlanConfig, u
                ) -> LayerCut:
     """One layer's cut removing about `target` parameters: heads in the proportion of the layer's fraction
     (LLM-Pruner's uniform rule), channels, being fine-grained, absorb the rest."""
-    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    use_heads, use_channels = config.uses_heads, config.uses_channels
     max_units = unit.max_remove if use_heads else 0
     if not use_channels:  # heads only: the unit count whose total is closest to the target
         k = min(range(0, max_units + 1), key=lambda u: (abs(u * unit.cost - target), -u))
         return LayerCut(k, unit.granularity, shape.intermediate)
     min_keep = min_channels(shape, config.round_to)
     frac = target / geometry.layer_params(shape)
-    k = min(max_units, round(frac * unit.total)) if use_heads else 0
+    k = min(max_units, round(frac * unit.total)) if use_heads and config.target != "channels-first" else 0
     while True:
         keep_exact = shape.intermediate - (target - k * unit.cost) / geometry.cost_channel
         if keep_exact >= min_keep - config.round_to / 2 or k >= max_units:
@@ -85,7 +85,7 @@ def _layer_cut(shape: LayerShape, geometry: ModelGeometry, config: PlanConfig, u
 
 
 def _max_removal(shape: LayerShape, geometry: ModelGeometry, config: PlanConfig, unit: HeadUnit) -> int:
-    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    use_heads, use_channels = config.uses_heads, config.uses_channels
     min_keep = min_channels(shape, config.round_to) if use_channels else shape.intermediate
     return (unit.max_remove if use_heads else 0) * unit.cost + (shape.intermediate - min_keep) * geometry.cost_channel
 
@@ -188,7 +188,7 @@ def _head_round_scores(z: torch.Tensor, shape: LayerShape, unit: HeadUnit) -> to
 def global_cuts(geometry: ModelGeometry, config: PlanConfig, scores: GroupScores) -> list[LayerCut]:
     """Remove the globally least important units (z-scored within each layer) until the target is met."""
     protected = config.protected(geometry.num_layers)
-    use_heads, use_channels = config.target in ("heads", "both"), config.target in ("channels", "both")
+    use_heads, use_channels = config.uses_heads, config.uses_channels
     z_all, cost_all, layer_all, kind_all = [], [], [], []
     units = [head_unit(s, geometry, config.head_granularity) for s in geometry.layers]
     for i, shape in enumerate(geometry.layers):

@@ -23,7 +23,7 @@ from minillm_core.modeling.base import ADAPTERS, ArchAdapter, LayerPlanIndices, 
 from minillm_core.options import option
 
 ALLOCATIONS = ("uniform", "global", "schedule", "search")
-TARGETS = ("heads", "channels", "both")
+TARGETS = ("heads", "channels", "both", "channels-first")
 PLAN_FORMAT = 1
 BYTES_PER_DTYPE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -48,7 +48,9 @@ class PlanConfig:
     protected_layers: tuple[int, ...] | None = option(
         None, "Layer indices never pruned. Default: LLM-Pruner's rule scaled to depth (first 4/32 and last 2/32 of "
         "the layers; layers 0-3 and 28-29 of a 30-layer model). Pass '' to protect none.", cli="protect")
-    target: str = option("both", "What to prune: heads, channels or both.", choices=TARGETS)
+    target: str = option("both", "What to prune: heads, channels, both (heads in proportion to each layer's cut, "
+                         "LLM-Pruner's rule), or channels-first (MLP channels; heads only where a layer's channels "
+                         "cannot give its cut; with global allocation as both).", choices=TARGETS)
     head_granularity: str = option(
         "q-heads", "GQA head removal: q-heads (the same number of query heads from every KV group) or kv-groups "
         "(whole KV groups with their query heads). Multi-head models always remove whole heads.",
@@ -75,6 +77,14 @@ class PlanConfig:
             object.__setattr__(self, "protected_layers", tuple(sorted({int(i) for i in self.protected_layers})))
         if self.gguf_compatible and self.round_to % QUANT_BLOCK:
             object.__setattr__(self, "round_to", math.lcm(self.round_to, QUANT_BLOCK))
+
+    @property
+    def uses_heads(self) -> bool:
+        return self.target != "channels"
+
+    @property
+    def uses_channels(self) -> bool:
+        return self.target != "heads"
 
     def protected(self, num_layers: int) -> tuple[int, ...]:
         layers = default_protected_layers(num_layers) if self.protected_layers is None else self.protected_layers

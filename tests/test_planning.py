@@ -240,3 +240,21 @@ def test_damaged_plans_and_scores_are_refused_with_a_reason(tiny_model_dir):
         workflow.make_plan(loaded, broken, PlanConfig(ratio=0.2))
     with pytest.raises(PlanError, match="removes nothing"):
         workflow.make_plan(loaded, scores, PlanConfig(ratio=0.0001, protected_layers=()))
+
+
+def test_channels_first_takes_heads_only_where_channels_cannot_give_the_cut(tiny_model_dir):
+    from minillm_core import workflow
+
+    loaded = workflow.load(str(tiny_model_dir), device="cpu")
+    scores = workflow.score(loaded.model, "magnitude")
+
+    def shapes(ratio: float, target: str):
+        plan = workflow.make_plan(loaded, scores, PlanConfig(ratio=ratio, target=target, protected_layers=()))
+        return plan.shapes(), plan.removed_fraction
+
+    mild, removed = shapes(0.15, "channels-first")
+    assert all(s.num_heads == 6 for s in mild) and abs(removed - 0.15) < 0.05  # channels alone suffice
+    assert [s.num_heads for s in shapes(0.15, "both")[0]] != [6] * 4  # LLM-Pruner's rule cuts heads too
+    heavy, removed = shapes(0.55, "channels-first")
+    assert any(s.num_heads < 6 for s in heavy) and all(s.intermediate <= 24 for s in heavy)  # channels first
+    assert abs(removed - 0.55) < 0.05
