@@ -157,7 +157,7 @@ def _ptb(rng: random.Random, n_lines: int) -> str:
 # --- C4 sample: one JSON document per line (text, url, date); long documents and a few short ones -----------------
 def _c4(rng: random.Random) -> str:
     docs = []
-    for i in range(72):
+    for i in range(200):  # `minillm prune` calibrates on 128 documents of at least 128 SmolLM2 tokens
         short = i % 8 == 7  # some documents shorter than a calibration window
         paragraphs = [_paragraph(rng, 1, 2)] if short else [_paragraph(rng, 3, 6) for _ in range(rng.randint(3, 4))]
         docs.append({"text": "\n".join(paragraphs), "url": f"https://example.org/fixture/{i}",

@@ -36,10 +36,15 @@ def test_the_fixture_mirror_is_big_enough_for_smollm2(smollm, fixture_mirror, ca
     """A fresh clone runs on the fixture mirror: the default calibration (32 x 128 SmolLM2 tokens) comes from whole
     C4-style documents, and both perplexity benchmarks give well over the windows the tests evaluate."""
     from minillm_core.calibration import CalibrationConfig, build_calibration
+    from minillm_core.cli.prune import PRUNE_CALIBRATION
 
     with caplog.at_level(logging.INFO, logger="minillm_core.calibration"):
         batch = build_calibration(smollm.tokenizer, CalibrationConfig(), data_dir=fixture_mirror)
     assert batch.shape == (32, 128) and "32 windows from documents" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="minillm_core.calibration"):
+        batch = build_calibration(smollm.tokenizer, PRUNE_CALIBRATION, data_dir=fixture_mirror)
+    assert batch.shape == (128, 128) and "128 windows from documents" in caplog.text  # minillm prune's default
     for name in ("wikitext2", "ptb"):
         assert len(smollm.tokenizer(perplexity_text(name, fixture_mirror)).input_ids) >= 64 * 128, name
 
