@@ -392,6 +392,6 @@ def export_targets(geometry: ModelGeometry, shapes: list[LayerShape]) -> tuple[s
         quantizable = all(s.intermediate % QUANT_BLOCK == 0 for s in shapes)
         out.append("GGUF (llama.cpp)" if quantizable else
                    f"GGUF (llama.cpp; MLP widths not multiples of {QUANT_BLOCK}, so quantized files keep the down "
-                   "projections in f16: plan with gguf_compatible)")
+                   "projections in f16: choose GGUF-compatible widths, --gguf-compatible)")
     out.append("minillm (load_pruned)")
     return tuple(out)
