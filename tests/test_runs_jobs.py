@@ -41,6 +41,7 @@ def test_run_goes_to_the_end_and_writes_results(tiny_model_dir, runs_dir):
     metrics = runs.read_metrics(run_id, runs_dir)
     assert metrics["pruned"]["params"] < metrics["original"]["params"]
     assert metrics["pruned"]["params"] == metrics["summary"]["params_after"]
+    assert 0 < metrics["pruned"]["disk_mb"] < metrics["original"]["disk_mb"]  # both sizes on disk, not "None"
     assert metrics["schema"] == "minillm.run/1" and metrics["scorer"] == "magnitude" and metrics["ratio"] == 0.2
     assert metrics["details"]["pruned"]["perplexity"]["wikitext2"]["n_windows"] == 2
     assert metrics["pruned"]["ppl/wikitext2"] > 1 and metrics["retained"]["ppl/wikitext2"] > 0

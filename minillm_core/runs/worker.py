@@ -97,6 +97,7 @@ def execute(spec: RunSpec, folder: Path, rep: Reporter) -> tuple[dict[str, Any],
     outcome = workflow.prune_and_evaluate(
         loaded.model, loaded.tokenizer, spec.plan, spec.evaluation, model_name=spec.model,
         out_dir=folder / files.MODEL_SUBDIR, evaluate_original=spec.evaluate_original,
+        original_dir=workflow.model_dir_of(spec.model),  # the original's size on disk beside the pruned one
         reconstruction=reconstruction, step=rep.begin)
     out = {**outcome.run.to_dict(), "scorer": spec.plan.scorer, "ratio": spec.plan.config.ratio,
            "summary": workflow.summary_of(spec.plan, loaded.model).to_dict(),
