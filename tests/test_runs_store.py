@@ -271,3 +271,16 @@ def test_an_old_run_directory_opens_and_lists(root):
     assert "oldRunAbc123" in report_html([runs.get(OLD_ID, root)])
     runs.delete(OLD_ID, root)
     assert [r.id for r in runs.list(root=root)] == [new]
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"pruned": 3}', ""])
+def test_one_unreadable_metrics_file_breaks_only_its_own_run(root, content):
+    """Issue 14: one run's damaged metrics.json made the run list (and the pages) fail for every run."""
+    good, bad = fake_run(root, ppl=12.0, size_mb=3.0), fake_run(root, ppl=13.0, size_mb=3.0)
+    (root / bad / "metrics.json").write_text(content)
+    listed = {r.id: r for r in runs.list(root=root)}
+    assert listed[good].state == "done" and listed[good].metrics["pruned"]["ppl/wikitext2"] == 12.0
+    assert listed[bad].state == "failed" and str(root / bad / "metrics.json") in listed[bad].error
+    assert [r.id for r in runs.list(states=("done",), root=root)] == [good]
+    runs.delete(bad, root)  # a broken run can still be removed
+    assert [r.id for r in runs.list(root=root)] == [good]

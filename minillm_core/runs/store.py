@@ -219,7 +219,14 @@ def record(folder: Path, st: RunStatus) -> Run:
         return Run(folder.name, folder.name, st.created, "", "", 0.0, "failed", str(folder),
                    error=f"unreadable run spec ({exc!r})")
     if st.state == "done":
-        run.metrics = read_metrics(folder) or {}
+        try:
+            metrics = read_metrics(folder) or {}
+            if not isinstance(metrics, dict) or not isinstance(metrics.get("pruned", {}), dict):
+                raise MiniLLMError(f"the metrics of run {folder.name} are not a minillm.run/1 object")
+        except MiniLLMError as exc:  # one broken run is shown as broken; the others still list and open
+            run.state, run.error = "failed", f"{exc} ({folder / files.METRICS_FILE})"
+            return run
+        run.metrics = metrics
         run.params_after = (run.metrics.get("pruned") or {}).get("params", run.params_after)
         run.model_dir = str(folder / files.MODEL_SUBDIR)
         run.plan_path = str(folder / files.PLAN_FILE)
