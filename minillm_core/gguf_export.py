@@ -215,26 +215,22 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, config: GGUFConfig, tok
         raise ExportError(f"the tokenizer in {tokenizer_gguf} has {n_tokens} tokens but the model's embedding has "
                           f"{vocab} rows; pass the GGUF of this model's own tokenizer")
     arch = "llama" if len(set(shapes)) == 1 and shapes[0].intermediate > 0 else "deci"
-    layers, padded = [], []
-    for i, shape in enumerate(shapes):
-        arrays, written, pad = _layer_arrays(adapter, i, shape)
-        layers.append(arrays)
-        shapes[i] = written
-        if pad:
-            padded.append(i)
+    padded: list[int] = []
     fallbacks: list[str] = []
     types: Counter = Counter()
     tmp = Path(tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)[1])
     try:
         writer = gguf.GGUFWriter(tmp, arch)
-        _metadata(writer, model, shapes, arch, adapter.head_dim, config.dtype, name)
         for key, value, vtype, sub in fields:
             writer.add_key_value(key, value, vtype, sub_type=sub)
         for tname, tensor in adapter.gguf_model_tensors().items():
             _tensor(writer, tname, _numpy(tensor), config.dtype, fallbacks, types)
-        for i, arrays in enumerate(layers):
+        for i, shape in enumerate(shapes):  # one layer's float32 arrays at a time, converted as they are added
+            arrays, shapes[i], pad = _layer_arrays(adapter, i, shape)
+            padded += [i] if pad else []
             for tname, array in arrays.items():
                 _tensor(writer, f"blk.{i}.{tname}", array, config.dtype, fallbacks, types)
+        _metadata(writer, model, shapes, arch, adapter.head_dim, config.dtype, name)  # the widths as written
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -23,8 +23,8 @@ def _chart_key() -> str:
 def _toggle_clicked_layers() -> None:
     """Click a layer's bar to protect it (or to unprotect it); runs before the script, so it may set the widget.
 
-    A chart keeps its selection across reruns, so a second click on the same bar would select nothing new; the chart
-    gets a new key after every click, and each click toggles."""
+    The chart gets a new key after every click, so no click meets a selection left from an earlier one (issue 13
+    reported clicks that stopped toggling; with Streamlit 1.67 the browser test toggles with or without this guard)."""
     points = st.session_state[_chart_key()].selection.get("points", [])
     clicked = {int(p["x"]) for p in points if "x" in p}
     st.session_state[PROTECTED] = sorted(set(st.session_state.get(PROTECTED, [])) ^ clicked)

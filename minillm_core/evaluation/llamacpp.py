@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 import urllib.request
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from minillm_core.errors import MiniLLMError
-from minillm_core.evaluation.perplexity import _MAX_EXP_ARG, PerplexityResult, token_windows
+from minillm_core.evaluation.perplexity import PerplexityResult, token_windows
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 
@@ -142,9 +141,7 @@ def perplexity_llamacpp(path: str | Path, ids: torch.Tensor, seq_len: int = 128,
             logits = torch.from_numpy(llm.hidden_states(window)) @ head.T  # [seq_len, vocab], float32
             nll += F.cross_entropy(logits[:-1], torch.tensor(window[1:]), reduction="sum").item()
             progress(i + 1, len(windows), "perplexity (llama.cpp)")
-    n_tokens = len(windows) * (seq_len - 1)
-    mean = nll / n_tokens
-    return PerplexityResult(math.exp(mean) if mean < _MAX_EXP_ARG else math.inf, nll, n_tokens, len(windows), seq_len)
+    return PerplexityResult.from_nll(nll, len(windows), seq_len)
 
 
 def decode_speed(paths: dict[str, Path], prompt: list[int], config: LlamaCppConfig,

@@ -38,6 +38,15 @@ class PerplexityResult:
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
+    @classmethod
+    def from_nll(cls, nll_sum: float, n_windows: int, seq_len: int) -> PerplexityResult:
+        """The result of `n_windows` windows whose predicted tokens summed to `nll_sum` (any engine)."""
+        n_tokens = n_windows * (seq_len - 1)
+        mean_nll = nll_sum / n_tokens
+        # A badly broken model can exceed exp()'s float range; that is an infinite perplexity, not a crash.
+        ppl = math.exp(mean_nll) if mean_nll < _MAX_EXP_ARG else math.inf
+        return cls(ppl=ppl, nll_sum=nll_sum, n_tokens=n_tokens, n_windows=n_windows, seq_len=seq_len)
+
 
 def token_windows(input_ids: torch.Tensor, seq_len: int, limit: int | None = None) -> torch.Tensor:
     """`[n]` token ids -> `[n_windows, seq_len]` non-overlapping windows; the final partial window is dropped.
@@ -116,11 +125,7 @@ def perplexity(
         for start in range(0, n_windows, batch_size):
             nll_sum += _batch_nll(model, windows[start : start + batch_size].to(device))
             progress(min(start + batch_size, n_windows), n_windows, "perplexity")
-    n_tokens = n_windows * (seq_len - 1)
-    mean_nll = nll_sum / n_tokens
-    # A badly broken model can exceed exp()'s float range; that is an infinite perplexity, not a crash.
-    ppl = math.exp(mean_nll) if mean_nll < _MAX_EXP_ARG else math.inf
-    return PerplexityResult(ppl=ppl, nll_sum=nll_sum, n_tokens=n_tokens, n_windows=n_windows, seq_len=seq_len)
+    return PerplexityResult.from_nll(nll_sum, n_windows, seq_len)
 
 
 def perplexity_on(

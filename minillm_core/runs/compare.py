@@ -43,7 +43,7 @@ def format_value(key: str, value: Any) -> str:
         return "" if value is None else str(value)
     if key == "params":
         return f"{value / 1e6:,.1f} M" if value >= 1e6 else f"{value:,.0f}"
-    if key.endswith("_mb") or key in ("size_mb", "disk_mb"):
+    if key.endswith("_mb"):
         return _mb(value)
     if key.startswith(("acc", "agreement/")):
         return f"{value:.1%}"
