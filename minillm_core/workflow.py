@@ -21,8 +21,16 @@ from minillm_core.allocation import build_plan
 from minillm_core.allocation_search import SearchConfig
 from minillm_core.calibration import FILE_SOURCE, SELF_SOURCE, CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, PlanError
+from minillm_core.evaluation.ab import (
+    AB_METRICS,
+    AB_REFERENCE_METRICS,
+    ABConfig,
+    ABResult,
+    check_same_tokenizer,
+    run_ab,
+)
 from minillm_core.evaluation.llamacpp import LlamaCppConfig
-from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, speedups
+from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_to_original, evaluate
 from minillm_core.gguf_export import GGUFConfig, GGUFExport
 from minillm_core.loading import LoadConfig, LoadedModel, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
@@ -36,14 +44,19 @@ from minillm_core.planning import (
     summarize,
 )
 from minillm_core.progress import Progress, no_progress
+from minillm_core.prompts import PromptSuite, describe_suites, load_suite
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
 from minillm_core.surgery import apply_indices, copy_model
 
 __all__ = [
+    "AB_METRICS",
+    "AB_REFERENCE_METRICS",
     "ALLOCATIONS",
     "FILE_SOURCE",
     "SELF_SOURCE",
+    "ABConfig",
+    "ABResult",
     "CalibrationConfig",
     "EvalConfig",
     "GGUFConfig",
@@ -55,6 +68,7 @@ __all__ = [
     "ModelGeometry",
     "PlanConfig",
     "PlanSummary",
+    "PromptSuite",
     "PruneOutcome",
     "PruningPlan",
     "ReconstructConfig",
@@ -62,11 +76,14 @@ __all__ = [
     "ScoreConfig",
     "ScorerPreview",
     "SearchConfig",
+    "ab_test",
     "architecture",
     "bundled_models",
     "calibrate",
+    "contract_templates",
     "count_params",
     "describe_scorers",
+    "describe_suites",
     "diagnose",
     "evaluate",
     "evaluate_llamacpp",
@@ -78,6 +95,7 @@ __all__ = [
     "gguf_tokenizer_source",
     "load",
     "load_search",
+    "load_suite",
     "make_plan",
     "measure_memory",
     "model_dir_of",
@@ -555,7 +573,7 @@ def prune_and_evaluate(
     orig_m: dict[str, float] = {}
     details: dict[str, Any] = {}
     if original_metrics is not None:
-        orig_m, details["original"] = original_metrics
+        orig_m, details["original"] = dict(original_metrics[0]), original_metrics[1]  # the caller's stays as it was
     elif evaluate_original:
         orig_m, details["original"] = evaluate(original, tokenizer, config, original_dir,
                                                progress=step(EVALUATE_ORIGINAL))
@@ -584,11 +602,28 @@ def prune_and_evaluate(
                                        progress=step(EVALUATE_PRUNED))
     comparison: dict[str, float] = {}
     if orig_m:
-        if config.perplexity:
-            comparison = compare_metrics(original, pruned, tokenizer, config, progress=step(COMPARE))
-        comparison |= speedups(orig_m, pr_m)
+        comparison = compare_to_original(original, pruned, tokenizer, config, orig_m, pr_m, details,
+                                         progress=step(COMPARE))
     run = RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
     return PruneOutcome(run, pruned, model_dir, time.time() - t0, extra)
+
+
+def ab_test(original: LoadedModel, pruned: LoadedModel, suite: PromptSuite | str, config: ABConfig | None = None,
+            data_dir: str | os.PathLike | None = None, progress: Progress = no_progress) -> ABResult:
+    """A/B-test responses: every prompt of `suite` (a `PromptSuite`, or a name/path for `load_suite`) through the
+    original and the pruned model with the same settings, compared prompt by prompt (`evaluation.ab`)."""
+    config = config or ABConfig()
+    check_same_tokenizer(original.tokenizer, pruned.tokenizer, original.model, pruned.model)
+    if not isinstance(suite, PromptSuite):
+        suite = load_suite(suite, config.limit, data_dir)
+    return run_ab(original.model, pruned.model, original.tokenizer, suite, config, progress=progress)
+
+
+def contract_templates() -> dict[str, str]:
+    """The bundled quality-contract templates ({name: what it is for}); `Contract.load(name)` reads one."""
+    from minillm_core.evaluation.gates import TEMPLATES
+
+    return dict(TEMPLATES)
 
 
 def load_search(data: bytes | str) -> dict[str, Any]:

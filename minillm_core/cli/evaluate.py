@@ -35,6 +35,8 @@ RunDirOpt = Annotated[Path | None, typer.Option(help="Write metrics.json (schema
                                                      "lm-eval JSON files here.")]
 ContractOpt = Annotated[Path, typer.Option(help="Quality contract (YAML or JSON): clauses of metric + min/max, e.g. "
                                                 "retained/ppl/wikitext2 max 1.3; see README.")]
+PromptsOpt = Annotated[str | None, typer.Option(
+    help="A/B prompt suite for the contract's ab/ clauses (bundled name or file); overrides the contract's 'prompts'.")]
 #: `check` and `search` measure what the contract names: no perplexity set unless a clause needs one.
 CONTRACT_EVAL = EvalConfig(perplexity=())
 ENGINES = ("torch", "llamacpp")
@@ -45,6 +47,16 @@ def _with_data(config: EvalConfig, data_dir: Path | None) -> EvalConfig:
     import dataclasses
 
     return dataclasses.replace(config, data_dir=str(data_dir) if data_dir else None)
+
+
+def _contract_eval(contract: Any, evaluation: EvalConfig, data_dir: Path | None, prompts: str | None) -> EvalConfig:
+    """What `check`/`search` measure: the contract's metrics, on the A/B suite `--prompts` names if given."""
+    import dataclasses
+
+    base = _with_data(evaluation, data_dir)
+    if prompts is not None:
+        base = dataclasses.replace(base, ab=workflow.ABConfig(prompts=prompts))
+    return contract.required_eval(base)
 
 
 def _render_metrics(payload: dict[str, Any]) -> None:
@@ -187,17 +199,18 @@ def check(
     load_config: LoadConfig,
     evaluation: Annotated[EvalConfig, Only("limit", "task_seed", "seq_len")] = CONTRACT_EVAL,
     compare_to: CompareOpt = "smollm2-135m",
+    prompts: PromptsOpt = None,
     data_dir: DataDirOpt = None,
     run_dir: RunDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a pruned model against a quality contract: prints each clause with its measured value and exits 1 if
-    any fails (2 on bad input), so a team can put it in CI."""
+    """Check a pruned model against a quality contract (a file or a bundled template, see `minillm suites`): prints
+    each clause with its measured value and exits 1 if any fails (2 on bad input), so a team can put it in CI."""
     from minillm_core.evaluation.gates import Contract, passed
 
     with user_errors():
         c = Contract.load(contract)
-        config = c.required_eval(_with_data(evaluation, data_dir))
+        config = _contract_eval(c, evaluation, data_dir, prompts)
         with Bar(not as_json) as bar:
             run = _pair(load_config, compare_to, config, bar)
         if run_dir:
@@ -226,6 +239,7 @@ def search(
     low: Annotated[float, typer.Option(help="Bisection: smallest ratio tried.")] = 0.05,
     high: Annotated[float, typer.Option(help="Bisection: largest ratio tried.")] = 0.6,
     tolerance: Annotated[float, typer.Option(help="Bisection stops when the bracket is this narrow.")] = 0.02,
+    prompts: PromptsOpt = None,
     data_dir: DataDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write the search curve JSON here (the dashboard plots it).")] = None,
     as_json: JsonOpt = False,
@@ -244,7 +258,8 @@ def search(
         loaded = load(load_config)
         with Bar(not as_json) as bar:
             scores = score_model(loaded, score, CalibrationRows(loaded, calib, score.seed, data_dir), bar)
-            result = run_search(loaded.model, loaded.tokenizer, scores, c, plan, _with_data(evaluation, data_dir),
+            result = run_search(loaded.model, loaded.tokenizer, scores, c, plan,
+                                _contract_eval(c, evaluation, data_dir, prompts),
                                 ratios=grid, low=low, high=high, tolerance=tolerance, progress=bar)
         if out:
             result.write(out)

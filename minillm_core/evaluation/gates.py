@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.ab import AB_METRICS, AB_REFERENCE_METRICS, ABConfig
 from minillm_core.evaluation.suite import EvalConfig
 
 
@@ -26,11 +27,18 @@ METRIC_FORMS = ("params", "size_mb", "disk_mb", "param_ratio", "ppl/<dataset>", 
                 "agreement/<dataset>", "acc/<task>", "acc/average", "acc_norm/<task>", "speed/decode_tps/bs<N>",
                 "speed/prefill_ms/bs<N>", "speedup/decode/bs<N>", "speedup/prefill/bs<N>", "memory/<kind>_mb",
                 "llamacpp/ppl/<dataset>", "llamacpp/decode_tps/t<N>", "llamacpp/file_mb",
-                "speedup/llamacpp_decode_tps/t<N>")
+                "speedup/llamacpp_decode_tps/t<N>", *(f"ab/{m}" for m in (*AB_METRICS, *AB_REFERENCE_METRICS)))
 _METRIC = re.compile(
     r"(original/|retained/)?(params|size_mb|disk_mb|param_ratio|(ppl|kl|agreement|acc|acc_norm|llamacpp/ppl)/[\w.-]+"
     r"|speed/(decode_tps|prefill_ms)/bs\d+|speedup/(decode|prefill)/bs\d+|memory/\w+_mb|llamacpp/decode_tps/t\d+"
-    r"|llamacpp/file_mb|speedup/llamacpp_decode_tps/t\d+)")
+    r"|llamacpp/file_mb|speedup/llamacpp_decode_tps/t\d+"
+    rf"|ab/({'|'.join((*AB_METRICS, *AB_REFERENCE_METRICS))}))")
+#: Contract templates shipped with the package (minillm_core/contracts/NAME.yaml): `--contract NAME` loads one.
+TEMPLATES = {
+    "chat-assistant": "a chat model that must keep answering like the original (A/B on the chat suite)",
+    "extraction": "classification / extraction: the exact answers must survive (A/B on the instructions suite)",
+    "size-first": "as small as possible while perplexity stays within 2x and answers stay mostly right",
+}
 
 
 def _no_aliases_loader():
@@ -100,15 +108,26 @@ class ClauseResult:
                 "passed": self.passed}
 
 
+CONTRACT_KEYS = ("name", "description", "prompts", "clauses")
+
+
 @dataclass(frozen=True)
 class Contract:
     name: str
     clauses: tuple[Clause, ...]
+    prompts: str | None = None  # the A/B prompt suite `ab/` clauses are measured on (bundled name or file path)
+    description: str = ""
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "contract") -> Contract:
         if not isinstance(data, dict) or not isinstance(data.get("clauses"), list) or not data["clauses"]:
             raise ContractError(f"{source}: expected a mapping with a non-empty 'clauses' list; example:\n{EXAMPLE}")
+        unknown = sorted(set(map(str, data)) - set(CONTRACT_KEYS))
+        if unknown:
+            raise ContractError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(CONTRACT_KEYS)}")
+        prompts = data.get("prompts")
+        if prompts is not None and (not isinstance(prompts, str) or not prompts.strip()):
+            raise ContractError(f"{source}: 'prompts' must name a prompt suite (a bundled name or a file path)")
         clauses = []
         for i, c in enumerate(data["clauses"]):
             if not isinstance(c, dict) or not isinstance(c.get("metric"), str):
@@ -128,13 +147,35 @@ class Contract:
                 raise ContractError(f"{source}: clause {i + 1} ({c['metric']}): min {bounds['min']:g} is above max "
                                     f"{bounds['max']:g}; no value could pass")
             clauses.append(Clause(c["metric"], **bounds))
-        return cls(str(data.get("name", source)), tuple(clauses))
+        return cls(str(data.get("name", source)), tuple(clauses), prompts, str(data.get("description") or ""))
+
+    @property
+    def needs_ab(self) -> bool:
+        return any(c.metric.removeprefix("retained/").removeprefix("original/").startswith("ab/")
+                   for c in self.clauses)
 
     @classmethod
     def load(cls, path: str | Path) -> Contract:
+        """A contract file (YAML or JSON), or a bundled template by name (`TEMPLATES`) when no such file exists.
+
+        A relative `prompts` path is read relative to the contract's folder, as a person writing it expects.
+        """
+        path = Path(path)
+        if str(path) in TEMPLATES and not path.exists():
+            from importlib import resources
+
+            path = Path(str(resources.files("minillm_core").joinpath("contracts", f"{path}.yaml")))
+        elif not path.exists() and not path.suffix:
+            raise ContractError(f"no contract file {str(path)!r}; bundled templates: {', '.join(TEMPLATES)}")
+        contract = cls._read(path)
+        if contract.prompts and not _is_suite_name(contract.prompts) and not Path(contract.prompts).is_absolute():
+            contract = replace(contract, prompts=str(path.parent / contract.prompts))
+        return contract
+
+    @classmethod
+    def _read(cls, path: Path) -> Contract:
         import yaml
 
-        path = Path(path)
         try:
             with path.open("rb") as f:
                 raw = f.read(MAX_CONTRACT_BYTES + 1)
@@ -162,6 +203,7 @@ class Contract:
     def required_eval(self, base: EvalConfig) -> EvalConfig:
         """The evaluation config that measures every metric the clauses name."""
         ppl, tasks, speed = list(base.perplexity), list(base.tasks), base.speed
+        ab = (base.ab or ABConfig(**({"prompts": self.prompts} if self.prompts else {}))) if self.needs_ab else base.ab
         for c in self.clauses:
             name = c.metric.removeprefix("retained/").removeprefix("original/")
             head, _, rest = name.partition("/")
@@ -175,7 +217,13 @@ class Contract:
                         tasks.append(t)
             elif head in ("speed", "speedup", "memory"):
                 speed = True
-        return replace(base, perplexity=tuple(ppl), tasks=tuple(tasks), speed=speed)
+        return replace(base, perplexity=tuple(ppl), tasks=tuple(tasks), speed=speed, ab=ab)
+
+
+def _is_suite_name(name: str) -> bool:
+    from minillm_core.prompts import suite_names
+
+    return name in suite_names()
 
 
 def passed(results: list[ClauseResult]) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.ab import ABConfig, run_ab
 from minillm_core.evaluation.compare import compare_models, retained
 from minillm_core.evaluation.perplexity import perplexity_on, token_windows
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
@@ -28,8 +29,8 @@ RUN_SCHEMA = "minillm.run/1"
 PPL_DATASETS = ("wikitext2", "ptb")
 #: Metrics where lower is better, and where higher is better (the rest, e.g. a parameter ratio, have no better side).
 LOWER_IS_BETTER_PREFIXES = ("ppl/", "kl/", "params", "size_mb", "disk_mb", "memory/", "speed/prefill_ms",
-                            "llamacpp/ppl/", "llamacpp/file_mb")
-HIGHER_IS_BETTER_PREFIXES = ("acc", "agreement/", "speed/decode_tps", "llamacpp/decode_tps/", "speedup/")
+                            "llamacpp/ppl/", "llamacpp/file_mb", "ab/kl", "ab/worst_kl")
+HIGHER_IS_BETTER_PREFIXES = ("acc", "agreement/", "speed/decode_tps", "llamacpp/decode_tps/", "speedup/", "ab/")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -64,6 +65,7 @@ class EvalConfig:
                                   min=1, hidden=True)
     batch_size: int = option(8, "Sequences per forward pass.", min=1)
     data_dir: str | None = None
+    ab: ABConfig | None = None  # with an original to compare to: also A/B-test responses on this prompt suite
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "perplexity", tuple(self.perplexity))
@@ -92,7 +94,8 @@ class EvalConfig:
         if "batch_sizes" in speed:
             speed["batch_sizes"] = tuple(speed["batch_sizes"])
         try:
-            return cls(**{**data, "speed_config": SpeedConfig(**speed)})
+            ab = None if data.get("ab") is None else ABConfig(**data["ab"])
+            return cls(**{**data, "speed_config": SpeedConfig(**speed), "ab": ab})
         except TypeError as exc:
             raise MiniLLMError(f"malformed evaluation settings: {exc}") from None
 
@@ -151,6 +154,21 @@ def compare_metrics(original: Any, pruned: Any, tokenizer: Any, config: EvalConf
     return out
 
 
+def compare_to_original(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig, orig_m: dict[str, float],
+                        pr_m: dict[str, float], details: dict[str, Any], progress: Progress = no_progress
+                        ) -> dict[str, float]:
+    """Everything measured against the original: KL/agreement on the perplexity sets, the A/B prompt suite
+    (`config.ab`; its reference scores join `orig_m`/`pr_m`, its records `details["ab"]`) and the speed-ups."""
+    comparison = compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {}
+    if config.ab is not None:
+        ab = run_ab(original, pruned, tokenizer, config.ab, data_dir=config.data_dir, progress=progress)
+        comparison |= ab.comparison()
+        orig_m |= ab.model_metrics("original")
+        pr_m |= ab.model_metrics("pruned")
+        details["ab"] = ab.to_dict()
+    return comparison | speedups(orig_m, pr_m)
+
+
 def speedups(original: dict[str, float], pruned: dict[str, float]) -> dict[str, float]:
     """Measured speed-up per batch size (decode tokens/s ratio, prefill latency ratio) and the parameter ratio."""
     out = {"param_ratio": original["params"] / pruned["params"]}
@@ -205,6 +223,8 @@ class RunMetrics:
     def side_files(self) -> dict[str, str]:
         """The files that go with metrics.json: `metrics.csv` and lm-eval's result JSON per measured model."""
         out = {"metrics.csv": self.to_csv()}
+        if self.details.get("ab"):
+            out["ab.json"] = json.dumps(self.details["ab"], indent=1)
         for which in ("original", "pruned"):
             lm = self.details.get(which, {}).get("lm_eval")
             if lm:
@@ -234,6 +254,6 @@ def evaluate_pair(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig
     orig_m, orig_d = evaluate(original, tokenizer, config, original_dir,
                               lambda d, t, label: progress(d, t, f"original: {label}"))
     pr_m, pr_d = evaluate(pruned, tokenizer, config, pruned_dir, lambda d, t, label: progress(d, t, f"pruned: {label}"))
-    comparison = compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {}
-    comparison |= speedups(orig_m, pr_m)
-    return RunMetrics(model_name, config, orig_m, pr_m, comparison, {"original": orig_d, "pruned": pr_d})
+    details = {"original": orig_d, "pruned": pr_d}
+    comparison = compare_to_original(original, pruned, tokenizer, config, orig_m, pr_m, details, progress)
+    return RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
