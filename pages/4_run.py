@@ -10,7 +10,7 @@ import os
 import pandas as pd
 import streamlit as st
 
-from minillm_core import runs
+from minillm_core import runs, workflow
 from minillm_core.errors import MiniLLMError
 from ui import state
 from ui.widgets import config_widgets
@@ -30,6 +30,10 @@ def spec_form(plan) -> runs.RunSpec | None:
         st.markdown("**Re-fit** (least squares on the session's calibration data, forward passes only)")
         recon = config_widgets(runs.ReconstructConfig, "run.recon", only=RECON_OPTIONS, columns=4)
         original = st.checkbox("Also evaluate the original", value=True)
+        suites = workflow.describe_suites()
+        prompts = st.selectbox("A/B test the answers on a prompt suite (with the original)", [None, *suites],
+                               format_func=lambda s: "no" if s is None else f"{s}: {suites[s]}", key="run.ab",
+                               help="Both models answer every prompt; see the page A/B test (any suite, any time).")
         llamacpp = st.checkbox("Also measure in llama.cpp", value=False,
                                help="Export both models to GGUF (q8_0) and measure perplexity and decode speed in "
                                     "llama.cpp (CPU), as deployed; the pruned model's GGUF stays in the run.")
@@ -44,7 +48,8 @@ def spec_form(plan) -> runs.RunSpec | None:
         return runs.RunSpec(
             model=st.session_state[state.MODEL], plan=plan, name=name, evaluate_original=original, llamacpp=llamacpp,
             evaluation=runs.eval_config(**{k: v for k, v in evaluation.items() if k != "speed"},
-                                        measure_speed=evaluation["speed"], data_dir=data_dir),
+                                        measure_speed=evaluation["speed"], data_dir=data_dir,
+                                        prompts=prompts if original else None),
             recovery=runs.RecoveryConfig(**recovery, alpha=2.0 * recovery["rank"], data_dir=data_dir)
             if recover_on else None,
             reconstruct=runs.ReconstructConfig(**recon),

@@ -35,6 +35,11 @@ if comparison:  # KL / agreement against the original and measured speed-ups
     for i, (key, value) in enumerate(sorted(comparison.items())):
         cols[i % len(cols)].metric(*runs.comparison_tile(key, value))
 st.plotly_chart(figures.comparison_figure(run), key="comparison_chart")
+ab = runs.ab_results(run.id)
+if ab:
+    st.markdown(f"**A/B test of the answers** ({ab[0].label}): {ab[0].headline()}.")
+st.page_link("pages/7_ab.py", label="A/B-test the answers on a prompt suite", icon=":material/difference:",
+             query_params={"job": run.id})
 
 # --- across runs ------------------------------------------------------------------------------------------------
 datasets = sorted({k.removeprefix("ppl/") for r in done for k in (r.metrics.get("pruned") or {})

@@ -305,3 +305,30 @@ def test_cli_check_with_ab_contract(cli_models, tmp_path):
     assert json.loads(same.stdout)["clauses"][0]["value"] == 1.0
     listing = runner.invoke(app, ["suites", "--json"])
     assert set(json.loads(listing.stdout)["contract_templates"]) == {"chat-assistant", "extraction", "size-first"}
+
+
+# --- runs and the report ---------------------------------------------------------------------------------------------
+
+def test_run_with_an_ab_suite_records_it_and_the_report_shows_it(tiny_model_dir, runs_dir, tmp_path):
+    from minillm_core import runs
+    from tests.helpers import spec_for
+    from ui.report import report_html
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat\na dog\nsome text\n")
+    spec = spec_for(tiny_model_dir, evaluation=runs.eval_config(perplexity=(), limit=2, seq_len=16,
+                                                                  measure_speed=False, prompts=str(prompts)))
+    assert runs.RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    job = runs.submit(spec, runs_dir, start=False)
+    from minillm_core.runs.worker import run as work
+
+    assert work(runs_dir / job) == 0
+    run = runs.get(job, runs_dir)
+    assert 0 <= run.metrics["comparison"]["ab/agreement"] <= 1 and (runs_dir / job / "ab.json").is_file()
+    measured = runs.ab_results(job, runs_dir)
+    assert len(measured) == 1 and measured[0].suite == "p"
+    saved = runs.save_ab(job, measured[0], runs_dir)
+    (saved.parent / "broken.json").write_text("{")  # an unreadable result is skipped, the others still show
+    assert len(runs.ab_results(job, runs_dir)) == 2
+    page = report_html([run])
+    assert "A/B: p · 3 prompts" in page and "<mark>" in page

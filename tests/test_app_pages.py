@@ -229,6 +229,35 @@ def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):
     assert "No finished run yet" in app.info[0].value
 
 
+def test_ab_page_runs_a_suite_saves_it_and_shows_the_worst_prompt(app, runs_dir, tiny_model_dir):
+    goto(app, "7_ab.py")
+    assert "No finished run with a saved model yet" in app.info[0].value
+    job_id = runs.submit(spec_for(tiny_model_dir), runs_dir)
+    assert wait_done(job_id, runs_dir).state == "done"
+    app.query_params["job"] = job_id
+    goto(app, "7_ab.py")
+    assert "No A/B result for this run yet" in app.info[0].value
+    app.selectbox(key="ab_suite").set_value("facts")
+    app.number_input(key="ab_tokens").set_value(6)
+    app.number_input(key="ab_limit").set_value(4)
+    ok(app.get("form_submit_button")[0].click().run())
+    saved = runs.ab_results(job_id, runs_dir)
+    assert len(saved) == 1 and len(saved[0].records) == 4 and saved[0].config.max_new_tokens == 6
+    assert any("4 facts prompts" in m.value for m in app.markdown)  # the headline
+    assert {"identical answers", "token agreement", "KL per token"} <= {m.label for m in app.metric}
+    table = frame(app, "agreement")
+    assert list(table["agreement"]) == sorted(table["agreement"])  # the prompts that differ most first
+    assert app.selectbox(key="ab_prompt").value == table["id"].iloc[0]
+    assert len(charts(app)) == 1 and len(app.get("download_button")) == 2
+    assert "<mark>" in app.get("html")[0].proto.body
+    app.selectbox(key="ab_suite").set_value("a file of my own")
+    ok(app.get("form_submit_button")[0].click().run())
+    assert "Choose a prompt file to upload" in app.error[0].value  # said, nothing run, the saved result still shows
+    assert len(runs.ab_results(job_id, runs_dir)) == 1 and len(charts(app)) == 1
+    goto(app, "5_compare.py")
+    assert any("A/B test of the answers" in m.value for m in app.markdown)
+
+
 def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_dir):
     app.session_state[state.CALIBRATION] = {"source": "wikitext2", "n_samples": 2, "seq_len": 32, "seed": 0,
                                             "path": None}
@@ -245,7 +274,7 @@ def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_d
 
 
 @pytest.mark.parametrize("page", ["1_model.py", "2_importance.py", "3_plan.py", "4_run.py", "5_compare.py",
-                                  "6_runs.py"])
+                                  "6_runs.py", "7_ab.py"])
 def test_every_page_runs_on_its_own_as_a_deep_link_does(page, tiny_model_dir, runs_dir, monkeypatch):
     """A deep link opened first on a cold server runs the page file without the router: no KeyError."""
     monkeypatch.chdir(Path(APP).parent)

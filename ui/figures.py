@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy.stats import spearmanr
 
-from minillm_core.runs import Run, comparison_rows, dense_points, pareto_front, size_quality_points
+from minillm_core.runs import ABResult, Run, comparison_rows, dense_points, pareto_front, size_quality_points
 from minillm_core.scoring import GroupScores
 
 CHANNEL_BINS = 64
@@ -199,4 +199,27 @@ def pareto_figure(runs: list[Run], dataset: str | None = None) -> go.Figure:
     fig.update_layout(title="Size vs quality across runs (lower left is better)", xaxis_title="size in memory (MB)",
                       yaxis_title=f"perplexity{f' ({dataset})' if dataset else ''}, log scale", yaxis_type="log",
                       xaxis_range=[0, max(sizes, default=1) * 1.1])
+    return fig
+
+
+#: Per-prompt A/B metrics on a 0..1 scale (higher: closer to the original), as the distribution figure shows them.
+AB_SHOWN = {"agreement": "token agreement", "prefix": "shared prefix", "rougeL": "ROUGE-L", "chrf": "chrF / 100"}
+
+
+def ab_figure(result: ABResult) -> go.Figure:
+    """One box per A/B metric over the prompts (every prompt a point, hover names it), plus KL on its own axis."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25], horizontal_spacing=0.12,
+                        subplot_titles=("closeness to the original (1 = same)", "KL per token (nats, lower = closer)"))
+    ids = [r.id for r in result.records]
+    for key, label in AB_SHOWN.items():
+        values = [getattr(r, key) / (100.0 if key == "chrf" else 1.0) for r in result.records]
+        fig.add_trace(go.Box(y=values, name=label, boxpoints="all", jitter=0.4, pointpos=0, text=ids,
+                             hovertemplate="%{text}: %{y:.2f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Box(y=[r.kl for r in result.records], name="KL", boxpoints="all", jitter=0.4, pointpos=0,
+                         text=ids, hovertemplate="%{text}: %{y:.3f}<extra></extra>"), row=1, col=2)
+    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=1)
+    fig.update_layout(showlegend=False, title=f"{result.suite}: per-prompt distribution ({len(ids)} prompts)",
+                      height=380)
     return fig

@@ -166,6 +166,25 @@ class ABResult:
     config: ABConfig
     records: list[ABRecord]
     seconds: float
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def label(self) -> str:
+        """How a person tells saved results apart: "facts · 20 prompts · greedy, 32 tokens · 2026-12-06 07:10"."""
+        mode = f"sampled T={self.config.temperature:g}" if self.config.sample else "greedy"
+        return (f"{self.suite} · {len(self.records)} prompts · {mode}, {self.config.max_new_tokens} tokens · "
+                f"{self.created.replace('T', ' ')[:16]}")
+
+    def headline(self) -> str:
+        """The A/B outcome in one sentence, each number with what it means."""
+        c, o, p = self.comparison(), self.model_metrics("original"), self.model_metrics("pruned")
+        parts = [f"on {len(self.records)} {self.suite} prompts, {c['ab/exact_match']:.0%} of the answers are "
+                 f"identical", f"{c['ab/agreement']:.0%} of the original's answer tokens would be chosen the same"
+                 f" (worst prompt {c['ab/min_agreement']:.0%})"]
+        if o and p:
+            parts.append(f"reference answers found {o['ab/ref_match']:.0%} (original) -> {p['ab/ref_match']:.0%} "
+                         "(pruned)")
+        return "; ".join(parts)
 
     def comparison(self) -> dict[str, float]:
         """`ab/<metric>` values comparing the models (see AB_METRICS)."""
@@ -195,7 +214,8 @@ class ABResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "minillm.ab/1", "suite": self.suite, "source": self.source, "config": asdict(self.config),
-                "seconds": self.seconds, "n_prompts": len(self.records), "comparison": self.comparison(),
+                "created": self.created, "seconds": self.seconds, "n_prompts": len(self.records),
+                "comparison": self.comparison(),
                 "original": self.model_metrics("original"), "pruned": self.model_metrics("pruned"),
                 "summary": self.summary(), "records": [asdict(x) for x in self.records]}
 
@@ -341,6 +361,7 @@ def result_from_dict(data: dict[str, Any]) -> ABResult:
         records = [ABRecord(**r) for r in data["records"]]
         if not records:
             raise ValueError("no records")
-        return ABResult(str(data["suite"]), str(data.get("source", "")), config, records, float(data["seconds"]))
+        return ABResult(str(data["suite"]), str(data.get("source", "")), config, records, float(data["seconds"]),
+                        str(data.get("created", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise MiniLLMError(f"not an A/B result (minillm.ab/1): {exc}") from None

@@ -5,13 +5,16 @@ A run is a directory under the runs root (`$MINILLM_RUNS_DIR`, default `./runs`)
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from minillm_core.calibration import CalibrationConfig
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.ab import ABConfig, ABResult, result_from_dict
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
@@ -28,7 +31,7 @@ from minillm_core.runs.compare import (
     quality_of,
     size_quality_points,
 )
-from minillm_core.runs.files import GGUF_SUBDIR, MODEL_SUBDIR, RECOVERED_SUBDIR
+from minillm_core.runs.files import AB_SUBDIR, GGUF_SUBDIR, MODEL_SUBDIR, RECOVERED_SUBDIR, read_json, write_json
 from minillm_core.runs.spec import ALL_TASKS, PPL_DATASETS, RECOVER_STEP, RunSpec, eval_config
 from minillm_core.runs.store import RUNS_DIR_ENV, STATES, TERMINAL, Run, RunStatus, runs_root
 
@@ -40,6 +43,8 @@ __all__ = [
     "RUNS_DIR_ENV",
     "STATES",
     "TERMINAL",
+    "ABConfig",
+    "ABResult",
     "CalibrationConfig",
     "EvalConfig",
     "ReconstructConfig",
@@ -47,6 +52,7 @@ __all__ = [
     "Run",
     "RunSpec",
     "RunStatus",
+    "ab_results",
     "cancel",
     "comparison_rows",
     "comparison_table",
@@ -71,11 +77,13 @@ __all__ = [
     "read_spec",
     "rename",
     "runs_root",
+    "save_ab",
     "size_quality_points",
     "status",
     "submit",
 ]
 
+logger = logging.getLogger(__name__)
 Root = str | os.PathLike | None
 GGUF_DTYPES = ("q8_0", "q4_0", "f16", "f32")  # the dashboard's order: the usual deployment choice first
 
@@ -186,3 +194,37 @@ def export_gguf(run_id: str, dtype: str, root: Root = None) -> Path:
     loaded = workflow.load(str(run.model_dir), dtype="float32", device="cpu")
     out = store.run_dir(run_id, root) / GGUF_SUBDIR / f"model-{dtype}.gguf"
     return workflow.export_gguf(loaded, out, workflow.GGUFConfig(dtype=dtype)).path
+
+
+def save_ab(run_id: str, result: ABResult, root: Root = None) -> Path:
+    """Keep an A/B result with its run (`ab/<suite>-<time>.json`, written atomically); returns the file."""
+    get(run_id, root)  # exists
+    folder = store.run_dir(run_id, root) / AB_SUBDIR
+    folder.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in result.suite)[:40] or "suite"
+    path = folder / f"{name}-{stamp}.json"
+    n = 1
+    while path.exists():  # two results in the same second keep both
+        n += 1
+        path = folder / f"{name}-{stamp}-{n}.json"
+    return write_json(path, result.to_dict())
+
+
+def ab_results(run_id: str, root: Root = None) -> list[ABResult]:
+    """The run's A/B results, newest first: those saved after the run (`save_ab`), then the one its evaluation
+    measured. An unreadable file is skipped with a warning (the others still show)."""
+    folder = store.run_dir(run_id, root)
+    found: list[ABResult] = []
+    for path in sorted((folder / AB_SUBDIR).glob("*.json"), reverse=True):
+        try:
+            found.append(result_from_dict(read_json(path)))
+        except (OSError, ValueError, MiniLLMError) as exc:
+            logger.warning("skipping A/B result %s: %s", path, exc)
+    measured = ((read_metrics(run_id, root) or {}).get("details") or {}).get("ab")
+    if measured:
+        try:
+            found.append(result_from_dict(measured))
+        except MiniLLMError as exc:
+            logger.warning("skipping the A/B result in %s/metrics.json: %s", folder, exc)
+    return found

@@ -22,6 +22,7 @@ LOG_FILE = "job.log"
 MODEL_SUBDIR = "model"
 RECOVERED_SUBDIR = "recovered"
 GGUF_SUBDIR = "gguf"  # GGUF files for llama.cpp, written on request (runs.export_gguf)
+AB_SUBDIR = "ab"  # A/B results over prompt suites run after the run (runs.save_ab), one JSON file each
 OLD_INDEX_FILE = "runs.sqlite"  # the index of runs written before the runs package (read only, never written)
 
 

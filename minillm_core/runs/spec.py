@@ -10,6 +10,7 @@ from typing import Any
 
 from minillm_core.calibration import CalibrationConfig
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.ab import ABConfig
 from minillm_core.evaluation.speed import SpeedConfig
 from minillm_core.evaluation.suite import PPL_DATASETS, EvalConfig
 from minillm_core.evaluation.tasks import ALL_TASKS
@@ -30,8 +31,10 @@ _OLD_EVAL_KEYS = ("perplexity", "tasks", "limit", "seq_len", "measure_speed", "d
 
 
 def eval_config(perplexity: tuple[str, ...] = ("wikitext2",), tasks: tuple[str, ...] = (), limit: int | None = 16,
-                seq_len: int = 128, measure_speed: bool | None = None, data_dir: str | None = None) -> EvalConfig:
-    """The evaluation of a run from the Run page's settings (`limit`: windows per benchmark and items per task).
+                seq_len: int = 128, measure_speed: bool | None = None, data_dir: str | None = None,
+                prompts: str | None = None) -> EvalConfig:
+    """The evaluation of a run from the Run page's settings (`limit`: windows per benchmark and items per task;
+    `prompts`: an A/B prompt suite both models answer, compared prompt by prompt, with default settings).
 
     `measure_speed` defaults to on with CUDA and off on a CPU, where PyTorch timings of a few repeats on a shared
     machine were noise (a pruned model measured "slower"); llama.cpp's interleaved measurement is the CPU option.
@@ -42,7 +45,8 @@ def eval_config(perplexity: tuple[str, ...] = ("wikitext2",), tasks: tuple[str, 
         import torch
 
         measure_speed = torch.cuda.is_available()
-    return EvalConfig(perplexity=tuple(perplexity), seq_len=seq_len, tasks=tuple(tasks), limit=limit,
+    ab = ABConfig(prompts=prompts) if prompts else None
+    return EvalConfig(perplexity=tuple(perplexity), seq_len=seq_len, tasks=tuple(tasks), limit=limit, ab=ab,
                       speed=measure_speed, speed_config=RUN_SPEED, data_dir=data_dir)
 
 
