@@ -29,8 +29,8 @@ st.markdown(f"#### {runs.headline(run)}")
 if runs.protocol(run):
     st.caption(runs.protocol(run))
 st.dataframe(pd.DataFrame(runs.comparison_table(run)), hide_index=True, key="comparison_table")
-comparison = run.metrics.get("comparison") or {}
-if comparison:  # KL / agreement against the original and measured speed-ups
+comparison = {k: v for k, v in (run.metrics.get("comparison") or {}).items() if not k.startswith("ab/")}
+if comparison:  # KL / agreement against the original and measured speed-ups (A/B results: their own line below)
     cols = st.columns(min(len(comparison), 4))
     for i, (key, value) in enumerate(sorted(comparison.items())):
         cols[i % len(cols)].metric(*runs.comparison_tile(key, value))

@@ -12,6 +12,7 @@ import streamlit as st
 
 from minillm_core import runs
 from minillm_core.errors import MiniLLMError
+from ui import figures
 from ui.report import report_html
 
 
@@ -48,6 +49,15 @@ table = pd.DataFrame([{
 } for r in recorded])
 st.dataframe(table, hide_index=True, key="runs_table",
              column_config={"ratio": st.column_config.NumberColumn(format="percent")})
+
+trend = runs.trend_rows(recorded)
+if len(trend) > 1:
+    with st.expander("Trends across runs: size, speed, memory and quality over time", expanded=False):
+        offered = runs.trend_metrics(trend)
+        shown = st.multiselect("Metrics", offered, default=offered[:3], format_func=runs.metric_label,
+                               key="trend_metrics")
+        if shown:
+            st.plotly_chart(figures.trend_figure(trend, shown), key="trend_chart")
 
 by_id = {r.id: r for r in recorded}
 run_id = st.selectbox("Run", list(by_id), format_func=lambda i: f"{by_id[i].name} · {i} · {by_id[i].state}")

@@ -24,3 +24,20 @@ def test_heavy_tailed_positive_scores_are_coloured_by_log10_and_hover_shows_the_
 def test_narrow_or_signed_scores_keep_a_linear_colour_scale():
     assert figures.color_values(np.array([[1.0, 50.0]]))[1] == "score"
     assert figures.color_values(np.array([[-1.0, 1e4]]))[1] == "score"  # standardised scores can be negative
+
+
+def test_trends_across_runs_order_by_time_and_keep_only_measured_points():
+    from minillm_core.runs import Run, trend_metrics, trend_rows
+
+    def run(i: int, created: float, state: str = "done", **pruned) -> Run:
+        return Run(f"r{i}", f"run {i}", created, "m", "flap", 0.2 * i, state, "", metrics={
+            "pruned": pruned, "comparison": {"ab/agreement": 0.5 + 0.1 * i}})
+
+    runs = [run(2, 200.0, size_mb=80.0, **{"ppl/wikitext2": 90.0}), run(1, 100.0, size_mb=100.0),
+            run(3, 300.0, state="failed", size_mb=1.0)]
+    rows = trend_rows(runs)
+    assert [r["run"] for r in rows] == ["r1", "r2"]  # oldest first, finished runs only
+    assert trend_metrics(rows)[:3] == ["size_mb", "ppl/wikitext2", "ab/agreement"]
+    fig = figures.trend_figure(rows, ["size_mb", "ppl/wikitext2"])
+    assert list(fig.data[0].y) == [100.0, 80.0] and list(fig.data[1].y) == [90.0]  # r1 measured no perplexity
+    assert fig.layout.annotations[1].text == "perplexity wikitext2"

@@ -10,7 +10,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy.stats import spearmanr
 
-from minillm_core.runs import ABResult, Run, comparison_rows, dense_points, pareto_front, size_quality_points
+from minillm_core.runs import (
+    ABResult,
+    Run,
+    comparison_rows,
+    dense_points,
+    metric_label,
+    pareto_front,
+    size_quality_points,
+)
 from minillm_core.scoring import GroupScores
 
 CHANNEL_BINS = 64
@@ -222,4 +230,25 @@ def ab_figure(result: ABResult) -> go.Figure:
     fig.update_yaxes(range=[-0.05, 1.05], row=1, col=1)
     fig.update_layout(showlegend=False, title=f"{result.suite}: per-prompt distribution ({len(ids)} prompts)",
                       height=380)
+    return fig
+
+
+def trend_figure(rows: list[dict], metrics: list[str]) -> go.Figure:
+    """Each chosen metric of the pruned models over the runs' start times (one panel per metric, shared time axis),
+    every point labelled by its run: how a series of experiments moved size, speed, memory and quality."""
+    import datetime
+
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[metric_label(m) for m in metrics])
+    for i, metric in enumerate(metrics, start=1):
+        shown = [r for r in rows if metric in r]
+        fig.add_trace(go.Scatter(
+            x=[datetime.datetime.fromtimestamp(r["created"]) for r in shown], y=[r[metric] for r in shown],
+            mode="lines+markers", name=metric_label(metric), text=[r["name"] for r in shown],
+            customdata=[f"{r['ratio']:.0%}" for r in shown],
+            hovertemplate="%{text} (ratio %{customdata})<br>%{x|%Y-%m-%d %H:%M}: %{y:,.4g}<extra></extra>"),
+            row=i, col=1)
+    fig.update_layout(height=max(260, 190 * len(metrics)), showlegend=False, title="Trends across runs (pruned models)")
     return fig

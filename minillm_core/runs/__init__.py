@@ -30,6 +30,8 @@ from minillm_core.runs.compare import (
     protocol,
     quality_of,
     size_quality_points,
+    trend_metrics,
+    trend_rows,
 )
 from minillm_core.runs.files import AB_SUBDIR, GGUF_SUBDIR, MODEL_SUBDIR, RECOVERED_SUBDIR, read_json, write_json
 from minillm_core.runs.spec import ALL_TASKS, PPL_DATASETS, RECOVER_STEP, RunSpec, eval_config
@@ -81,6 +83,8 @@ __all__ = [
     "size_quality_points",
     "status",
     "submit",
+    "trend_metrics",
+    "trend_rows",
 ]
 
 logger = logging.getLogger(__name__)

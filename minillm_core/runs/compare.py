@@ -24,10 +24,20 @@ METRIC_LABELS = {"params": "parameters", "size_mb": "size in memory (MB)", "disk
                  "speed/decode_tps/bs8": "decode tokens/s, batch 8"}
 
 
+AB_LABELS = {"ab/exact_match": "A/B identical answers", "ab/agreement": "A/B token agreement",
+             "ab/min_agreement": "A/B token agreement, worst prompt", "ab/prefix": "A/B shared answer prefix",
+             "ab/kl": "A/B KL per token", "ab/worst_kl": "A/B KL per token, worst prompt", "ab/rougeL": "A/B ROUGE-L",
+             "ab/chrf": "A/B chrF", "ab/ref_match": "A/B reference answers found", "ab/ref_rougeL":
+             "A/B ROUGE-L vs reference"}
+AB_FRACTIONS = ("ab/exact_match", "ab/agreement", "ab/min_agreement", "ab/prefix", "ab/ref_match")
+
+
 def metric_label(key: str) -> str:
     """A readable name for a flat metric key ("ppl/wikitext2" -> "perplexity wikitext2")."""
     if key in METRIC_LABELS:
         return METRIC_LABELS[key]
+    if key in AB_LABELS:
+        return AB_LABELS[key]
     head, _, rest = key.partition("/")
     if head == "llamacpp":  # llamacpp/ppl/wikitext2, llamacpp/decode_tps/t2, llamacpp/file_mb
         kind, _, arg = rest.partition("/")
@@ -45,7 +55,7 @@ def format_value(key: str, value: Any) -> str:
         return f"{value / 1e6:,.1f} M" if value >= 1e6 else f"{value:,.0f}"
     if key.endswith("_mb"):
         return _mb(value)
-    if key.startswith(("acc", "agreement/")):
+    if key.startswith(("acc", "agreement/", *AB_FRACTIONS)):
         return f"{value:.1%}"
     if "decode_tps" in key:
         return f"{value:,.1f} tok/s"
@@ -185,6 +195,28 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+#: What the trend view offers first: resources beside quality (any other measured metric can be added).
+TREND_DEFAULTS = ("size_mb", "ppl/wikitext2", "llamacpp/decode_tps/t1", "speed/decode_tps/bs1",
+                  "memory/peak_inference_mb", "ab/agreement")
+
+
+def trend_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per finished run, oldest first: when, which, and every numeric metric of its pruned model and its
+    comparison with the original (resources, quality, A/B), for plotting a series of experiments over time."""
+    rows = []
+    for r in sorted((r for r in runs if r.state == "done"), key=lambda r: r.created):
+        values = {**(r.metrics.get("pruned") or {}), **(r.metrics.get("comparison") or {})}
+        rows.append({"run": r.id, "name": r.name, "created": r.created, "ratio": r.ratio,
+                     **{k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+    return rows
+
+
+def trend_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The metrics measured by at least one run, the usual resource/quality ones first."""
+    found = list(dict.fromkeys(k for row in rows for k in row if k not in ("run", "name", "created", "ratio")))
+    return [k for k in TREND_DEFAULTS if k in found] + [k for k in found if k not in TREND_DEFAULTS]
 
 
 def metrics_csv(runs: Sequence[Run]) -> str:
