@@ -58,6 +58,7 @@ class ABConfig:
     temperature: float = option(0.7, "Sampling temperature (with --sample).", min=0.01, max=5.0)
     seed: int = option(0, "Seed of the sampled generation.")
     chat: bool = option(True, "Wrap prompts in the tokenizer's chat template when it has one (instruct models).",
+                        cli="chat/--no-chat",
                         label="use the chat template")
     batch_size: int = option(8, "Prompts per batch.", min=1, max=256, cli="ab-batch-size")
 
