@@ -16,29 +16,23 @@ from ui import figures, state
 from ui.models import model_handle, pruned_handle
 from ui.report import DIFF_STYLE, diff_html
 
-UPLOAD = "a file of my own"
-
 
 def ab_form() -> workflow.ABConfig | None:
     """The suite and generation settings; the config when submitted (errors shown), else None."""
     suites = workflow.describe_suites()
     with st.form("ab_form"):
         c1, c2, c3 = st.columns([2, 1, 1])
-        name = c1.selectbox("Prompt suite", [*suites, UPLOAD], key="ab_suite",
-                            format_func=lambda s: s if s == UPLOAD else f"{s}: {suites[s]}")
+        name = c1.selectbox("Prompt suite", list(suites), key="ab_suite", format_func=lambda s: f"{s}: {suites[s]}")
         tokens = c2.number_input("New tokens per response", 1, 256, 32, key="ab_tokens")
         limit = c3.number_input("Prompts (0 = all)", 0, 2000, 0, key="ab_limit",
                                 help="The first N prompts of the suite; a data set gives 32 unless you say more.")
-        upload = st.file_uploader("Prompt file: .jsonl ({'prompt', 'reference', 'tag'} or {'messages'} per line), "
-                                  ".csv (columns prompt, reference, tag) or .txt (one prompt per line)",
-                                  type=["jsonl", "csv", "txt"], key="ab_upload")
+        upload = st.file_uploader("Or your own prompt file, used instead of the suite: .jsonl ({'prompt', "
+                                  "'reference', 'tag'} or {'messages'} per line), .csv (columns prompt, reference, "
+                                  "tag) or .txt (one prompt per line)", type=["jsonl", "csv", "txt"], key="ab_upload")
         sample = st.checkbox("Seeded sampling instead of greedy decoding", key="ab_sample")
         if not st.form_submit_button("Run A/B", type="primary"):
             return None
-    if name == UPLOAD:
-        if upload is None:
-            st.error("Choose a prompt file to upload, or pick a bundled suite.")
-            return None
+    if upload is not None:
         path = state.upload_dir() / os.path.basename(upload.name)
         path.write_bytes(upload.getvalue())
         name = str(path)

@@ -250,10 +250,11 @@ def test_ab_page_runs_a_suite_saves_it_and_shows_the_worst_prompt(app, runs_dir,
     assert app.selectbox(key="ab_prompt").value == table["id"].iloc[0]
     assert len(charts(app)) == 1 and len(app.get("download_button")) == 2
     assert "<mark>" in app.get("html")[0].proto.body
-    app.selectbox(key="ab_suite").set_value("a file of my own")
+    app.number_input(key="ab_tokens").set_value(3)  # a second result is kept beside the first, newest shown
     ok(app.get("form_submit_button")[0].click().run())
-    assert "Choose a prompt file to upload" in app.error[0].value  # said, nothing run, the saved result still shows
-    assert len(runs.ab_results(job_id, runs_dir)) == 1 and len(charts(app)) == 1
+    assert [r.config.max_new_tokens for r in runs.ab_results(job_id, runs_dir)] == [3, 6]
+    picker = app.selectbox(key="ab_result")
+    assert len(picker.options) == 2 and picker.value == 0 and "3 tokens" in picker.options[0]
     goto(app, "5_compare.py")
     assert any("A/B test of the answers" in m.value for m in app.markdown)
 

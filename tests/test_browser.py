@@ -215,3 +215,32 @@ def test_a_missing_model_path_shows_an_error(page, tmp_path):
     use_model(page, missing)
     expect(page.get_by_test_id("stAlertContentError")).to_contain_text(f"model path {missing} does not exist")
     shot(page, "07-missing-model")
+
+
+def test_ab_page_answers_a_suite_and_shows_where_the_answers_part(page, server, tiny_model_dir, tmp_path, data_root):
+    from minillm_core import runs
+    from tests.helpers import spec_for
+
+    _, runs_dir = server
+    evaluation = runs.eval_config(limit=2, seq_len=16, measure_speed=False, data_dir=str(data_root))
+    job_id = runs.submit(spec_for(tiny_model_dir, name="ab run", evaluation=evaluation), runs_dir)
+    while not runs.status(job_id, runs_dir).terminal:
+        page.wait_for_timeout(300)
+    assert runs.status(job_id, runs_dir).state == "done", runs.status(job_id, runs_dir).error
+    goto_page(page, "A/B test")
+    expect(page.get_by_text("No A/B result for this run yet")).to_be_visible()
+    page.get_by_role("spinbutton", name="Prompts (0 = all)").fill("5")
+    rerun(page, page.get_by_role("button", name="Run A/B").click, timeout=120)
+    expect(page.get_by_role("heading", name=re.compile(r"On 5 facts prompts, \d+% of the answers are identical"))
+           ).to_be_visible()
+    expect(metric_value(page, "token agreement")).to_have_text(re.compile(r"\d+\.\d%"))
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1)
+    expect(page.locator("mark").first).to_be_attached()  # the side-by-side view highlights where the answers part
+    shot(page, "08-ab", page.get_by_test_id("stPlotlyChart"))
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("the cat\na dog ran\n")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(prompts))
+    rerun(page, page.get_by_role("button", name="Run A/B").click, timeout=120)
+    expect(page.get_by_role("heading", name=re.compile(r"On 2 mine prompts"))).to_be_visible()
+    assert len(runs.ab_results(job_id, runs_dir)) == 2
+    shot(page, "09-ab-table", page.get_by_test_id("stDataFrame"))

@@ -219,7 +219,7 @@ def ab_figure(result: ABResult) -> go.Figure:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, column_widths=[0.75, 0.25], horizontal_spacing=0.12,
-                        subplot_titles=("closeness to the original (1 = same)", "KL per token (nats, lower = closer)"))
+                        subplot_titles=("closeness to the original (1 = same)", "KL per token (nats)"))
     ids = [r.id for r in result.records]
     for key, label in AB_SHOWN.items():
         values = [getattr(r, key) / (100.0 if key == "chrf" else 1.0) for r in result.records]

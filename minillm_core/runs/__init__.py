@@ -215,12 +215,19 @@ def save_ab(run_id: str, result: ABResult, root: Root = None) -> Path:
     return write_json(path, result.to_dict())
 
 
+def _written(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.name
+    except OSError:  # removed meanwhile: sorts last, then fails to read and is skipped
+        return 0, path.name
+
+
 def ab_results(run_id: str, root: Root = None) -> list[ABResult]:
     """The run's A/B results, newest first: those saved after the run (`save_ab`), then the one its evaluation
     measured. An unreadable file is skipped with a warning (the others still show)."""
     folder = store.run_dir(run_id, root)
     found: list[ABResult] = []
-    for path in sorted((folder / AB_SUBDIR).glob("*.json"), reverse=True):
+    for path in sorted((folder / AB_SUBDIR).glob("*.json"), key=_written, reverse=True):
         try:
             found.append(result_from_dict(read_json(path)))
         except (OSError, ValueError, MiniLLMError) as exc:
