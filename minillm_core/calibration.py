@@ -20,6 +20,7 @@ import torch
 from minillm_core.data import dataset_names, read_jsonl_texts, source_rows
 from minillm_core.errors import DataError
 from minillm_core.options import option
+from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def read_calibration_file(path: str | os.PathLike) -> list[str]:
 
     A `.txt` without any blank line is read one document per line. Blank documents are dropped.
     """
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         raise DataError(f"calibration file {path} does not exist")
     try:

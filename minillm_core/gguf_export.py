@@ -22,6 +22,7 @@ from torch import nn
 from minillm_core.errors import ExportError
 from minillm_core.modeling import LayerShape, get_adapter, max_context
 from minillm_core.options import option
+from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def _is_gguf(path: Path) -> bool:
 def check_output_file(out: str | os.PathLike, overwrite: bool) -> Path:
     """`out` as a path a new file may be written to: refuses a directory, an existing file unless `overwrite`, and
     a parent that is not a directory (checked before any work is done)."""
-    path = Path(out).expanduser()
+    path = user_path(out)
     if path.is_dir():
         raise ExportError(f"{path} is a directory; --out takes a file name such as model.gguf")
     if path.exists() and not overwrite:

@@ -19,6 +19,7 @@ from minillm_core.devices import resolve_device, resolve_dtype
 from minillm_core.errors import MiniLLMError, ModelLoadError
 from minillm_core.modeling import LayerPlanIndices, LayerShape, check_supported, get_adapter
 from minillm_core.planning import PruningPlan
+from minillm_core.settings import user_path
 from minillm_core.surgery import prune_layer
 
 MANIFEST = "minillm_manifest.json"
@@ -55,7 +56,7 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
     """`out` as a directory minillm may write (checked before any work): absent or empty; with `overwrite`, also
     one that holds minillm's own output. Never a file, never a folder of other files (overwrite would delete them),
     never under a file, always under a writable parent. Raises `MiniLLMError` saying which and what to do."""
-    out = Path(out).expanduser()
+    out = user_path(out)
     parent = next((p for p in out.parents if p.exists()), Path("."))
     if out.exists() and not out.is_dir():
         raise MiniLLMError(f"{out} exists and is a file, not a directory")
@@ -131,7 +132,7 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> 
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_dir():
         raise ModelLoadError(f"pruned model directory {path} does not exist")
     manifest = read_manifest(path)

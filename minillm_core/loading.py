@@ -22,7 +22,7 @@ from minillm_core.devices import DEVICES, DTYPES, resolve_device, resolve_dtype 
 from minillm_core.errors import ModelLoadError
 from minillm_core.modeling import ArchAdapter, check_supported, get_adapter
 from minillm_core.options import option
-from minillm_core.settings import cache_dir
+from minillm_core.settings import cache_dir, user_path
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def resolve_source(name: str) -> Path | str:
     """A local directory to load from (converting GGUF files), or the Hub id itself."""
     if name in BUNDLED:
         return gguf_cache_dir_for(bundled_gguf_path(name))
-    path = Path(name).expanduser()
+    path = user_path(name)
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
             return gguf_cache_dir_for(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minillm_core.errors import DataError
+from minillm_core.settings import user_path
 
 #: The suites shipped with the package (minillm_core/suites/NAME.jsonl), with what each one exercises.
 BUNDLED = {
@@ -89,7 +90,7 @@ def load_suite(spec: str | os.PathLike, limit: int | None = None, data_dir: str 
     elif name in DATASET_SUITES:
         suite = _alpaca(limit or DATASET_DEFAULT_LIMIT, data_dir)
     else:
-        suite = _from_file(Path(name).expanduser())
+        suite = _from_file(user_path(name))
     return suite if limit is None else PromptSuite(suite.name, suite.prompts[:limit], suite.source)
 
 

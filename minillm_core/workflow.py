@@ -26,9 +26,9 @@ from minillm_core.evaluation.ab import (
     AB_REFERENCE_METRICS,
     ABConfig,
     ABResult,
-    check_same_tokenizer,
     run_ab,
 )
+from minillm_core.evaluation.compare import check_same_tokenizer
 from minillm_core.evaluation.llamacpp import LlamaCppConfig
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_to_original, evaluate
 from minillm_core.gguf_export import GGUFConfig, GGUFExport
@@ -47,6 +47,7 @@ from minillm_core.progress import Progress, no_progress
 from minillm_core.prompts import PromptSuite, describe_suites, load_suite
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.scoring import GroupScores, ScoreConfig, make_scorer
+from minillm_core.settings import user_path
 from minillm_core.surgery import apply_indices, copy_model
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "architecture",
     "bundled_models",
     "calibrate",
+    "check_same_tokenizer",
     "contract_templates",
     "count_params",
     "describe_scorers",
@@ -438,7 +440,7 @@ def gguf_tokenizer_source(model: str, explicit: str | os.PathLike | None = None)
     from minillm_core.loading import BUNDLED, bundled_gguf_path
 
     if explicit is not None:
-        path = Path(explicit).expanduser()
+        path = user_path(explicit)
         if not path.is_file():
             raise ExportError(f"tokenizer GGUF {path} does not exist")
         return path
@@ -447,7 +449,7 @@ def gguf_tokenizer_source(model: str, explicit: str | os.PathLike | None = None)
         seen.add(model)
         if model in BUNDLED:
             return bundled_gguf_path(model)
-        path = Path(model).expanduser()
+        path = user_path(model)
         if path.is_file() and path.suffix == ".gguf":
             return path
         if (path / TOKENIZER_GGUF).is_file():
@@ -483,8 +485,8 @@ def evaluate_llamacpp(models: dict[str, str], config: EvalConfig, engine: LlamaC
     prompt: list[int] | None = None
     for i, (label, name) in enumerate(models.items()):
         tokenize = None
-        if name.endswith(".gguf") and Path(name).expanduser().is_file():
-            paths[label] = Path(name).expanduser()
+        if name.endswith(".gguf") and user_path(name).is_file():
+            paths[label] = user_path(name)
         else:
             loaded = load(name, device="cpu")
             paths[label] = export_gguf(loaded, Path(workdir) / f"{i}-{engine.gguf_dtype}.gguf",

@@ -211,6 +211,17 @@ def test_different_vocabularies_are_refused(tmp_path):
     b.tokenizer.add_tokens(["extra"])
     with pytest.raises(MiniLLMError, match="different vocabularies"):
         workflow.ab_test(a, b, "facts")
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import tiny_config
+
+    config = tiny_config("llama-gqa")
+    config.vocab_size = 120
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wide")
+    tiny_tokenizer(120).save_pretrained(tmp_path / "wide")
+    for command in (["eval", "--ppl", "wikitext2"], ["ab"]):  # refused before any data is read or text generated
+        result = runner.invoke(app, [*command, "--model", str(tmp_path / "a"), "--compare-to", str(tmp_path / "wide")])
+        assert result.exit_code == 2 and "different vocabularies (120 vs 96 output tokens" in result.stderr
 
 
 # --- contracts and the evaluation suite --------------------------------------------------------------------------

@@ -144,7 +144,13 @@ def test_prune_with_a_calibrated_scorer(model_dir, calib_file, tmp_path):
 
 def test_bad_scorer_option_is_reported(model_dir):
     result = runner.invoke(app, ["plan", "--model", str(model_dir), "--scorer", "magnitude", "-o", "q=3"])
-    assert result.exit_code == 2 and "bad options for scorer 'magnitude'" in result.stderr
+    assert result.exit_code == 2 and "unknown option(s) ['q'] for scorer 'magnitude'; allowed: p" in result.stderr
+
+
+def test_a_path_under_an_unknown_user_is_bad_input(tmp_path):
+    result = runner.invoke(app, ["eval", "--model", "~no-such-user-minillm/model"])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "error: cannot expand '~no-such-user-minillm/model'")
 
 
 def test_eval_compare_to_with_speed_writes_the_run_dir(model_dir, tmp_path, data_dir):

@@ -77,6 +77,7 @@ def _pair(load_config: LoadConfig, compare_to: str, config: EvalConfig, bar: Bar
 
     pruned = load(load_config)
     original = load(dataclasses.replace(load_config, model=compare_to))
+    workflow.check_same_tokenizer(original.tokenizer, pruned.tokenizer, original.model, pruned.model)
     run = workflow.evaluate_pair(original.model, pruned.model, pruned.tokenizer, config, model_name=load_config.model,
                                  pruned_dir=workflow.model_dir_of(load_config.model),
                                  original_dir=workflow.model_dir_of(compare_to), progress=bar)

@@ -316,16 +316,6 @@ def _record(prompt: Prompt, tokenizer: Any, a: list[int], b: list[int], logits_a
     return rec
 
 
-def check_same_tokenizer(tokenizer_a: Any, tokenizer_b: Any, model_a: Any, model_b: Any) -> None:
-    """A/B compares token by token: both models must share one vocabulary (a pruned model keeps the original's)."""
-    size_a = model_a.get_output_embeddings().weight.shape[0]
-    size_b = model_b.get_output_embeddings().weight.shape[0]
-    if size_a != size_b or tokenizer_a.get_vocab() != tokenizer_b.get_vocab():
-        raise MiniLLMError(f"the two models use different vocabularies ({size_a:,} vs {size_b:,} output tokens, "
-                           f"{len(tokenizer_a):,} vs {len(tokenizer_b):,} tokenizer entries); A/B testing compares "
-                           "a compressed model with its own original")
-
-
 def run_ab(original: Any, pruned: Any, tokenizer: Any, suite: PromptSuite | ABConfig, config: ABConfig | None = None,
            data_dir: str | None = None, progress: Progress = no_progress) -> ABResult:
     """Every prompt of `suite` through both models (batched, same settings), compared prompt by prompt.

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from minillm_core.errors import MiniLLMError
 from minillm_core.progress import Progress, no_progress
 
 
@@ -53,6 +54,17 @@ def compare_models(
         n += same.numel()
         progress(min(start + batch_size, windows.shape[0]), windows.shape[0], "KL / agreement")
     return Agreement(kl=kl_sum / n, agreement=agree / n, n_tokens=n)
+
+
+def check_same_tokenizer(tokenizer_a: Any, tokenizer_b: Any, model_a: Any, model_b: Any) -> None:
+    """Comparisons are token by token (KL, agreement, A/B): both models must share one vocabulary, as a pruned
+    model shares its original's. `tokenizer_b` may be None when only one tokenizer is at hand."""
+    size_a = model_a.get_output_embeddings().weight.shape[0]
+    size_b = model_b.get_output_embeddings().weight.shape[0]
+    if size_a != size_b or (tokenizer_b is not None and tokenizer_a.get_vocab() != tokenizer_b.get_vocab()):
+        raise MiniLLMError(f"the two models use different vocabularies ({size_a:,} vs {size_b:,} output tokens, "
+                           f"{len(tokenizer_a):,} vs {len(tokenizer_b or tokenizer_a):,} tokenizer entries); a "
+                           "compressed model is compared with its own original")
 
 
 def retained(original: dict[str, float], pruned: dict[str, float]) -> dict[str, float]:

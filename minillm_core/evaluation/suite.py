@@ -16,7 +16,7 @@ from typing import Any
 
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.ab import ABConfig, run_ab
-from minillm_core.evaluation.compare import compare_models, retained
+from minillm_core.evaluation.compare import check_same_tokenizer, compare_models, retained
 from minillm_core.evaluation.perplexity import perplexity_on, token_windows
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
@@ -159,6 +159,8 @@ def compare_to_original(original: Any, pruned: Any, tokenizer: Any, config: Eval
                         ) -> dict[str, float]:
     """Everything measured against the original: KL/agreement on the perplexity sets, the A/B prompt suite
     (`config.ab`; its reference scores join `orig_m`/`pr_m`, its records `details["ab"]`) and the speed-ups."""
+    if config.perplexity or config.ab is not None:
+        check_same_tokenizer(tokenizer, None, original, pruned)
     comparison = compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {}
     if config.ab is not None:
         ab = run_ab(original, pruned, tokenizer, config.ab, data_dir=config.data_dir, progress=progress)

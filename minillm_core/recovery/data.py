@@ -18,6 +18,7 @@ import torch
 from minillm_core import data as textdata
 from minillm_core.errors import DataError
 from minillm_core.recovery.config import RecoveryConfig
+from minillm_core.settings import user_path
 
 IGNORE = -100  # label of tokens that do not count in the loss (prompt tokens, padding)
 FILE_KINDS = {".json": "Alpaca records (JSON array)", ".jsonl": "Alpaca records (one per line)", ".txt": "plain text"}
@@ -28,8 +29,8 @@ RESPONSE_MARKER = textdata.ALPACA_PROMPT_NO_INPUT.rsplit("\n\n", 1)[-1]
 def load_training_data(source: str, data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]] | str:
     """(prompt, response) pairs for instruction data, or one string for plain-text continuation data."""
     suffix = Path(source).suffix.lower()
-    if suffix in FILE_KINDS or Path(source).expanduser().is_file():
-        return _read_file(Path(source).expanduser())
+    if suffix in FILE_KINDS or user_path(source).is_file():
+        return _read_file(user_path(source))
     if source not in textdata.TEXT_DATASETS:
         raise DataError(f"unknown training data {source!r}; allowed: {', '.join(textdata.dataset_names())}, or a "
                         f"path to a {', '.join(f'{k} ({v})' for k, v in FILE_KINDS.items())} file")

@@ -28,6 +28,7 @@ from minillm_core.planning import PruningPlan
 from minillm_core.progress import Progress, no_progress
 from minillm_core.recovery.config import DEFAULT_EVAL, RecoveryConfig, _jsonable
 from minillm_core.recovery.data import collate, encode_examples, fingerprint, load_training_data
+from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ def recover(
 
     config = config or RecoveryConfig()
     t_start = time.perf_counter()
-    out = Path(out_dir).expanduser() if out_dir is not None else None
+    out = user_path(out_dir) if out_dir is not None else None
     meta = _prepare_out_dir(out, config, resume) if out is not None else None
     examples = encode_examples(load_training_data(config.data, config.data_dir), tokenizer, config)
     data_hash = fingerprint(examples)

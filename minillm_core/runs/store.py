@@ -24,6 +24,7 @@ from typing import Any
 from minillm_core.errors import MiniLLMError
 from minillm_core.runs import files
 from minillm_core.runs.spec import RunSpec
+from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 def runs_root(explicit: str | os.PathLike | None = None) -> Path:
     """Where run directories live: the argument, else `$MINILLM_RUNS_DIR`, else `./runs`."""
-    return Path(explicit or os.environ.get(RUNS_DIR_ENV) or "runs").expanduser().resolve()
+    return user_path(explicit or os.environ.get(RUNS_DIR_ENV) or "runs").resolve()
 
 
 def run_dir(run_id: str, root: str | os.PathLike | None = None) -> Path:

@@ -148,6 +148,13 @@ SCORERS: Registry[type[Scorer]] = Registry("scorer")
 def make_scorer(name: str, **options: Any) -> Scorer:
     """Instantiate a registered scorer; unknown options raise with the accepted ones."""
     cls = SCORERS.get(name)
+    import inspect
+
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise MiniLLMError(f"unknown option(s) {unknown} for scorer {name!r}; allowed: "
+                           f"{', '.join(accepted) or 'none (it takes no options)'}")
     try:
         return cls(**options)
     except TypeError as exc:
