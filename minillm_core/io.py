@@ -120,9 +120,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
         data = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{path / MANIFEST} is missing or not valid JSON ({exc})") from exc
-    if data.get("format") != MANIFEST_FORMAT:
-        raise ModelLoadError(f"{path / MANIFEST}: unsupported format {data.get('format')!r}")
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ModelLoadError(f"{path / MANIFEST}: unsupported format {found!r}")
+    _check_manifest(data, path / MANIFEST)
     return data
+
+
+def _check_manifest(data: dict[str, Any], file: Path) -> None:
+    """The fields `load_pruned` reads, with their types: a hand-edited or damaged manifest is bad input."""
+    layers, states = data.get("layers"), data.get("layer_state")
+    fields = ("num_heads", "num_kv_heads", "intermediate")
+    problem = None
+    if not isinstance(data.get("model_type"), str):
+        problem = "'model_type' must be the architecture name"
+    elif not isinstance(layers, list) or not layers or not isinstance(states, list) or len(states) != len(layers):
+        problem = "'layers' and 'layer_state' must be lists with one entry per decoder layer"
+    elif not all(isinstance(x, dict) and set(x) == set(fields) and all(
+            isinstance(x[f], int) and not isinstance(x[f], bool) and x[f] >= 0 for f in fields) for x in layers):
+        problem = f"every 'layers' entry must hold the non-negative integers {', '.join(fields)}"
+    if problem:
+        raise ModelLoadError(f"{file} is malformed: {problem}; re-save the model with minillm")
 
 
 def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> tuple[nn.Module, Any]:

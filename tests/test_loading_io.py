@@ -148,6 +148,18 @@ def test_load_pruned_rejects_corrupt_manifest_and_weights(pruned, tmp_path):
     out = save_pruned(model, tiny_tokenizer(), tmp_path / "out", p)
     loaded = load_model(str(out), device="cpu")  # the manifest routes load_model to load_pruned
     assert loaded.model.config.model_type == "llama" and loaded.tokenizer is not None
+    good = json.loads((out / MANIFEST).read_text())
+    for damage, message in (({"model_type": None}, "'model_type'"), ({"layer_state": []}, "one entry per decoder"),
+                            ({"layers": [{"num_heads": "6"}] * len(good["layers"])}, "non-negative integers"),
+                            ({"layers": [{**good["layers"][0], "num_heads": -1}] * len(good["layers"])},
+                             "non-negative integers")):
+        (out / MANIFEST).write_text(json.dumps({**good, **damage}))  # hand-edited: said, not a traceback
+        with pytest.raises(ModelLoadError, match=f"is malformed: .*{message}"):
+            load_pruned(out, device="cpu")
+    (out / MANIFEST).write_text(json.dumps([1, 2]))
+    with pytest.raises(ModelLoadError, match="unsupported format 'list'"):
+        load_pruned(out, device="cpu")
+    (out / MANIFEST).write_text(json.dumps(good))
     (out / "model.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(ModelLoadError, match="corrupt or truncated safetensors"):
         load_pruned(out, device="cpu")

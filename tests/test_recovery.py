@@ -205,6 +205,12 @@ def test_cancel_mid_epoch_leaves_a_consistent_checkpoint(text_file, tmp_path):
         train(model, tok, cfg, out_dir=out, resume=False)
     with pytest.raises(MiniLLMError, match=r"rank: 4 -> 8"):
         train(model, tok, config(text_file, epochs=1, rank=8), out_dir=out)
+    adapter = out / CHECKPOINT_DIR / "adapter.safetensors"
+    whole = adapter.read_bytes()
+    adapter.write_bytes(whole[: len(whole) // 2])  # a checkpoint cut short (disk full, killed copy)
+    with pytest.raises(MiniLLMError, match=r"adapter\.safetensors is unreadable .*delete"):
+        train(model, tok, cfg, out_dir=out)
+    adapter.write_bytes(whole)
     finished = train(model, tok, cfg, out_dir=out)
     straight = train(model, tok, cfg)
     assert finished.steps == straight.steps == steps_per_epoch(16, cfg)

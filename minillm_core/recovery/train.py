@@ -183,17 +183,27 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; a missing, truncated or corrupt one is bad input that names the remedy."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(file))
+    except (OSError, SafetensorError) as exc:
+        raise MiniLLMError(f"checkpoint file {file} is unreadable ({exc}); delete {file.parent} to start over "
+                           "(or pass overwrite)") from None
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     params = _trainable(model)
-    weights = load_file(str(path / ADAPTER_FILE))
+    weights = _load_tensors(path / ADAPTER_FILE)
     if sorted(weights) != sorted(n for n, _ in params):
         raise MiniLLMError(f"checkpoint {path} does not hold this model's adapter; delete it to start over")
     with torch.no_grad():
         for name, p in params:
             p.copy_(weights[name])
-    moments = load_file(str(path / OPTIMIZER_FILE))
+    moments = _load_tensors(path / OPTIMIZER_FILE)
     torch.set_rng_state(moments.pop("rng"))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in moments.items():
