@@ -171,6 +171,14 @@ class ModelGeometry:
         return cls(**data)
 
 
+def _consistent(shape: LayerShape) -> bool:
+    """Widths a layer can have: integers >= 0, query heads a whole multiple of the KV heads (or no heads at all)."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vars(shape).values()):
+        return False
+    h, kv = shape.num_heads, shape.num_kv_heads
+    return (h == kv == 0) or (kv > 0 and h >= kv and h % kv == 0)
+
+
 @dataclass
 class PruningPlan:
     """Kept heads/channels per layer plus provenance; what the app edits and the CLI replays."""
@@ -212,6 +220,8 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        if not isinstance(data, dict):
+            raise PlanError(f"a pruning plan must be a JSON object, got {type(data).__name__}")
         try:
             if data.get("format") != PLAN_FORMAT:
                 raise PlanError(f"unsupported plan format {data.get('format')!r}; this version reads {PLAN_FORMAT}")
@@ -230,9 +240,13 @@ class PruningPlan:
                 predicted_params=int(data["predicted_params"]),
                 provenance=dict(data.get("provenance", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            bad = next((s for s in plan.original if not _consistent(s)), None)
+            if bad is not None:
+                raise PlanError(f"malformed pruning plan: original widths must be non-negative integers with the "
+                                f"query heads a multiple of the KV heads, got {bad}")
+            plan.validate()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise PlanError(f"malformed pruning plan: {exc!r}") from exc
-        plan.validate()
         return plan
 
     def validate(self, geometry: ModelGeometry | None = None) -> None:

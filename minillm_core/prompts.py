@@ -145,14 +145,17 @@ def _jsonl_records(text: str, where: str) -> list[tuple[int, Any]]:
 
 
 def _csv_records(text: str, where: str) -> list[tuple[int, Any]]:
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise DataError(f"{where}: a CSV suite needs a 'prompt' column (optional: reference, tag, id); found "
-                        f"{', '.join(reader.fieldnames or []) or 'no header'}")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
-        return [(reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}) for row in reader]
+        header = reader.fieldnames
+        if not header or "prompt" not in header:
+            raise DataError(f"{where}: a CSV suite needs a 'prompt' column (optional: reference, tag, id); found "
+                            f"{', '.join(header or []) or 'no header'}")
+        # extra cells beyond the header land under the key None (a list): ignored, as are empty cells
+        return [(reader.line_num, {k: v for k, v in row.items() if isinstance(k, str) and k and isinstance(v, str)
+                                   and v}) for row in reader]
     except csv.Error as exc:
-        raise DataError(f"{where} line {reader.line_num}: {exc}") from None
+        raise DataError(f"{where} line {reader.line_num}: not valid CSV ({exc})") from None
 
 
 def _prompt(record: Any, line: int, where: str) -> Prompt:

@@ -347,12 +347,37 @@ def run_ab(original: Any, pruned: Any, tokenizer: Any, suite: PromptSuite | ABCo
 
 def result_from_dict(data: dict[str, Any]) -> ABResult:
     """An `ABResult.to_dict()` read back (a run's saved A/B), checked enough to show."""
+    if not isinstance(data, dict):
+        raise MiniLLMError(f"not an A/B result (minillm.ab/1): a JSON object was expected, got {type(data).__name__}")
     try:
         config = ABConfig(**data["config"])
-        records = [ABRecord(**r) for r in data["records"]]
+        records = [_checked_record(ABRecord(**r)) for r in data["records"]]
         if not records:
             raise ValueError("no records")
         return ABResult(str(data["suite"]), str(data.get("source", "")), config, records, float(data["seconds"]),
                         str(data.get("created", "")))
     except (KeyError, TypeError, ValueError) as exc:
         raise MiniLLMError(f"not an A/B result (minillm.ab/1): {exc}") from None
+
+
+_NUMBERS = ("prefix", "agreement", "kl", "kl_max", "rougeL", "chrf")
+
+
+def _checked_record(r: ABRecord) -> ABRecord:
+    """A record read from a file, with every field of the type the summaries compute with (else ValueError)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    ok = (all(isinstance(getattr(r, f), str) for f in ("id", "tag", "prompt", "original", "pruned"))
+          and isinstance(r.references, list) and all(isinstance(x, str) for x in r.references)
+          and all(isinstance(getattr(r, f), int) and not isinstance(getattr(r, f), bool)
+                  for f in ("original_tokens", "pruned_tokens"))
+          and isinstance(r.exact_match, bool) and all(number(getattr(r, f)) for f in _NUMBERS)
+          and (r.first_divergence is None or (isinstance(r.first_divergence, int)
+                                              and not isinstance(r.first_divergence, bool)))
+          and isinstance(r.ref_match, dict) and isinstance(r.ref_rougeL, dict)
+          and (not r.references or (all(isinstance(r.ref_match.get(w), bool) for w in ("original", "pruned"))
+                                    and all(number(r.ref_rougeL.get(w)) for w in ("original", "pruned")))))
+    if not ok:
+        raise ValueError(f"record {r.id!r} has a field of the wrong type")
+    return r

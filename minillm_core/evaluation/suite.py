@@ -68,15 +68,31 @@ class EvalConfig:
     ab: ABConfig | None = None  # with an original to compare to: also A/B-test responses on this prompt suite
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "perplexity", tuple(self.perplexity))
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        bad = [d for d in self.perplexity if d not in PPL_DATASETS]
+        for name in ("perplexity", "tasks"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise MiniLLMError(f"{name} must be a list of names, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for name, low in (("seq_len", 2), ("batch_size", 1), ("compare_windows", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MiniLLMError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.speed, bool) or not isinstance(self.speed_config, SpeedConfig):
+            raise MiniLLMError(f"speed must be true or false, got {self.speed!r}")
+        if self.task_seed is not None and (isinstance(self.task_seed, bool) or not isinstance(self.task_seed, int)):
+            raise MiniLLMError(f"task_seed must be None or an integer, got {self.task_seed!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise MiniLLMError(f"data_dir must be None or a path, got {self.data_dir!r}")
+        if self.ab is not None and not isinstance(self.ab, ABConfig):
+            raise MiniLLMError(f"ab must be an ABConfig or None, got {type(self.ab).__name__}")
+        bad = [d for d in self.perplexity if not isinstance(d, str) or d not in PPL_DATASETS]
         if bad:
             raise MiniLLMError(f"unknown perplexity dataset(s) {bad}; allowed: {', '.join(PPL_DATASETS)}")
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if not isinstance(t, str) or t not in TASKS]
         if unknown:
             raise MiniLLMError(f"unknown task(s) {unknown}; allowed: {', '.join(TASKS.names())}")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
             raise MiniLLMError(f"limit must be None (everything) or an integer >= 1, got {self.limit!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,18 +101,20 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
         """The inverse of `to_dict` (JSON lists back to tuples); unknown keys are an error naming the known ones."""
+        if not isinstance(data, dict):
+            raise MiniLLMError(f"evaluation settings must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(set(map(str, data)) - set(known))
         if unknown:
             raise MiniLLMError(f"unknown evaluation setting(s) {unknown}; known: {', '.join(known)}")
-        speed = dict(data.get("speed_config") or {})
-        if "batch_sizes" in speed:
-            speed["batch_sizes"] = tuple(speed["batch_sizes"])
         try:
+            speed = dict(data.get("speed_config") or {})
+            if "batch_sizes" in speed:
+                speed["batch_sizes"] = tuple(speed["batch_sizes"])
             ab = None if data.get("ab") is None else ABConfig(**data["ab"])
             return cls(**{**data, "speed_config": SpeedConfig(**speed), "ab": ab})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise MiniLLMError(f"malformed evaluation settings: {exc}") from None
 
 
