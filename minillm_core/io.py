@@ -52,6 +52,44 @@ def _is_empty_dir(path: Path) -> bool:
 OWN_MARKERS = (MANIFEST, PLAN_FILE, "checkpoint", "live_losses.jsonl", "recovery.json")
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a temporary sibling, then `os.replace` it over `path`: a reader sees the old file or the new one, and a
+    crash or a full disk leaves no half-written file (the temporary one is removed)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """`write_text_atomic` of `data` as indented JSON (values JSON cannot hold are written as their `str`)."""
+    return write_text_atomic(path, json.dumps(data, indent=1, default=str))
+
+
+def check_output_file(out: str | Path, flag: str = "output") -> Path:
+    """`out` as a file a command may write (checked before any work): never a directory, never under a file, its
+    folder created if missing and writable. The write itself goes through a temporary sibling (atomic)."""
+    out = user_path(out)
+    if out.is_dir():
+        raise MiniLLMError(f"{flag} {out} is a directory; give a file name")
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise MiniLLMError(f"cannot write {flag} {out}: {parent} is a file, not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MiniLLMError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise MiniLLMError(f"cannot write {flag} {out}: {out.parent} is not writable")
+    return out
+
+
 def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
     """`out` as a directory minillm may write (checked before any work): absent or empty; with `overwrite`, also
     one that holds minillm's own output. Never a file, never a folder of other files (overwrite would delete them),

@@ -5,7 +5,6 @@ Bisection (or a sweep) over ratios reuses the scores; every evaluated point is k
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,10 +31,10 @@ class SearchResult:
         return asdict(self)
 
     def write(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, default=str), encoding="utf-8")
-        return path
+        """The curve as JSON at `path` (checked, written atomically)."""
+        from minillm_core.io import check_output_file, write_json_atomic
+
+        return write_json_atomic(check_output_file(path, "search result"), self.to_dict())
 
 
 class _Evaluator:

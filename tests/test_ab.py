@@ -296,11 +296,16 @@ def test_cli_ab_bad_input_is_one_line(cli_models, tmp_path):
     for args, message in ((["--prompts", "nosuch"], "unknown prompt suite 'nosuch'"),
                           (["--prompts", str(tmp_path / "none.txt")], "cannot read prompt file"),
                           (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
-                          (["--out", str(tmp_path)], "is a directory")):
+                          (["--out", str(tmp_path)], "is a directory"),
+                          (["--csv", str(tmp_path / "afile" / "x.csv")], "afile is a file, not a directory")):
+        (tmp_path / "afile").write_text("mine")  # never replaced, never deleted
         result = runner.invoke(app, ["ab", "--model", str(pruned), "--compare-to", str(original), *args])
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().startswith("error: ") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == "mine"
+    result = runner.invoke(app, ["eval", "--model", str(pruned), "--out", str(tmp_path / "afile" / "m.json")])
+    assert result.exit_code == 2 and "loading" not in result.stderr  # refused before the model is loaded
 
 
 def test_cli_check_with_ab_contract(cli_models, tmp_path):

@@ -13,21 +13,11 @@ import typer
 from minillm_core import workflow
 from minillm_core.cli.app import Bar, DataDirOpt, JsonOpt, app, emit, load, user_errors
 from minillm_core.cli.options import config_command
-from minillm_core.errors import MiniLLMError
+from minillm_core.io import check_output_file
 from minillm_core.runs.files import write_json, write_text
 from minillm_core.workflow import ABConfig, LoadConfig
 
 SHOWN_CHARS = 160  # a response longer than this is cut in the terminal view (the files keep it whole)
-
-
-def _output(path: Path | None, flag: str) -> Path | None:
-    """An output file the user named: never a directory, its folder made if missing."""
-    if path is None:
-        return None
-    if path.is_dir():
-        raise MiniLLMError(f"{flag} {path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _cut(text: str) -> str:
@@ -72,7 +62,8 @@ def ab_cmd(
     import dataclasses
 
     with user_errors():
-        out, csv = _output(out, "--out"), _output(csv, "--csv")
+        out = None if out is None else check_output_file(out, "--out")
+        csv = None if csv is None else check_output_file(csv, "--csv")
         suite = workflow.load_suite(ab.prompts, ab.limit, data_dir)  # a bad file fails before any model loads
         pruned = load(load_config)
         original = load(dataclasses.replace(load_config, model=compare_to))

@@ -5,8 +5,6 @@ Results go to a run directory in the `minillm.run/1` schema; options come from `
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +25,8 @@ from minillm_core.cli.app import (
 )
 from minillm_core.cli.options import Only, config_command
 from minillm_core.errors import MiniLLMError
+from minillm_core.io import check_output_file
+from minillm_core.runs.files import write_json
 from minillm_core.workflow import CalibrationConfig, EvalConfig, LlamaCppConfig, LoadConfig, PlanConfig, ScoreConfig
 
 CompareOpt = Annotated[str | None, typer.Option(
@@ -114,12 +114,17 @@ def _defaulted(ctx: typer.Context, param: str) -> bool:
     return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
 
 
+def _check_outputs(out: Path | None = None, run_dir: Path | None = None) -> None:
+    """Refuse unwritable result paths before minutes of evaluation, not after."""
+    if out is not None:
+        check_output_file(out, "--out")
+    if run_dir is not None:
+        check_output_file(run_dir / "metrics.json", "--run-dir")
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """temp + os.replace: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    """A result file (checked, then temp + os.replace: a reader never sees half a file)."""
+    write_json(check_output_file(path), payload)
 
 
 def _llamacpp(load_config: LoadConfig, compare_to: str | None, config: EvalConfig, engine: LlamaCppConfig,
@@ -171,6 +176,7 @@ def eval_cmd(
     with user_errors():
         if engine not in ENGINES:
             raise MiniLLMError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
+        _check_outputs(out=out, run_dir=run_dir)
         config = _with_data(evaluation, data_dir)
         if text is not None and _defaulted(ctx, "ppl"):
             config = dataclasses.replace(config, perplexity=())  # --text alone measures only the text
@@ -210,6 +216,7 @@ def check(
     from minillm_core.evaluation.gates import Contract, passed
 
     with user_errors():
+        _check_outputs(run_dir=run_dir)
         c = Contract.load(contract)
         config = _contract_eval(c, evaluation, data_dir, prompts)
         with Bar(not as_json) as bar:
@@ -251,6 +258,7 @@ def search(
     from minillm_core.search import search as run_search
 
     with user_errors():
+        _check_outputs(out=out)
         c = Contract.load(contract)
         try:
             grid = [float(r) for r in ratios.split(",")] if ratios else None

@@ -21,6 +21,7 @@ from minillm_core.evaluation.perplexity import perplexity_on, token_windows
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
 from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
+from minillm_core.io import write_json_atomic, write_text_atomic
 from minillm_core.modeling.base import count_params, max_context
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
@@ -255,16 +256,10 @@ class RunMetrics:
         """Write metrics.json (schema minillm.run/1), metrics.csv and lm-eval result files into `run_dir`."""
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / "metrics.json", json.dumps(self.to_dict(), indent=1, default=str))
+        write_json_atomic(path / "metrics.json", self.to_dict())
         for name, text in self.side_files().items():
-            _atomic_write(path / name, text)
+            write_text_atomic(path / name, text)
         return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def evaluate_pair(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig, model_name: str = "",

@@ -488,9 +488,9 @@ def _save(model: nn.Module, tokenizer: Any, out: Path, plan: PruningPlan | None,
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from minillm_core.io import write_json_atomic
+
+    write_json_atomic(path, payload)
 
 
 __all__ = ["RecoveryConfig", "RecoveryResult", "StepReport", "default_target_modules", "encode_examples",

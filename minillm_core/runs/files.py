@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from minillm_core.io import write_json_atomic, write_text_atomic
 
 SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
@@ -27,22 +28,12 @@ OLD_INDEX_FILE = "runs.sqlite"  # the index of runs written before the runs pack
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a temporary sibling, then `os.replace` it over `path`: a reader sees the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """The atomic writer (`io.write_text_atomic`): a reader sees the old file or the new one, never half of one."""
+    return write_text_atomic(path, text)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """`write_text` of `data` as indented JSON (values JSON cannot hold are written as their `str`)."""
-    return write_text(path, json.dumps(data, indent=1, default=str))
+    return write_json_atomic(path, data)
 
 
 def read_json(path: str | os.PathLike) -> Any:
