@@ -122,6 +122,16 @@ def render_alpaca(example: Mapping[str, str]) -> str:
     return prompt + output
 
 
+#: Every Alpaca prompt ends with this line (ALPACA_PROMPT_*); the response follows it.
+ALPACA_RESPONSE_MARKER = ALPACA_PROMPT_NO_INPUT.rsplit("\n\n", 1)[-1]
+
+
+def split_alpaca(row: str) -> tuple[str, str]:
+    """A rendered Alpaca row (`render_alpaca`) back into (prompt, response)."""
+    cut = row.index(ALPACA_RESPONSE_MARKER) + len(ALPACA_RESPONSE_MARKER)
+    return row[:cut], row[cut:]
+
+
 def _read_alpaca(path: Path) -> list[str]:
     with path.open(encoding="utf-8") as f:
         try:

@@ -200,9 +200,9 @@ def _messages(turns: Any, at: str) -> tuple[tuple[str, str], ...]:
 
 def _alpaca(limit: int, data_dir: str | os.PathLike | None) -> PromptSuite:
     """The first `limit` Alpaca instructions (with their input, in the Alpaca prompt) and outputs as references."""
-    from minillm_core.recovery.data import load_training_data
+    from minillm_core.data import load_rows, split_alpaca
 
-    pairs = load_training_data("alpaca", data_dir)[:limit]
+    pairs = [split_alpaca(row) for row in load_rows("alpaca", split="train", data_dir=data_dir)[:limit]]
     prompts = tuple(Prompt(f"alpaca-{i:04d}", (("user", prompt.strip()),), (response.strip(),) if response.strip()
                            else (), "alpaca") for i, (prompt, response) in enumerate(pairs, 1))
     return PromptSuite("alpaca", prompts, "dataset:alpaca")

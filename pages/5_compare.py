@@ -11,18 +11,12 @@ import streamlit as st
 from minillm_core import runs, workflow
 from ui import figures, state
 from ui.models import greedy_generate, model_handle, pruned_handle
+from ui.widgets import run_picker
 
 state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Compare")
 done = runs.list(states=("done",))
-if not done:
-    st.info("No finished run yet. Start one on **Prune & evaluate**.")
-    st.stop()
-
-ids = [r.id for r in done]
-wanted = st.query_params.get("job")
-run = st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
-                   format_func=lambda r: f"{r.name} · {r.model} · {r.id}")
+run = run_picker(done, "No finished run yet. Start one on **Prune & evaluate**.")
 
 # --- one run: original vs pruned --------------------------------------------------------------------------------
 st.markdown(f"#### {runs.headline(run)}")

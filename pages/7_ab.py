@@ -15,6 +15,7 @@ from minillm_core import runs, workflow
 from ui import figures, state
 from ui.models import model_handle, pruned_handle
 from ui.report import DIFF_STYLE, diff_html
+from ui.widgets import run_picker
 
 
 def ab_form() -> workflow.ABConfig | None:
@@ -108,14 +109,8 @@ state.init()  # a deep link on a cold server runs this page before the router (a
 st.title("A/B test")
 st.caption("Both models answer the same prompts with the same settings. Use it before you ship: where does the "
            "pruned model answer differently, and is that acceptable? (`minillm ab` does the same headless.)")
-done = [r for r in runs.list(states=("done",)) if r.model_dir]
-if not done:
-    st.info("No finished run with a saved model yet. Start one on **Prune & evaluate**.")
-    st.stop()
-ids = [r.id for r in done]
-wanted = st.query_params.get("job")
-run = st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
-                   format_func=lambda r: f"{r.name} · {r.model} · {r.id}")
+run = run_picker([r for r in runs.list(states=("done",)) if r.model_dir],
+                 "No finished run with a saved model yet. Start one on **Prune & evaluate**.")
 config = ab_form()
 if config is not None:
     run_ab(run, config)

@@ -70,6 +70,12 @@ def test_bundled_suites_load_with_unique_ids_and_references():
     assert len(load_suite("facts", limit=3).prompts) == 3
 
 
+def test_alpaca_suite_from_the_data_mirror(data_dir):
+    suite = load_suite("alpaca", limit=3, data_dir=data_dir)
+    assert suite.source == "dataset:alpaca" and len(suite.prompts) == 3
+    assert all(p.text.endswith("### Response:") and p.references for p in suite.prompts)
+
+
 def test_suite_files_jsonl_csv_txt(tmp_path):
     (tmp_path / "s.jsonl").write_text('{"prompt": "hi", "reference": "hello", "tag": "greet"}\n\n'
                                       '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", '

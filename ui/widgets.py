@@ -1,4 +1,5 @@
-"""Widgets generated from the config dataclasses (`minillm_core.options`) and from a scorer's dataclass fields.
+"""Widgets generated from the config dataclasses (`minillm_core.options`) and from a scorer's dataclass fields,
+and the run picker the result pages share.
 
 Choices render as select boxes (several choices: multiselect), booleans as checkboxes, bounded numbers as number
 inputs or sliders; the defaults are the dataclass's, so the dashboard and the CLI cannot drift apart.
@@ -111,3 +112,15 @@ def scorer_options(cls: type, key: str) -> dict[str, Any]:
         elif hint is str or isinstance(default, str):
             options[f.name] = st.text_input(f.name, value=default or "", key=wkey)
     return options
+
+
+def run_picker(done: Sequence[Any], message: str) -> Any:
+    """The finished run a page shows: the URL's `?job=` when it names one (Compare links, a refresh), else the
+    newest. With no run, `message` and the page stops."""
+    if not done:
+        st.info(message)
+        st.stop()
+    ids = [r.id for r in done]
+    wanted = st.query_params.get("job")
+    return st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
+                        format_func=lambda r: f"{r.name} · {r.model} · {r.id}")

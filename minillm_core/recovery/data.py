@@ -22,8 +22,7 @@ from minillm_core.settings import user_path
 
 IGNORE = -100  # label of tokens that do not count in the loss (prompt tokens, padding)
 FILE_KINDS = {".json": "Alpaca records (JSON array)", ".jsonl": "Alpaca records (one per line)", ".txt": "plain text"}
-# Every Alpaca prompt ends with this line (data.ALPACA_PROMPT_*); the response follows it.
-RESPONSE_MARKER = textdata.ALPACA_PROMPT_NO_INPUT.rsplit("\n\n", 1)[-1]
+RESPONSE_MARKER = textdata.ALPACA_RESPONSE_MARKER
 
 
 def load_training_data(source: str, data_dir: str | os.PathLike | None = None) -> list[tuple[str, str]] | str:
@@ -38,13 +37,8 @@ def load_training_data(source: str, data_dir: str | os.PathLike | None = None) -
     split = "train" if "train" in text_source.splits else None  # never train on an evaluation split
     rows = textdata.load_rows(source, split=split, data_dir=data_dir)
     if source == "alpaca":
-        return [_split_rendered(row) for row in rows]
+        return [textdata.split_alpaca(row) for row in rows]
     return "\n\n".join(rows)
-
-
-def _split_rendered(row: str) -> tuple[str, str]:
-    cut = row.index(RESPONSE_MARKER) + len(RESPONSE_MARKER)
-    return row[:cut], row[cut:]
 
 
 def _read_file(path: Path) -> list[tuple[str, str]] | str:
