@@ -177,6 +177,9 @@ def _check_manifest(data: dict[str, Any], file: Path) -> None:
     elif not all(isinstance(x, dict) and set(x) == set(fields) and all(
             isinstance(x[f], int) and not isinstance(x[f], bool) and x[f] >= 0 for f in fields) for x in layers):
         problem = f"every 'layers' entry must hold the non-negative integers {', '.join(fields)}"
+    elif not all(x["num_heads"] == x["num_kv_heads"] == 0 or (
+            0 < x["num_kv_heads"] <= x["num_heads"] and x["num_heads"] % x["num_kv_heads"] == 0) for x in layers):
+        problem = "in every layer the query heads must be a multiple of the key/value heads"
     if problem:
         raise ModelLoadError(f"{file} is malformed: {problem}; re-save the model with minillm")
 
@@ -198,19 +201,31 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> 
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
     adapter = get_adapter(model)
-    for i, (shape, state) in enumerate(zip(manifest["layers"], manifest["layer_state"], strict=True)):
-        shape = LayerShape(**shape)
-        if adapter.layer_shape(i) != shape:  # only the widths matter: the weights are read next
-            prune_layer(adapter, i, LayerPlanIndices(
-                tuple(range(shape.num_heads)), tuple(range(shape.num_kv_heads)), tuple(range(shape.intermediate))))
-        adapter.restore_state(adapter.layers()[i], state)
+    if len(manifest["layers"]) != len(adapter.layers()):
+        raise ModelLoadError(f"{path / MANIFEST} lists {len(manifest['layers'])} layers, its config.json "
+                             f"{len(adapter.layers())}")
+    try:
+        for i, (shape, state) in enumerate(zip(manifest["layers"], manifest["layer_state"], strict=True)):
+            shape = LayerShape(**shape)
+            if adapter.layer_shape(i) != shape:  # only the widths matter: the weights are read next
+                prune_layer(adapter, i, LayerPlanIndices(tuple(range(shape.num_heads)),
+                                                         tuple(range(shape.num_kv_heads)),
+                                                         tuple(range(shape.intermediate))))
+            adapter.restore_state(adapter.layers()[i], state)
+    except (MiniLLMError, ValueError, IndexError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path / MANIFEST} does not fit its config.json ({exc}); re-save the model with "
+                             "minillm") from None
     state_dict = {}
     try:
         for file in sorted(path.glob("*.safetensors")):
             state_dict.update(load_file(str(file)))
     except (SafetensorError, OSError) as exc:
         raise ModelLoadError(f"cannot read weights in {path}: corrupt or truncated safetensors file ({exc})") from exc
-    _, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    try:
+        _, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    except RuntimeError as exc:  # a tensor whose shape is not the manifest's
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ModelLoadError(f"weights in {path} do not match its manifest: {first}") from None
     model.tie_weights()
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if still_meta or unexpected:

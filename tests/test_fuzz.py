@@ -192,3 +192,59 @@ def test_the_campaign_finds_a_planted_bug(plan_dict):
 
 def test_paths_helper_sees_nested_fields():
     assert ("a", "b", 0) in _paths({"a": {"b": [1]}}) and _replace({"a": [1, 2]}, ("a", 1), 9) == {"a": [1, 9]}
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tiny_model_dir, tmp_path_factory):
+    from minillm_core.io import save_pruned
+    from tests.helpers import tiny_plan
+
+    loaded = workflow.load(str(tiny_model_dir), device="cpu")
+    plan = tiny_plan(tiny_model_dir, ratio=0.3)
+    return save_pruned(workflow.prune(loaded.model, plan), loaded.tokenizer, tmp_path_factory.mktemp("p") / "m", plan)
+
+
+def test_pruned_model_manifests_mutated(pruned_dir):
+    from minillm_core.io import MANIFEST, load_pruned
+
+    good = json.loads((pruned_dir / MANIFEST).read_text())
+
+    @CAMPAIGN
+    @given(mutated(good))
+    def check(doc):
+        (pruned_dir / MANIFEST).write_text(json.dumps(doc))
+        survives(lambda p: load_pruned(p, device="cpu"), pruned_dir)
+
+    try:
+        check()
+    finally:
+        (pruned_dir / MANIFEST).write_text(json.dumps(good))
+
+
+def test_run_store_files_mutated(tiny_model_dir, tmp_path_factory):
+    """A damaged status.json, spec.json or metrics.json shows that one run as failed; listing never raises."""
+    from minillm_core import runs
+    from minillm_core.runs import files
+    from minillm_core.runs.worker import run as work
+    from tests.helpers import spec_for
+
+    root = tmp_path_factory.mktemp("store")
+    job = runs.submit(spec_for(tiny_model_dir, evaluation=runs.eval_config(perplexity=(), measure_speed=False)),
+                      root, start=False)
+    assert work(root / job) == 0
+    originals = {name: json.loads((root / job / name).read_text())
+                 for name in (files.STATUS_FILE, files.SPEC_FILE, files.METRICS_FILE)}
+
+    @CAMPAIGN
+    @given(name=st.sampled_from(sorted(originals)), data=st.data())
+    def check(name, data):
+        doc = data.draw(st.one_of(JSON, mutated(originals[name])))
+        (root / job / name).write_text(json.dumps(doc))
+        try:
+            listed = runs.list(root=root)
+            assert [r.id for r in listed] == [job]
+            survives(lambda i: (runs.get(i, root), runs.ab_results(i, root), runs.trend_rows(listed)), job)
+        finally:
+            (root / job / name).write_text(json.dumps(originals[name]))
+
+    check()

@@ -88,11 +88,20 @@ class RunStatus:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:
         """Also reads the status files of older runs, which call the id `job_id`."""
+        if not isinstance(data, dict):
+            raise MiniLLMError(f"a run status must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         if "job_id" in data:
             data["id"] = data.pop("job_id")
-        if data.get("state") not in STATES:
+        if not isinstance(data.get("state"), str) or data["state"] not in STATES:
             raise MiniLLMError(f"unknown run state {data.get('state')!r}; allowed: {', '.join(STATES)}")
+        kinds = {"id": (str,), "step": (str,), "error": (str,), "step_index": (int,), "steps": (int,),
+                 "done": (int,), "total": (int,), "pid": (int, type(None)), "created": (int, float),
+                 "started": (int, float, type(None)), "updated": (int, float), "finished": (int, float, type(None))}
+        wrong = [k for k, kind in kinds.items() if k in data and (isinstance(data[k], bool)
+                                                                  or not isinstance(data[k], kind))]
+        if wrong:
+            raise MiniLLMError(f"malformed run status: {', '.join(wrong)} of the wrong type")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
@@ -156,14 +165,30 @@ def _cached(path: Path, load: Callable[[Path], Any] = files.read_json) -> Any:
     return data
 
 
+#: Sections of metrics.json that hold flat {metric: number} dicts (the pages compute with them).
+METRIC_SECTIONS = ("original", "pruned", "retained", "comparison", "recovered", "before_reconstruction")
+
+
 def read_metrics(folder: Path) -> dict[str, Any] | None:
-    """The run's `metrics.json` (shared and cached: do not modify it), or None before it exists."""
+    """The run's `metrics.json` (shared and cached: do not modify it), or None before it exists. A file that is
+    not a minillm.run/1 object (a metric section that is not {name: number}) raises, naming the section."""
     try:
-        return _cached(folder / files.METRICS_FILE)
+        data = _cached(folder / files.METRICS_FILE)
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MiniLLMError(f"cannot read the metrics of run {folder.name}: {exc}") from None
+    if not isinstance(data, dict):
+        raise MiniLLMError(f"the metrics of run {folder.name} are not a minillm.run/1 object")
+    for section in METRIC_SECTIONS:
+        values = data.get(section, {})
+        if not isinstance(values, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
+            raise MiniLLMError(f"the metrics of run {folder.name} are malformed: {section!r} must map metric names "
+                               "to numbers")
+    if not isinstance(data.get("details", {}), dict) or not isinstance(data.get("summary", {}), dict):
+        raise MiniLLMError(f"the metrics of run {folder.name} are malformed: 'details' and 'summary' must be objects")
+    return data
 
 
 @dataclass
@@ -222,8 +247,6 @@ def record(folder: Path, st: RunStatus) -> Run:
     if st.state == "done":
         try:
             metrics = read_metrics(folder) or {}
-            if not isinstance(metrics, dict) or not isinstance(metrics.get("pruned", {}), dict):
-                raise MiniLLMError(f"the metrics of run {folder.name} are not a minillm.run/1 object")
         except MiniLLMError as exc:  # one broken run is shown as broken; the others still list and open
             run.state, run.error = "failed", f"{exc} ({folder / files.METRICS_FILE})"
             return run
