@@ -22,6 +22,7 @@ from torch import nn
 from minillm_core.errors import ExportError
 from minillm_core.modeling import LayerShape, get_adapter, max_context
 from minillm_core.options import option
+from minillm_core.outputs import clean_leftovers, public_mode
 from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
@@ -219,8 +220,13 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, config: GGUFConfig, tok
     padded: list[int] = []
     fallbacks: list[str] = []
     types: Counter = Counter()
-    tmp = Path(tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)[1])
+    for line in clean_leftovers(out):
+        logger.warning("an interrupted export of %s: %s", out, line)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-{os.getpid()}-", suffix=".gguf", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
+        public_mode(tmp)
         writer = gguf.GGUFWriter(tmp, arch)
         for key, value, vtype, sub in fields:
             writer.add_key_value(key, value, vtype, sub_type=sub)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,19 @@ from torch import nn
 from minillm_core.devices import resolve_device, resolve_dtype
 from minillm_core.errors import MiniLLMError, ModelLoadError
 from minillm_core.modeling import LayerPlanIndices, LayerShape, check_supported, get_adapter
+from minillm_core.outputs import (  # noqa: F401 (re-exported: io is where callers look for them)
+    check_output_file,
+    clean_leftovers,
+    public_mode,
+    staging_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from minillm_core.planning import PruningPlan
 from minillm_core.settings import user_path
 from minillm_core.surgery import prune_layer
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "minillm_manifest.json"
 PLAN_FILE = "pruning_plan.json"
@@ -52,44 +62,6 @@ def _is_empty_dir(path: Path) -> bool:
 OWN_MARKERS = (MANIFEST, PLAN_FILE, "checkpoint", "live_losses.jsonl", "recovery.json")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a temporary sibling, then `os.replace` it over `path`: a reader sees the old file or the new one, and a
-    crash or a full disk leaves no half-written file (the temporary one is removed)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """`write_text_atomic` of `data` as indented JSON (values JSON cannot hold are written as their `str`)."""
-    return write_text_atomic(path, json.dumps(data, indent=1, default=str))
-
-
-def check_output_file(out: str | Path, flag: str = "output") -> Path:
-    """`out` as a file a command may write (checked before any work): never a directory, never under a file, its
-    folder created if missing and writable. The write itself goes through a temporary sibling (atomic)."""
-    out = user_path(out)
-    if out.is_dir():
-        raise MiniLLMError(f"{flag} {out} is a directory; give a file name")
-    parent = next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise MiniLLMError(f"cannot write {flag} {out}: {parent} is a file, not a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MiniLLMError(f"cannot write {flag} {out}: {exc.strerror or exc}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise MiniLLMError(f"cannot write {flag} {out}: {out.parent} is not writable")
-    return out
-
-
 def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
     """`out` as a directory minillm may write (checked before any work): absent or empty; with `overwrite`, also
     one that holds minillm's own output. Never a file, never a folder of other files (overwrite would delete them),
@@ -102,6 +74,9 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
         raise MiniLLMError(f"cannot write {out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK):
         raise MiniLLMError(f"cannot write {out}: {parent} is not writable")
+    if out.parent.is_dir():
+        for line in clean_leftovers(out):
+            logger.warning("an interrupted save of %s: %s", out, line)
     if out.exists() and not _is_empty_dir(out):
         if not overwrite:
             raise MiniLLMError(f"{out} exists and is not empty; choose another directory or pass overwrite")
@@ -121,7 +96,7 @@ def save_pruned(
     """
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         model.save_pretrained(tmp)  # safetensors; transformers 5 never pickles here
         if tokenizer is not None:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from minillm_core.devices import DEVICES, DTYPES, resolve_device, resolve_dtype 
 from minillm_core.errors import ModelLoadError
 from minillm_core.modeling import ArchAdapter, check_supported, get_adapter
 from minillm_core.options import option
+from minillm_core.outputs import clean_leftovers, staging_dir
 from minillm_core.settings import cache_dir, user_path
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    clean_leftovers(target)  # a conversion killed half-way (the bundled model takes ~20 s)
+    tmp = staging_dir(target)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

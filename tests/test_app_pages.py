@@ -85,7 +85,18 @@ def test_calibration_upload_is_validated_and_private(app):
     ok(app.run())
     assert any("2 documents" in s.value for s in app.success)
     path = Path(app.session_state[state.CALIBRATION]["path"])
-    assert path.name == "calibration.txt" and path.parent == Path(app.session_state[state.UPLOAD_DIR])
+    assert path.name == "calibration.txt" and path.parent == app.session_state[state.UPLOAD_DIR].path
+
+
+def test_a_sessions_upload_folder_goes_with_the_session():
+    import gc
+
+    folder = state.SessionFolder()
+    (folder.path / "upload.txt").write_text("x")
+    path = folder.path
+    del folder
+    gc.collect()
+    assert not path.exists()
 
 
 def test_importance_page_computes_and_compares_scorers(app):

@@ -176,3 +176,34 @@ def test_overwrite_knows_every_file_that_marks_minillm_output():
     from minillm_core.recovery.train import CHECKPOINT_DIR, LIVE_LOG, RECOVERY_FILE
 
     assert {MANIFEST, CHECKPOINT_DIR, LIVE_LOG, RECOVERY_FILE} <= set(OWN_MARKERS)
+
+
+def test_a_killed_save_leaves_nothing_that_survives_the_next_one(pruned, tmp_path):
+    """SIGKILL while saving (the staging folder stays) and between the two renames of an overwrite (only the old
+    model, under its hidden name): the next save cleans up or restores, and outputs get the umask's mode."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from minillm_core.outputs import clean_leftovers
+
+    model, p = pruned
+    out = save_pruned(model, tiny_tokenizer(), tmp_path / "out", p)
+    code = ("import os, signal, sys, tempfile; from pathlib import Path\n"
+            "from minillm_core.outputs import staging_dir\n"
+            "d = staging_dir(Path(sys.argv[1])); (d / 'model.safetensors').write_bytes(b'half')\n"
+            "os.replace(sys.argv[1], Path(sys.argv[1]).with_name(f'.out.old-{os.getpid()}'))\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code, str(out)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists() and len(list(tmp_path.glob(".out.*"))) == 2  # the old model only under a hidden name
+    done = clean_leftovers(out)
+    assert any(d.startswith("restored out") for d in done) and any(d.startswith("removed .out.partial-") for d in done)
+    assert (out / MANIFEST).is_file() and list(tmp_path.glob(".out.*")) == []
+    load_pruned(out, device="cpu")  # the previous model, whole
+    again = save_pruned(model, tiny_tokenizer(), out, p, overwrite=True)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (again.stat().st_mode & 0o777) == 0o777 & ~mask
+    assert ((again / MANIFEST).stat().st_mode & 0o777) == 0o666 & ~mask

@@ -5,7 +5,9 @@ Scores, plans, uploads and the job list live here, so two browser sessions never
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -103,11 +105,21 @@ def sidebar_status(slot: Any | None = None) -> None:
             st.caption(line)
 
 
+class SessionFolder:
+    """A temp directory that lives as long as its owner: removed when the browser session's state is dropped
+    (Streamlit discards a closed session's state) or when the server process exits."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="minillm-session-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+
 def upload_dir() -> Path:
     """A temp directory private to this browser session (uploads never share a path across sessions)."""
-    if not st.session_state.get(UPLOAD_DIR) or not Path(st.session_state[UPLOAD_DIR]).is_dir():
-        st.session_state[UPLOAD_DIR] = tempfile.mkdtemp(prefix="minillm-session-")
-    return Path(st.session_state[UPLOAD_DIR])
+    folder = st.session_state.get(UPLOAD_DIR)
+    if not isinstance(folder, SessionFolder) or not folder.path.is_dir():
+        st.session_state[UPLOAD_DIR] = folder = SessionFolder()
+    return folder.path
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -150,8 +149,10 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Adapter weights, AdamW moments and the RNG (safetensors) + counters (JSON), replaced atomically."""
     from safetensors.torch import save_file
 
+    from minillm_core.outputs import staging_dir
+
     params = _trainable(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / ADAPTER_FILE))
         moments = {"rng": torch.get_rng_state()}
@@ -225,9 +226,12 @@ def _check_resumable(meta: dict[str, Any], config: RecoveryConfig, fingerprint: 
 def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[str, Any] | None:
     """The checkpoint to resume, if any; refuses a non-empty directory that is not a resumable run."""
     from minillm_core.io import check_output_dir
+    from minillm_core.outputs import clean_leftovers
 
     if out.exists() and not out.is_dir():
         raise MiniLLMError(f"{out} exists and is a file, not a directory")
+    if out.is_dir():
+        clean_leftovers(out / CHECKPOINT_DIR)  # a run killed while writing its checkpoint
     meta = read_checkpoint(out / CHECKPOINT_DIR)
     if meta is not None and resume and not config.overwrite:
         return meta
@@ -471,11 +475,12 @@ def _result(model: nn.Module, state: TrainState, total: int, stopped: bool, afte
 def _save(model: nn.Module, tokenizer: Any, out: Path, plan: PruningPlan | None, merged: bool) -> None:
     """Replace `out` (checkpoint included) by the merged pruned model or by the adapter, atomically."""
     from minillm_core.io import PLAN_FILE, _swap_in, save_pruned
+    from minillm_core.outputs import staging_dir
 
     if merged:
         save_pruned(model, tokenizer, out, plan=plan, overwrite=True)
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
         if tokenizer is not None:
