@@ -6,7 +6,6 @@ which reads head counts and FFN widths per layer). Quantization uses the `gguf` 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import tempfile
@@ -22,7 +21,7 @@ from torch import nn
 from minillm_core.errors import ExportError
 from minillm_core.modeling import LayerShape, get_adapter, max_context
 from minillm_core.options import option
-from minillm_core.outputs import clean_leftovers, public_mode
+from minillm_core.outputs import clean_leftovers, public_mode, write_failure
 from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
@@ -222,7 +221,10 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, config: GGUFConfig, tok
     types: Counter = Counter()
     for line in clean_leftovers(out):
         logger.warning("an interrupted export of %s: %s", out, line)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-{os.getpid()}-", suffix=".gguf", dir=out.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.partial-{os.getpid()}-", suffix=".gguf", dir=out.parent)
+    except OSError as exc:
+        raise ExportError(f"could not write {out}: {write_failure(exc)}") from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -244,8 +246,7 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, config: GGUFConfig, tok
         writer.close()
         os.replace(tmp, out)
     except OSError as exc:
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise ExportError(f"could not write {out}: {reason}; nothing was changed there") from exc
+        raise ExportError(f"could not write {out}: {write_failure(exc)}; nothing was changed there") from exc
     finally:
         tmp.unlink(missing_ok=True)
     if fallbacks:

@@ -5,7 +5,6 @@ Uniform plans load with plain `from_pretrained`; any plan loads with `load_prune
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from minillm_core.outputs import (  # noqa: F401 (re-exported: io is where calle
     clean_leftovers,
     public_mode,
     staging_dir,
+    write_failure,
     write_json_atomic,
     write_text_atomic,
 )
@@ -94,6 +94,8 @@ def save_pruned(
     Refuses a non-empty `out_dir` unless `overwrite`, and even then one that minillm did not write
     (`check_output_dir`); on any failure (disk full included) `out_dir` is untouched.
     """
+    from safetensors import SafetensorError
+
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out)
@@ -105,9 +107,9 @@ def save_pruned(
             plan.save(tmp / PLAN_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest_for(model), indent=1), encoding="utf-8")
         _swap_in(tmp, out)
-    except OSError as exc:
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise MiniLLMError(f"could not save the pruned model to {out}: {reason}; nothing was changed there") from exc
+    except (OSError, SafetensorError) as exc:
+        raise MiniLLMError(f"could not save the pruned model to {out}: {write_failure(exc)}; nothing was changed "
+                           "there") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -5,6 +5,7 @@ Low level on purpose (no model code): every module that writes a result imports 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,16 +25,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     crash or a full disk leaves no half-written file (the temporary one is removed)."""
     path = Path(path)
     clean_leftovers(path)  # a writer killed between its two steps leaves its temporary file behind
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent)
+    except OSError as exc:
+        raise MiniLLMError(f"could not write {path}: {write_failure(exc)}") from exc
     try:
         public_mode(Path(tmp))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise MiniLLMError(f"could not write {path}: {write_failure(exc)}; the previous file, if any, is "
+                           "unchanged") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_failure(exc: Exception) -> str:
+    """Why a write failed, as a person says it (an OSError, or a library's error that wraps one: safetensors
+    reports a full disk as "I/O error: No space left on device (os error 28)")."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOSPC or f"os error {errno.ENOSPC})" in text:
+        return "the disk is full"
+    if code == errno.EROFS or f"os error {errno.EROFS})" in text:
+        return "the file system is read-only"
+    return getattr(exc, "strerror", None) or text
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
@@ -84,7 +104,10 @@ def _dead(pid_text: str) -> bool:
 def staging_dir(out: Path) -> Path:
     """A fresh folder beside `out` to build it in (then renamed over it): named after this process, so a later run
     can tell a dead writer's leftover (`clean_leftovers`), with the mode the umask gives."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise MiniLLMError(f"could not write {out}: {write_failure(exc)}; nothing was changed there") from exc
     public_mode(tmp, directory=True)
     return tmp
 

@@ -207,3 +207,39 @@ def test_a_killed_save_leaves_nothing_that_survives_the_next_one(pruned, tmp_pat
     os.umask(mask)
     assert (again.stat().st_mode & 0o777) == 0o777 & ~mask
     assert ((again / MANIFEST).stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 192 KB tmpfs (root with mount rights, as in CI); skipped with the reason where the machine refuses."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}): the disk-full and "
+                    "read-only tests need root with mount rights")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_or_read_only_disk_is_said_and_leaves_nothing(pruned, small_disk):
+    import subprocess
+
+    from minillm_core.outputs import write_text_atomic
+
+    model, p = pruned
+    (small_disk / "keep.txt").write_text("mine")
+    with pytest.raises(MiniLLMError, match="the disk is full; nothing was changed there"):
+        save_pruned(model, tiny_tokenizer(), small_disk / "out", p)  # ~300 KB of weights into 192 KB
+    with pytest.raises(MiniLLMError, match="the disk is full; the previous file"):
+        write_text_atomic(small_disk / "keep.txt", "x" * 400_000)
+    assert sorted(f.name for f in small_disk.iterdir()) == ["keep.txt"]  # no staging folder, no temp file
+    assert (small_disk / "keep.txt").read_text() == "mine"
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(MiniLLMError, match="not writable"):
+        save_pruned(model, tiny_tokenizer(), small_disk / "out", p)
+    with pytest.raises(MiniLLMError, match="read-only"):
+        write_text_atomic(small_disk / "keep.txt", "new")
