@@ -21,9 +21,9 @@ from minillm_core.evaluation.perplexity import perplexity_on, token_windows
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
 from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
-from minillm_core.io import write_json_atomic, write_text_atomic
 from minillm_core.modeling.base import count_params, max_context
 from minillm_core.options import option
+from minillm_core.outputs import write_json_atomic, write_text_atomic
 from minillm_core.progress import Progress, no_progress
 
 RUN_SCHEMA = "minillm.run/1"
@@ -78,8 +78,10 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MiniLLMError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(self.speed, bool) or not isinstance(self.speed_config, SpeedConfig):
+        if not isinstance(self.speed, bool):
             raise MiniLLMError(f"speed must be true or false, got {self.speed!r}")
+        if not isinstance(self.speed_config, SpeedConfig):
+            raise MiniLLMError(f"speed_config must be a SpeedConfig, got {type(self.speed_config).__name__}")
         if self.task_seed is not None and (isinstance(self.task_seed, bool) or not isinstance(self.task_seed, int)):
             raise MiniLLMError(f"task_seed must be None or an integer, got {self.task_seed!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
