@@ -186,6 +186,21 @@ def test_seeded_sampling_is_reproducible(pair, word_suite):
     assert [r.original for r in a.records] != [r.original for r in greedy.records]
 
 
+def test_prompts_longer_than_the_context_are_refused_and_logits_are_chunked(pair, tmp_path, monkeypatch):
+    model, pruned, tok = pair
+    opt = tiny_model("opt")  # 64 positions
+    (tmp_path / "long.txt").write_text(" ".join(["w5"] * 60) + "\n")
+    with pytest.raises(MiniLLMError, match="exceeds the model's context of 64 positions"):
+        ab.run_ab(opt, opt, tok, load_suite(tmp_path / "long.txt"), ab.ABConfig(max_new_tokens=8))
+    (tmp_path / "short.txt").write_text("w5 w6\nw7 w8 w9\nw10\n")
+    suite = load_suite(tmp_path / "short.txt")
+    whole = ab.run_ab(model, pruned, tok, suite, ab.ABConfig(max_new_tokens=6))
+    monkeypatch.setattr(ab, "LOGITS_BUDGET_BYTES", 1)  # one row per teacher-forced pass
+    chunked = ab.run_ab(model, pruned, tok, suite, ab.ABConfig(max_new_tokens=6))
+    for a, b in zip(whole.records, chunked.records, strict=True):
+        assert a.agreement == b.agreement and a.kl == pytest.approx(b.kl, abs=1e-5)
+
+
 def test_chat_template_is_applied_to_conversations(tmp_path):
     tok = tiny_tokenizer()
     tok.chat_template = ("{% for m in messages %}w3 {{ m['content'] }} {% endfor %}"

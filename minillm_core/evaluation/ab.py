@@ -20,6 +20,7 @@ import torch
 
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.compare import kl_and_agreement_from_logits
+from minillm_core.modeling.base import max_context
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
 from minillm_core.prompts import Prompt, PromptSuite, load_suite, suite_names
@@ -267,6 +268,11 @@ def _generate(model: Any, tokenizer: Any, texts: list[str], special: bool, confi
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not special)
     finally:  # the tokenizer may be shared (the dashboard caches it): leave it as it was
         tokenizer.padding_side, tokenizer.pad_token = side, pad_token
+    context = max_context(model)
+    longest = int(enc.attention_mask.sum(1).max())
+    if context is not None and longest + config.max_new_tokens > context:
+        raise MiniLLMError(f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
+                           f"context of {context} positions; shorten the prompts or lower max_new_tokens")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     kwargs = {"do_sample": True, "temperature": config.temperature} if config.sample else {"do_sample": False}
@@ -284,19 +290,29 @@ def _generate(model: Any, tokenizer: Any, texts: list[str], special: bool, confi
     return prompts, responses
 
 
+LOGITS_BUDGET_BYTES = 512 * 2**20  # float32 logits of one teacher-forced pass (a 128k vocabulary fills it fast)
+
+
 @torch.inference_mode()
 def _response_logits(model: Any, prompts: list[list[int]], responses: list[list[int]]) -> list[torch.Tensor]:
-    """Logits [len(response), vocab] that predict each response token, from one right-padded forward pass."""
+    """Logits [len(response), vocab] that predict each response token, from right-padded forward passes of as many
+    rows as fit `LOGITS_BUDGET_BYTES`."""
     seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
     width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    vocab = model.get_output_embeddings().weight.shape[0]
+    rows = max(1, LOGITS_BUDGET_BYTES // (4 * width * vocab))
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-    return [logits[i, len(p) - 1:len(p) - 1 + len(r)] for i, (p, r) in enumerate(zip(prompts, responses,
-                                                                                      strict=True))]
+    out = []
+    for start in range(0, len(seqs), rows):
+        chunk = seqs[start:start + rows]
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for i, s in enumerate(chunk):
+            ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+        out += [logits[i, len(p) - 1:len(p) - 1 + len(r)] for i, (p, r) in
+                enumerate(zip(prompts[start:start + rows], responses[start:start + rows], strict=True))]
+    return out
 
 
 def _record(prompt: Prompt, tokenizer: Any, a: list[int], b: list[int], logits_a: torch.Tensor,
