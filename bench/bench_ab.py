@@ -26,6 +26,7 @@ import torch
 
 from minillm_core import workflow
 from minillm_core.evaluation.gates import Contract
+from minillm_core.evaluation.suite import flat_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent.parent / ".cache" / "bench_ab"
@@ -62,10 +63,7 @@ def contract_rows(ratio: float, results: dict[str, workflow.ABResult]) -> list[d
     for name in TEMPLATES:
         contract = Contract.load(name)
         r = results[contract.prompts]
-        flat = dict(r.comparison()) | r.model_metrics("pruned")
-        dense = r.model_metrics("original")
-        flat |= {f"retained/{k}": v / dense[k] for k, v in r.model_metrics("pruned").items() if dense.get(k)}
-        checks = contract.check(flat)
+        checks = contract.check(flat_metrics(r.model_metrics("original"), r.model_metrics("pruned"), r.comparison()))
         out.append({"ratio": ratio, "template": name, "suite": contract.prompts,
                     "passed": all(c.passed for c in checks), "clauses": [c.to_dict() for c in checks]})
     return out

@@ -5,10 +5,13 @@ Runs come from `minillm_core.runs`, figures from `ui.figures`; the generations l
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
 from minillm_core import runs, workflow
+from minillm_core.errors import MiniLLMError
 from ui import figures, state
 from ui.models import greedy_generate, model_handle, pruned_handle
 from ui.widgets import run_picker
@@ -34,6 +37,45 @@ if ab:
     st.markdown(f"**A/B test of the answers** ({ab[0].label}): {ab[0].headline()}.")
 st.page_link("pages/7_ab.py", label="A/B-test the answers on a prompt suite", icon=":material/difference:",
              query_params={"job": run.id})
+
+# --- does it pass? ---------------------------------------------------------------------------------------------
+
+
+def contract_panel(run) -> None:
+    """A bundled contract template (or the user's file) checked on this run's measurements and A/B results."""
+    st.subheader("Does it pass a quality contract?")
+    templates = workflow.contract_templates()
+    c1, c2 = st.columns([1, 1])
+    choice = c1.selectbox("Contract template", list(templates), key="contract_choice",
+                          format_func=lambda t: f"{t}: {templates[t]}")
+    upload = c2.file_uploader("or your own contract (.yaml / .json, see README)", type=["yaml", "yml", "json"],
+                              key="contract_upload")
+    source = choice
+    if upload is not None:
+        source = state.upload_dir() / os.path.basename(upload.name)
+        source.write_bytes(upload.getvalue())
+    try:
+        contract, results, ab = runs.check_contract(run.id, source)
+    except MiniLLMError as exc:
+        st.error(str(exc))
+        return
+    passed = all(r.passed for r in results)
+    (st.success if passed else st.error)(f"Contract **{contract.name}**: {'passed' if passed else 'FAILED'} "
+                                         f"({sum(r.passed for r in results)} of {len(results)} clauses hold)")
+    st.dataframe(pd.DataFrame([{"clause": r.clause.describe(), "measured": "not measured" if r.value is None
+                                else f"{r.value:.4g}",
+                                "verdict": "pass" if r.passed else "FAIL"} for r in results]),
+                 hide_index=True, key="contract_table")
+    if contract.needs_ab and ab is None:
+        suite = os.path.basename(contract.prompts or "facts")
+        st.info(f"Its ab/ clauses read an A/B test on the **{suite}** suite, which this run does not have yet.")
+        st.page_link("pages/7_ab.py", label="Run it on the A/B test page", icon=":material/difference:",
+                     query_params={"job": run.id})
+    elif ab is not None:
+        st.caption(f"A/B metrics from: {ab.label}.")
+
+
+contract_panel(run)
 
 # --- across runs ------------------------------------------------------------------------------------------------
 datasets = sorted({k.removeprefix("ppl/") for r in done for k in (r.metrics.get("pruned") or {})

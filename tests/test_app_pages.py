@@ -268,6 +268,17 @@ def test_ab_page_runs_a_suite_saves_it_and_shows_the_worst_prompt(app, runs_dir,
     assert len(picker.options) == 2 and picker.value == 0 and "3 tokens" in picker.options[0]
     goto(app, "5_compare.py")
     assert any("A/B test of the answers" in m.value for m in app.markdown)
+    app.selectbox(key="contract_choice").set_value("size-first")  # reads the facts suite: the result above
+    ok(app.run())
+    clauses = frame(app, "clause")
+    assert list(clauses["clause"]) == ["param_ratio >= 1.25", "retained/ppl/wikitext2 <= 2",
+                                       "retained/ab/ref_match >= 0.7"]
+    assert any("A/B metrics from: facts · 4 prompts" in c.value for c in app.caption)
+    assert any("Contract **size-first**" in e.value for e in [*app.success, *app.error])
+    app.selectbox(key="contract_choice").set_value("chat-assistant")  # no chat-suite result yet: said, with a link
+    ok(app.run())
+    assert any("A/B test on the **chat** suite" in i.value for i in app.info)
+    assert "not measured" in set(frame(app, "clause")["measured"])
 
 
 def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_dir):

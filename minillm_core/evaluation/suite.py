@@ -203,6 +203,16 @@ def speedups(original: dict[str, float], pruned: dict[str, float]) -> dict[str, 
     return out
 
 
+def flat_metrics(original: dict[str, float], pruned: dict[str, float], comparison: dict[str, float]
+                 ) -> dict[str, float]:
+    """The names a contract clause can use: pruned values as is, `original/<m>`, `retained/<m>` (pruned / original)
+    and the comparisons (`kl/...`, `speedup/...`, `ab/...`)."""
+    out = dict(pruned)
+    out |= {f"original/{k}": v for k, v in original.items()}
+    out |= {f"retained/{k}": v for k, v in retained(original, pruned).items()}
+    return out | comparison
+
+
 @dataclass
 class RunMetrics:
     """Original vs pruned measurements, in the run-directory schema the dashboard reads."""
@@ -221,11 +231,7 @@ class RunMetrics:
 
     def flat(self) -> dict[str, float]:
         """Every metric a contract can name: pruned values, `original/...`, `retained/...`, comparisons."""
-        out = dict(self.pruned)
-        out |= {f"original/{k}": v for k, v in self.original.items()}
-        out |= {f"retained/{k}": v for k, v in self.retained.items()}
-        out |= self.comparison
-        return out
+        return flat_metrics(self.original, self.pruned, self.comparison)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": RUN_SCHEMA, "created": self.created, "model": self.model,

@@ -29,6 +29,7 @@ from minillm_core.runs.compare import (
     pareto_front,
     protocol,
     quality_of,
+    run_flat_metrics,
     size_quality_points,
     trend_metrics,
     trend_rows,
@@ -56,6 +57,7 @@ __all__ = [
     "RunStatus",
     "ab_results",
     "cancel",
+    "check_contract",
     "comparison_rows",
     "comparison_table",
     "comparison_tile",
@@ -239,3 +241,21 @@ def ab_results(run_id: str, root: Root = None) -> list[ABResult]:
         except MiniLLMError as exc:
             logger.warning("skipping the A/B result in %s/metrics.json: %s", folder, exc)
     return found
+
+
+def check_contract(run_id: str, contract: str | os.PathLike, root: Root = None) -> tuple[Any, list[Any], Any]:
+    """A quality contract (a file, or a bundled template by name) checked on a finished run's metrics: (the
+    contract, its clause results, the A/B result its `ab/` clauses were read from or None). The A/B result is the
+    newest one kept with the run for the contract's suite (`prompts`, default facts); a metric the run did not
+    measure fails its clause as "not measured"."""
+    from minillm_core.evaluation.gates import Contract
+
+    c = Contract.load(contract)
+    run = get(run_id, root)
+    if run.state != "done":
+        raise MiniLLMError(f"run {run_id} has no measurements to check (state {run.state})")
+    ab = None
+    if c.needs_ab:
+        suite = Path(c.prompts or ABConfig().prompts).stem
+        ab = next((r for r in ab_results(run_id, root) if r.suite == suite), None)
+    return c, c.check(run_flat_metrics(run, ab)), ab

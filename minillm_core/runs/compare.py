@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from minillm_core.evaluation.suite import direction
+from minillm_core.evaluation.suite import direction, flat_metrics
 
 if TYPE_CHECKING:
     from minillm_core.runs.store import Run
@@ -217,6 +217,19 @@ def trend_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The metrics measured by at least one run, the usual resource/quality ones first."""
     found = list(dict.fromkeys(k for row in rows for k in row if k not in ("run", "name", "created", "ratio")))
     return [k for k in TREND_DEFAULTS if k in found] + [k for k in found if k not in TREND_DEFAULTS]
+
+
+def run_flat_metrics(run: Run, ab: Any = None) -> dict[str, float]:
+    """Every metric a contract can name for a finished run (`RunMetrics.flat()`'s names); with `ab` (an
+    `ABResult` kept with the run), its A/B metrics replace those of the run's own evaluation."""
+    m = run.metrics
+    original, pruned = dict(m.get("original") or {}), dict(m.get("pruned") or {})
+    comparison = dict(m.get("comparison") or {})
+    if ab is not None:
+        comparison |= ab.comparison()
+        original |= ab.model_metrics("original")
+        pruned |= ab.model_metrics("pruned")
+    return flat_metrics(original, pruned, comparison)
 
 
 def metrics_csv(runs: Sequence[Run]) -> str:
