@@ -2,7 +2,8 @@
 
 Run from the repository root: `python bench/screenshots.py` (needs /usr/bin/chromium, playwright, the data mirror;
 the page icons are Material symbols, no emoji font needed). Starts its own server on a free port with a private
-run store, walks Model & data -> Importance -> Plan -> Prune & evaluate -> Compare, and always stops the server.
+run store, walks Model & data -> Importance -> Plan -> Prune & evaluate -> Compare -> A/B test, and always stops
+the server.
 """
 
 from __future__ import annotations
@@ -92,6 +93,17 @@ def run_and_compare(page, out: Path, windows: int, seq_len: int, timeout: float)
     save(page, "compare", out)
 
 
+def ab_page(page, out: Path, prompts: int) -> None:
+    """The A/B page after answering the first `prompts` facts with both models: verdict, tiles, distribution."""
+    goto_page(page, "A/B test")
+    page.get_by_role("spinbutton", name="Prompts (0 = all)").fill(str(prompts))
+    rerun(page, page.get_by_role("button", name="Run A/B").click, timeout=300)
+    headline = page.get_by_role("heading", name="On ", exact=False).last
+    expect(headline).to_be_visible()
+    scroll_to(headline)
+    save(page, "ab", out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -99,6 +111,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8, help="perplexity windows in the README run")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--job-timeout", type=float, default=600)
+    parser.add_argument("--ab-prompts", type=int, default=10, help="facts prompts in the A/B screenshot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="minillm-screens-") as tmp:
@@ -113,6 +126,7 @@ def main() -> None:
             importance_page(page, args.out)
             plan_page(page, args.out, args.presses)
             run_and_compare(page, args.out, args.windows, args.seq_len, args.job_timeout)
+            ab_page(page, args.out, args.ab_prompts)
 
 
 if __name__ == "__main__":
