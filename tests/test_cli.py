@@ -176,3 +176,34 @@ def test_plan_with_a_searched_allocation_and_obs_reselection(model_dir, calib_fi
     plan = PruningPlan.load(tmp_path / "m" / "pruning_plan.json")
     assert plan.provenance["search"]["evaluations"] == 5 and plan.provenance["reconstruction"]["select"] == "obs"
     assert out["params_after"] == plan.predicted_params
+
+
+@pytest.mark.slow
+def test_prune_killed_at_any_moment_leaves_the_old_model_or_the_new_one(model_dir, tmp_path):
+    """SIGKILL `minillm prune --overwrite` at points spread over its run: `--out` always holds a complete model
+    (the previous one or the new one, loadable), and the next run succeeds and leaves no hidden leftovers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minillm_core.io import load_pruned
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "minillm_core.cli", "prune", "--model", str(model_dir), "--scorer", "magnitude",
+           "--ratio", "0.3", "--protect", "", "--no-reconstruct", "--out", str(out), "--overwrite"]
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    whole = time.monotonic() - t0
+    for fraction in (0.6, 0.85, 0.92, 0.96, 0.98, 0.995):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(whole * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not out.exists():  # killed between the two renames: the next run puts the old model back first
+            assert list(tmp_path.glob(".out.old-*")), "the previous model must survive somewhere"
+        else:
+            load_pruned(out, device="cpu")
+    subprocess.run(cmd, check=True, capture_output=True)
+    load_pruned(out, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

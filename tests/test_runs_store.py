@@ -284,3 +284,19 @@ def test_one_unreadable_metrics_file_breaks_only_its_own_run(root, content):
     assert [r.id for r in runs.list(states=("done",), root=root)] == [good]
     runs.delete(bad, root)  # a broken run can still be removed
     assert [r.id for r in runs.list(root=root)] == [good]
+
+
+def test_two_processes_submitting_at_once_lose_and_duplicate_nothing(tiny_model_dir, runs_dir):
+    """Runs are directories built aside and renamed into place under random ids: concurrent writers cannot clash."""
+    code = ("import sys; from pathlib import Path; from minillm_core import runs; from tests.helpers import spec_for\n"
+            "ids = [runs.submit(spec_for(Path(sys.argv[1]), name=f'{sys.argv[2]}-{i}'), sys.argv[3], start=False)"
+            " for i in range(6)]\nprint(' '.join(ids))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tiny_model_dir), tag, str(runs_dir)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+             for tag in ("a", "b")]
+    made = [i for p in procs for i in p.communicate(timeout=120)[0].split()]
+    assert all(p.returncode == 0 for p in procs) and len(made) == len(set(made)) == 12
+    listed = runs.list(root=runs_dir)
+    assert sorted(r.id for r in listed) == sorted(made)
+    assert sorted(r.name for r in listed) == sorted(f"{t}-{i}" for t in "ab" for i in range(6))
+    assert not [p for p in runs_dir.iterdir() if p.name.startswith(".")]  # no half-built run left behind
