@@ -15,7 +15,8 @@ from minillm_core.errors import MiniLLMError
 from ui import state
 from ui.widgets import config_widgets
 
-LORA_OPTIONS = ("data", "n_samples", "epochs", "learning_rate", "rank", "merge")
+LORA_OPTIONS = ("method", "data", "n_samples", "epochs", "learning_rate", "rank", "kd_temperature", "kd_alpha",
+                "merge")
 RECON_OPTIONS = ("enabled", "select", "target", "damping")
 
 
@@ -38,7 +39,8 @@ def spec_form(plan) -> runs.RunSpec | None:
                                help="Export both models to GGUF (q8_0) and measure perplexity and decode speed in "
                                     "llama.cpp (CPU), as deployed; the pruned model's GGUF stays in the run.")
         recover_on = st.checkbox("Recover with LoRA after pruning", value=False,
-                                 help="A short peft LoRA fine-tune on instruction data, evaluated the same way.")
+                                 help="A short peft LoRA fine-tune, on the data's next tokens (sft) or distilling the "
+                                      "original model (kd), evaluated the same way.")
         with st.expander("LoRA settings"):
             recovery = config_widgets(runs.RecoveryConfig, "run.lora", only=LORA_OPTIONS, columns=3)
         if not st.form_submit_button("Start", type="primary"):

@@ -106,6 +106,13 @@ def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):
     assert out["steps"] == 6 and not out["stopped"]
     assert "ppl/wikitext2" in out["before"] and "ppl/wikitext2" in out["after"]
     assert (tmp_path / "rec" / "recovery.json").is_file() and (tmp_path / "rec" / MANIFEST).is_file()
+    kd = _json(runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "kd"), "--data",
+                                   str(text), "--max-steps", "4", "--batch-size", "2", "--max-length", "32",
+                                   "--limit", "2", "--method", "kd", "--json"]))  # teacher: the plan's model
+    assert kd["steps"] == 4 and json.loads((tmp_path / "kd" / "recovery.json").read_text())["method"] == "kd"
+    unknown = runner.invoke(app, ["recover", "--model", str(model_dir), "--out", str(tmp_path / "kd2"), "--data",
+                                  str(text), "--method", "kd"])  # an unpruned model names no original
+    assert unknown.exit_code == 2 and "pass --teacher" in unknown.stderr
 
 
 @pytest.fixture

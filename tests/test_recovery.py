@@ -298,3 +298,70 @@ def test_before_and_after_metrics_are_recorded(text_file, tmp_path, data_dir):
     assert record["before"] == result.before and record["after"] == result.after
     assert record["evaluation"]["limit"] == 2 and record["before"]["params"] == record["after"]["params"]
     assert record["before"]["ppl/wikitext2"] != record["after"]["ppl/wikitext2"]
+
+
+# --- distillation -----------------------------------------------------------------------------------------------
+
+
+def test_kd_loss_by_hand():
+    from minillm_core.recovery.distill import kd_loss
+
+    teacher = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
+    student = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [-9.0, 9.0]]])
+    labels = torch.tensor([[IGNORE, 7, IGNORE]])  # only position 0 predicts a trained token (labels[1])
+    p = torch.softmax(torch.tensor([1.0, 0.0]), 0)  # teacher at T=2: logits / 2
+    expected = 4.0 * float((p * (p.log() - torch.log(torch.tensor([0.5, 0.5])))).sum())
+    assert kd_loss(student, teacher, labels, temperature=2.0).item() == pytest.approx(expected, rel=1e-6)
+    assert kd_loss(teacher, teacher, labels).item() == pytest.approx(0.0, abs=1e-7)
+    changed = student.clone()
+    changed[0, 1:] = 100.0  # positions that predict no trained token do not count
+    assert kd_loss(changed, teacher, labels, 2.0).item() == pytest.approx(expected, rel=1e-6)
+    assert kd_loss(student, teacher, torch.full_like(labels, IGNORE)).item() == 0.0
+
+
+def test_kd_alpha_zero_is_the_next_token_loss(text_file):
+    from minillm_core.recovery.data import collate
+    from minillm_core.recovery.distill import training_loss
+
+    model, _ = pruned()
+    teacher = tiny_model("llama-gqa")
+    tok = tiny_tokenizer()
+    examples = encode_examples(load_training_data(str(text_file)), tok, config(text_file))
+    batch = collate(examples[:2], 0, torch.device("cpu"))
+    sft = training_loss(model, None, batch, "sft", 1.0, 1.0)
+    assert training_loss(model, teacher, batch, "kd", 1.0, 0.0).item() == pytest.approx(sft.item(), rel=1e-6)
+    assert training_loss(model, teacher, batch, "kd", 1.0, 1.0).item() > 0
+
+
+def test_kd_recovery_lowers_the_kl_to_the_teacher_and_leaves_both_models_alone(text_file, tmp_path):
+    model, p = pruned()
+    teacher = tiny_model("llama-gqa")  # the unpruned original of `pruned()`
+    tok = tiny_tokenizer()
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before_s = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = config(text_file, method="kd", kd_temperature=2.0, epochs=3)
+    result = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "kd", plan=p)
+    losses = [r["loss"] for r in result.losses]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before_s.items())
+    assert json.loads((tmp_path / "kd" / RECOVERY_FILE).read_text())["method"] == "kd"
+    with pytest.raises(MiniLLMError, match="method kd distils the original model"):
+        train(model, tok, cfg)
+    with pytest.raises(MiniLLMError, match="unknown recovery method 'distil'"):
+        config(text_file, method="distil")
+
+
+def test_kd_resume_continues_exactly(text_file, tmp_path):
+    model, _ = pruned()
+    teacher = tiny_model("llama-gqa")
+    tok = tiny_tokenizer()
+    cfg = config(text_file, method="kd", kd_alpha=0.5)
+    straight = train(model, tok, cfg, teacher=teacher)
+    progress, stop = _stop_after(steps_per_epoch(16, cfg))
+    first = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "run", progress=progress, should_stop=stop)
+    assert first.stopped
+    with pytest.raises(MiniLLMError, match="method: 'kd' -> 'sft'"):
+        train(model, tok, config(text_file), out_dir=tmp_path / "run")
+    second = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "run")
+    torch.testing.assert_close(logits(second.model), logits(straight.model), atol=1e-6, rtol=1e-6)

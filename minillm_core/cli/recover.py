@@ -13,6 +13,7 @@ import typer
 
 from minillm_core.cli.app import Bar, DataDirOpt, JsonOpt, app, emit, load, stderr, user_errors
 from minillm_core.cli.options import Only, config_command
+from minillm_core.errors import MiniLLMError
 from minillm_core.recovery import DEFAULT_EVAL, RecoveryConfig, RecoveryResult
 from minillm_core.workflow import EvalConfig, LoadConfig
 
@@ -42,10 +43,14 @@ def recover_cmd(
     config: RecoveryConfig,
     evaluation: Annotated[EvalConfig, Only("perplexity", "tasks", "limit")] = DEFAULT_EVAL,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue --out's checkpoint.")] = True,
+    teacher: Annotated[str | None, typer.Option(help="With --method kd: the unpruned model to distil (name, path or "
+                                                     "Hub id); default: the model the pruning plan was made "
+                                                     "from.")] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """LoRA-tune a pruned model to win back quality; evaluate before/after; save it merged or as an adapter.
+    """LoRA-tune a pruned model to win back quality (next-token loss, or --method kd: distil the original);
+    evaluate before/after; save it merged or as an adapter.
 
     Defaults are a CPU run of minutes (200 Alpaca records, 50 updates, lr 3e-4). Paper-scale recipe (LLM-Pruner:
     rank 8, Alpaca-cleaned 50k, 2 epochs, lr 1e-4, batch 64): unset MINILLM_DATA_DIR and pass --n-samples 0
@@ -67,12 +72,19 @@ def recover_cmd(
         loaded = load(load_config)
         source = Path(loaded.source)
         plan = load_plan(source) if source.is_dir() else None
+        original = None
+        if config.method == "kd":
+            name = teacher or (plan.model if plan is not None else None)
+            if not name:
+                raise MiniLLMError("--method kd needs the original model: pass --teacher (this model carries no "
+                                   "pruning plan naming it)")
+            original = load(dataclasses.replace(load_config, model=name)).model
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:
             with Bar(not as_json) as bar:
                 result = recover(loaded.model, loaded.tokenizer, config, out_dir=out, plan=plan, progress=bar,
-                                 should_stop=stop.is_set, resume=resume, evaluation=evaluation,
+                                 should_stop=stop.is_set, resume=resume, evaluation=evaluation, teacher=original,
                                  on_step=lambda r: bar.describe("recover", r.describe()))
         finally:
             signal.signal(signal.SIGINT, previous)

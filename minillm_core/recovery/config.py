@@ -56,6 +56,13 @@ class RecoveryConfig:
                                    min=0, label="records")
     train_on_inputs: bool = option(False, "Also train on the prompt tokens (LLM-Pruner: off).")
     seed: int = option(0, "Seed for the record subset, dropout and shuffling.")
+    method: str = option("sft", "sft: next-token loss on the data's labels; kd: distil the original model (forward "
+                         "KL on the logits of the trained tokens, Minitron-style; needs the teacher).",
+                         choices=("sft", "kd"), label="recovery method")
+    kd_temperature: float = option(1.0, "Distillation temperature T (the KL is scaled by T^2).", min=0.05, max=20.0,
+                                   label="KD temperature")
+    kd_alpha: float = option(1.0, "Weight of the distillation term; 1 - alpha goes to the next-token loss.",
+                             min=0.0, max=1.0, label="KD weight")
     merge: bool = option(True, "Merge LoRA into the pruned weights, or save the PEFT adapter on its own.",
                          cli="merge/--keep-adapter", label="merge adapters into the weights")
     data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
@@ -76,6 +83,12 @@ class RecoveryConfig:
             raise MiniLLMError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not (self.learning_rate > 0 and self.alpha > 0 and self.weight_decay >= 0):
             raise MiniLLMError("learning_rate and alpha must be > 0 and weight_decay >= 0")
+        if self.method not in ("sft", "kd"):
+            raise MiniLLMError(f"unknown recovery method {self.method!r}; allowed: sft, kd")
+        for name, low, high in (("kd_temperature", 0.05, 20.0), ("kd_alpha", 0.0, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise MiniLLMError(f"{name} must be a number in [{low}, {high}], got {value!r}")
         if isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", tuple(self.target_modules.split(",")))
         elif self.target_modules is not None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from minillm_core.errors import MiniLLMError
+from minillm_core.evaluation.compare import check_same_tokenizer
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.evaluation.suite import evaluate as evaluate_model
 from minillm_core.modeling import get_adapter
@@ -27,6 +28,7 @@ from minillm_core.planning import PruningPlan
 from minillm_core.progress import Progress, no_progress
 from minillm_core.recovery.config import DEFAULT_EVAL, RecoveryConfig, _jsonable
 from minillm_core.recovery.data import collate, encode_examples, fingerprint, load_training_data
+from minillm_core.recovery.distill import training_loss
 from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
@@ -214,7 +216,9 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def _check_resumable(meta: dict[str, Any], config: RecoveryConfig, fingerprint: str, path: Path) -> None:
-    saved, now = meta.get("settings", {}), config.training_settings()
+    # a checkpoint written before a setting existed was made with that setting's default
+    defaults = RecoveryConfig(data_dir=config.data_dir).training_settings()
+    saved, now = defaults | meta.get("settings", {}), config.training_settings()
     diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
     if meta.get("data_fingerprint") != fingerprint:
         diffs.append("the training examples differ")
@@ -263,6 +267,7 @@ class _Run:
     progress: Progress
     on_step: Callable[[StepReport], None]
     should_stop: Callable[[], bool]
+    teacher: nn.Module | None = None  # the original model, for method "kd"
 
 
 def steps_per_epoch(n_examples: int, config: RecoveryConfig) -> int:
@@ -286,7 +291,8 @@ def _update(run: _Run, group: list[list[int]], lr: float) -> tuple[float, int]:
     loss_sum, tokens = 0.0, 0
     for indices in group:
         batch = collate([run.examples[i] for i in indices], run.pad_id, run.device)
-        loss = run.model(**batch, use_cache=False).loss  # mean NLL over the batch's unmasked labels
+        cfg = run.config  # sft: mean NLL over the batch's unmasked labels; kd: KL to the teacher on those positions
+        loss = training_loss(run.model, run.teacher, batch, cfg.method, cfg.kd_temperature, cfg.kd_alpha)
         (loss / len(group)).backward()
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
@@ -350,8 +356,12 @@ def recover(
     on_step: Callable[[StepReport], None] | None = None,
     inplace: bool = False,
     evaluation: EvalConfig | None = DEFAULT_EVAL,
+    teacher: nn.Module | None = None,
 ) -> RecoveryResult:
     """LoRA-tune a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
+
+    `config.method`: `sft` trains on the data's next tokens; `kd` distils `teacher` (the unpruned original, same
+    vocabulary; read only, never trained) on the same tokens (`recovery.distill`).
 
     With `out_dir`: a checkpoint after each epoch (and on stop) in `out_dir/checkpoint`, resumed when `resume`; at the
     end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`) or
@@ -362,6 +372,12 @@ def recover(
     from minillm_core.surgery import copy_model
 
     config = config or RecoveryConfig()
+    if config.method == "kd":
+        if teacher is None:
+            raise MiniLLMError("method kd distils the original model: pass teacher= (CLI: --teacher, by default the "
+                               "model the pruning plan was made from)")
+        check_same_tokenizer(tokenizer, None, teacher, model)
+        teacher.eval()
     t_start = time.perf_counter()
     out = user_path(out_dir) if out_dir is not None else None
     meta = _prepare_out_dir(out, config, resume) if out is not None else None
@@ -397,10 +413,11 @@ def recover(
                                 {"settings": config.training_settings(), "data_fingerprint": data_hash})
 
         run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
-                   progress, live, should_stop)
+                   progress, live, should_stop, teacher if config.method == "kd" else None)
         stopped = _train(run)
     peft_model.eval()
     summary = {"evaluation": evaluation.to_dict() if evaluation else None, "target_modules": list(targets),
+               "method": config.method,
                "examples": len(examples), "fingerprint": data_hash,
                "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
     if stopped:

@@ -107,7 +107,7 @@ def execute(spec: RunSpec, folder: Path, rep: Reporter) -> tuple[dict[str, Any],
     if spec.llamacpp:
         _llamacpp(spec, folder, out, rep.begin(LLAMACPP_STEP))
     if spec.recovery is not None:
-        out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep)
+        out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep, teacher=loaded.model)
     out["seconds"] = time.time() - t0
     return out, outcome.run.side_files()
 
@@ -135,13 +135,15 @@ def _llamacpp(spec: RunSpec, folder: Path, out: dict[str, Any], progress: Progre
             for k, v in results["pruned"].items() if k.startswith("llamacpp/decode_tps/")})
 
 
-def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Reporter) -> dict[str, Any]:
-    """LoRA-tune the pruned model (the pruned metrics are its "before"), save it, and evaluate it the same way."""
+def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Reporter, teacher: Any = None
+             ) -> dict[str, Any]:
+    """LoRA-tune the pruned model (the pruned metrics are its "before"; `teacher`, the loaded original, for
+    distillation), save it, and evaluate it the same way."""
     from minillm_core.recovery import recover
 
     out_dir = folder / files.RECOVERED_SUBDIR
     result = recover(pruned, tokenizer, spec.recovery, out_dir=out_dir, plan=spec.plan,
-                     progress=rep.begin(RECOVER_STEP), evaluation=None)
+                     progress=rep.begin(RECOVER_STEP), evaluation=None, teacher=teacher)
     recovered, _ = workflow.evaluate(result.model, tokenizer, spec.evaluation,
                                      out_dir if spec.recovery.merge else None, progress=rep.begin(EVALUATE_RECOVERED))
     return {"recovered": recovered, "recovered_dir": str(out_dir),
