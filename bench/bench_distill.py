@@ -3,8 +3,8 @@
 The pruned model is the default pipeline's (`minillm prune --model smollm2-135m --ratio R`, built once under
 .cache/bench_ab/ like bench_ab.py). Both methods train the same LoRA (rank 8, lr 3e-4, warmup 5) on the same
 seeded Alpaca records (prompt masked, `--max-length` tokens), for the same number of updates, so they see the same
-tokens; `kd` distils the unpruned SmolLM2 (forward KL at T=1 on the response tokens). WikiText-2 test perplexity on
-the first `--limit` 128-token windows before and after, train seconds, tokens. Outputs: bench/results/distill.json
+tokens; `kd` distils the unpruned SmolLM2 (forward KL at T=1 at every token of the example). WikiText-2 test
+perplexity on the first `--limit` 128-token windows before and after, train seconds, tokens. Outputs: bench/results/distill.json
 and distill.md. Run: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py`.
 """
 
@@ -60,7 +60,8 @@ def main() -> None:
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
                 f"rank 8 / alpha 16 / lr 3e-4 / warmup 5 / batch 4, {args.updates} updates on {args.records} seeded "
                 f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
-                f"model at T=1 on the response tokens. WikiText-2 test, first {args.limit} windows of 128 tokens. "
+                f"model at T=1 at every token (prompt included). WikiText-2 test, first {args.limit} windows of 128 "
+                f"tokens. "
                 f"CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}.")
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -34,7 +34,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 def training_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], method: str, temperature: float,
                   alpha: float) -> torch.Tensor:
     """The loss of one micro-batch: the next-token loss (`sft`), or `alpha` x KD + (1 - alpha) x next-token loss
-    (`kd`; alpha 1 is pure distillation). The teacher runs without gradients on the student's batch."""
+    (`kd`; alpha 1 is pure distillation). The teacher runs without gradients on the student's batch. KD covers every
+    real token of the example, prompt included (the teacher has a distribution at each position, as in Minitron's
+    distillation on the whole sequence); the next-token loss keeps the labels' masking."""
     out = student(**batch, use_cache=False)
     if method == "sft":
         return out.loss
@@ -42,5 +44,6 @@ def training_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], me
     with torch.no_grad():
         target = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          use_cache=False).logits.to(out.logits.device)
-    kd = kd_loss(out.logits, target, batch["labels"], temperature)
+    every_token = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
+    kd = kd_loss(out.logits, target, every_token, temperature)
     return kd if alpha >= 1.0 else alpha * kd + (1.0 - alpha) * out.loss
