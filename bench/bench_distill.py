@@ -4,8 +4,9 @@ The pruned model is the default pipeline's (`minillm prune --model smollm2-135m 
 .cache/bench_ab/ like bench_ab.py). Both methods train the same LoRA (rank 8, lr 3e-4, warmup 5) on the same
 seeded Alpaca records (prompt masked, `--max-length` tokens), for the same number of updates, so they see the same
 tokens; `kd` distils the unpruned SmolLM2 (forward KL at T=1 at every token of the example). WikiText-2 test
-perplexity on the first `--limit` 128-token windows before and after, train seconds, tokens. Outputs: bench/results/distill.json
-and distill.md. Run: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py`.
+perplexity on the first `--limit` 128-token windows before and after, train seconds, tokens. Outputs:
+bench/results/distill.json and distill.md.
+Run: `MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py`.
 """
 
 from __future__ import annotations
