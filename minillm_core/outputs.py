@@ -6,6 +6,7 @@ Low level on purpose (no model code): every module that writes a result imports 
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import logging
 import os
@@ -80,6 +81,15 @@ def check_output_file(out: str | Path, flag: str = "output") -> Path:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (os.umask would, for an instant, for every
+    thread of a server)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -117,12 +127,13 @@ def clean_leftovers(out: Path) -> list[str]:
     overwrite): a dead process's `.NAME.partial-PID-*` folder or `.NAME.partial-PID-*.gguf` file is removed; its
     `.NAME.old-PID` folder is moved back to `out` when `out` is missing (else removed). Returns what was done."""
     done = []
-    for leftover in sorted(out.parent.glob(f".{out.name}.partial-*")):
+    name = glob.escape(out.name)  # a name with [ or * is matched literally
+    for leftover in sorted(out.parent.glob(f".{name}.partial-*")):
         pid = leftover.name.removeprefix(f".{out.name}.partial-").split("-", 1)[0]
         if _dead(pid):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             done.append(f"removed {leftover.name}")
-    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+    for old in sorted(out.parent.glob(f".{name}.old-*")):
         if not _dead(old.name.rsplit("-", 1)[-1]):
             continue
         if not out.exists():
