@@ -148,3 +148,22 @@ def write_tokenizer_gguf(path: Path, tokenizer, vocab_size: int) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def kill_at_points(cmd: list[str], fractions, check, cwd=None) -> None:
+    """Run `cmd` once to time it, then SIGKILL it at each fraction of that time and call `check()` after every kill
+    (what a killed run must leave behind); finally run it whole again. The kill campaign of issue 14."""
+    import signal
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd)
+    whole = time.monotonic() - t0
+    for fraction in fractions:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+        time.sleep(whole * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        check()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd)

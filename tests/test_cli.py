@@ -189,28 +189,54 @@ def test_plan_with_a_searched_allocation_and_obs_reselection(model_dir, calib_fi
 def test_prune_killed_at_any_moment_leaves_the_old_model_or_the_new_one(model_dir, tmp_path):
     """SIGKILL `minillm prune --overwrite` at points spread over its run: `--out` always holds a complete model
     (the previous one or the new one, loadable), and the next run succeeds and leaves no hidden leftovers."""
-    import signal
-    import subprocess
     import sys
-    import time
 
     from minillm_core.io import load_pruned
+    from tests.helpers import kill_at_points
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "minillm_core.cli", "prune", "--model", str(model_dir), "--scorer", "magnitude",
            "--ratio", "0.3", "--protect", "", "--no-reconstruct", "--out", str(out), "--overwrite"]
-    t0 = time.monotonic()
-    subprocess.run(cmd, check=True, capture_output=True)
-    whole = time.monotonic() - t0
-    for fraction in (0.6, 0.85, 0.92, 0.96, 0.98, 0.995):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(whole * fraction)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+
+    def check() -> None:
         if not out.exists():  # killed between the two renames: the next run puts the old model back first
             assert list(tmp_path.glob(".out.old-*")), "the previous model must survive somewhere"
         else:
             load_pruned(out, device="cpu")
-    subprocess.run(cmd, check=True, capture_output=True)
+
+    kill_at_points(cmd, (0.6, 0.85, 0.92, 0.96, 0.98, 0.995), check)
     load_pruned(out, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.slow
+def test_recover_killed_at_any_moment_resumes_or_restarts_cleanly(model_dir, tmp_path, data_dir):
+    """SIGKILL `minillm recover` while it trains and saves: a checkpoint it left is whole (or absent), the final
+    model is never half there, and the same command then finishes with no hidden leftovers."""
+    import sys
+
+    from minillm_core.io import load_pruned
+    from minillm_core.recovery import CHECKPOINT_DIR, RECOVERY_FILE
+    from minillm_core.recovery.train import read_checkpoint
+    from tests.helpers import kill_at_points
+
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(" ".join(f"w{(i * 7 + j) % 90}" for j in range(40)) for i in range(20)))
+    pruned = tmp_path / "pruned"
+    _json(runner.invoke(app, ["prune", "--model", str(model_dir), "--scorer", "magnitude", "--ratio", "0.3",
+                              "--protect", "", "--no-reconstruct", "--out", str(pruned), "--json"]))
+    out = tmp_path / "rec"
+    cmd = [sys.executable, "-m", "minillm_core.cli", "recover", "--model", str(pruned), "--out", str(out), "--data",
+           str(text), "--epochs", "3", "--batch-size", "2", "--max-length", "32", "--limit", "2", "--overwrite"]
+
+    def check() -> None:
+        if (out / CHECKPOINT_DIR).exists():
+            assert read_checkpoint(out / CHECKPOINT_DIR) is not None  # whole, or it would raise
+        if (out / RECOVERY_FILE).exists():
+            load_pruned(out, device="cpu")
+
+    kill_at_points(cmd, (0.5, 0.8, 0.9, 0.97), check)
+    assert json.loads((out / RECOVERY_FILE).read_text())["steps"] > 0
+    load_pruned(out, device="cpu")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

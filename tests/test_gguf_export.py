@@ -223,3 +223,28 @@ def test_cli_eval_in_llamacpp_measures_both_models_interleaved(tmp_path, vocab_g
     assert payload["speedup"]["t1"] > 0
     bad = CliRunner().invoke(app, [*args, "--engine", "onnxruntime"])
     assert bad.exit_code == 2 and "error: unknown engine 'onnxruntime'; allowed: torch, llamacpp" in bad.stderr
+
+
+@pytest.mark.slow
+def test_export_killed_at_any_moment_leaves_no_half_file(tmp_path, vocab_gguf):
+    """SIGKILL `minillm export --overwrite` at points spread over its run: the GGUF file is the previous whole one
+    or the new whole one (gguf's reader opens it), and the next export removes the dead writer's temporary file."""
+    import sys
+
+    import gguf
+
+    from minillm_core.io import save_pruned
+    from tests.helpers import kill_at_points
+
+    model_dir = save_pruned(uneven(gguf_llama()), char_tokenizer(), tmp_path / "pruned")
+    out = tmp_path / "m.gguf"
+    cmd = [sys.executable, "-m", "minillm_core.cli", "export", "--model", str(model_dir), "--out", str(out),
+           "--dtype", "q8_0", "--tokenizer-from", str(vocab_gguf), "--overwrite"]
+
+    def check() -> None:
+        assert out.is_file()  # written whole by the timing run, replaced only whole
+        gguf.GGUFReader(out)
+
+    kill_at_points(cmd, (0.6, 0.85, 0.93, 0.98), check)
+    gguf.GGUFReader(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "pruned"]
