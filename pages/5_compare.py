@@ -51,8 +51,8 @@ def contract_panel(run) -> None:
     upload = c2.file_uploader("or your own contract (.yaml / .json, see README)", type=["yaml", "yml", "json"],
                               key="contract_upload")
     source = choice
-    if upload is not None:
-        source = state.upload_dir() / os.path.basename(upload.name)
+    if upload is not None:  # a fixed name in the session's folder: the user's file name never becomes a path
+        source = state.upload_dir() / f"contract{os.path.splitext(upload.name)[1].lower()}"
         source.write_bytes(upload.getvalue())
     try:
         contract, results, ab = runs.check_contract(run.id, source)

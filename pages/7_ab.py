@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -33,8 +35,9 @@ def ab_form() -> workflow.ABConfig | None:
         sample = st.checkbox("Seeded sampling instead of greedy decoding", key="ab_sample")
         if not st.form_submit_button("Run A/B", type="primary"):
             return None
-    if upload is not None:
-        path = state.upload_dir() / os.path.basename(upload.name)
+    if upload is not None:  # the user's name only as a label: letters, digits, - and _ (never a path)
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(upload.name).stem)[:40] or "prompts"
+        path = state.upload_dir() / f"{stem}{Path(upload.name).suffix.lower()}"
         path.write_bytes(upload.getvalue())
         name = str(path)
     with state.user_errors():
