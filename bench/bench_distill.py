@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=["sft", "kd"])
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--stem", default="distill", help="output name under bench/results/")
     args = parser.parse_args()
     path, _ = pruned_dir(args.ratio)
     pruned = workflow.load(str(path), device="cpu")
@@ -48,7 +50,7 @@ def main() -> None:
     rows = []
     for method in args.methods:
         config = RecoveryConfig(method=method, n_samples=args.records, max_length=args.max_length,
-                                max_steps=args.updates)
+                                max_steps=args.updates, learning_rate=args.learning_rate)
         with tempfile.TemporaryDirectory() as tmp:
             result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
                              plan=load_plan(path), teacher=teacher if method == "kd" else None)
@@ -59,21 +61,22 @@ def main() -> None:
                      "last_loss": rec["losses"][-1]["loss"], "losses": rec["losses"]})
         print({k: v for k, v in rows[-1].items() if k != "losses"}, file=sys.stderr, flush=True)
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
-                f"rank 8 / alpha 16 / lr 3e-4 / warmup 5 / batch 4, {args.updates} updates on {args.records} seeded "
+                f"rank 8 / alpha 16 / lr {args.learning_rate:g} / warmup 5 / batch 4, {args.updates} updates on "
+                f"{args.records} seeded "
                 f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
                 f"model at T=1 at every token (prompt included). WikiText-2 test, first {args.limit} windows of 128 "
                 f"tokens. "
                 f"CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}.")
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (RESULTS / "distill.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     lines = ["# Recovery: LoRA-SFT vs LoRA-KD at equal tokens (issue 15)", "", protocol, "",
              "| method | WikiText-2 before | after | updates | tokens | train loss first -> last | train s |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} | {r['updates']} | {r['tokens']:,} | "
               f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | {r['train_seconds']:.0f} |" for r in rows]
     lines += ["", "The train losses are not comparable across methods (next-token NLL vs KL to the teacher)."]
-    (RESULTS / "distill.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
