@@ -17,15 +17,7 @@ from torch import nn
 from minillm_core.devices import resolve_device, resolve_dtype
 from minillm_core.errors import MiniLLMError, ModelLoadError
 from minillm_core.modeling import LayerPlanIndices, LayerShape, check_supported, get_adapter
-from minillm_core.outputs import (  # noqa: F401 (re-exported: io is where callers look for them)
-    check_output_file,
-    clean_leftovers,
-    public_mode,
-    staging_dir,
-    write_failure,
-    write_json_atomic,
-    write_text_atomic,
-)
+from minillm_core.outputs import clean_leftovers, staging_dir, write_failure
 from minillm_core.planning import PruningPlan
 from minillm_core.settings import user_path
 from minillm_core.surgery import prune_layer

@@ -32,7 +32,7 @@ class SearchResult:
 
     def write(self, path: str | os.PathLike) -> Path:
         """The curve as JSON at `path` (checked, written atomically)."""
-        from minillm_core.io import check_output_file, write_json_atomic
+        from minillm_core.outputs import check_output_file, write_json_atomic
 
         return write_json_atomic(check_output_file(path, "search result"), self.to_dict())
 

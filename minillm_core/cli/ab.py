@@ -13,7 +13,7 @@ import typer
 from minillm_core import workflow
 from minillm_core.cli.app import Bar, DataDirOpt, JsonOpt, app, emit, load, user_errors
 from minillm_core.cli.options import config_command
-from minillm_core.io import check_output_file
+from minillm_core.outputs import check_output_file
 from minillm_core.runs.files import write_json, write_text
 from minillm_core.workflow import ABConfig, LoadConfig
 

@@ -25,7 +25,7 @@ from minillm_core.cli.app import (
 )
 from minillm_core.cli.options import Only, config_command
 from minillm_core.errors import MiniLLMError
-from minillm_core.io import check_output_file
+from minillm_core.outputs import check_output_file
 from minillm_core.runs.files import write_json
 from minillm_core.workflow import CalibrationConfig, EvalConfig, LlamaCppConfig, LoadConfig, PlanConfig, ScoreConfig
 

@@ -23,7 +23,7 @@ from minillm_core.evaluation.compare import kl_and_agreement_from_logits
 from minillm_core.modeling.base import max_context
 from minillm_core.options import option
 from minillm_core.progress import Progress, no_progress
-from minillm_core.prompts import Prompt, PromptSuite, load_suite, suite_names
+from minillm_core.prompts import Prompt, PromptSuite, suite_names
 
 #: Metrics comparing the two models (the run's `comparison`, as `ab/<name>`), with what each one means.
 AB_METRICS = {
@@ -332,16 +332,12 @@ def _record(prompt: Prompt, tokenizer: Any, a: list[int], b: list[int], logits_a
     return rec
 
 
-def run_ab(original: Any, pruned: Any, tokenizer: Any, suite: PromptSuite | ABConfig, config: ABConfig | None = None,
-           data_dir: str | None = None, progress: Progress = no_progress) -> ABResult:
-    """Every prompt of `suite` through both models (batched, same settings), compared prompt by prompt.
-
-    `suite` may be the config itself (its `prompts` are then loaded). The original's response is the reference of
-    the token metrics: agreement and KL are measured teacher-forced on it, so they do not drift after a divergence.
+def run_ab(original: Any, pruned: Any, tokenizer: Any, suite: PromptSuite, config: ABConfig,
+           progress: Progress = no_progress) -> ABResult:
+    """Every prompt of `suite` (the first `config.limit`) through both models (batched, same settings), compared
+    prompt by prompt. The original's response is the reference of the token metrics: agreement and KL are measured
+    teacher-forced on it, so they do not drift after a divergence.
     """
-    if isinstance(suite, ABConfig):
-        suite, config = load_suite(suite.prompts, suite.limit, data_dir), suite
-    config = config or ABConfig()
     prompts = suite.prompts[:config.limit] if config.limit else suite.prompts
     eos = _eos_ids(original, tokenizer) | _eos_ids(pruned, tokenizer)
     if not eos:

@@ -25,6 +25,7 @@ from minillm_core.modeling.base import count_params, max_context
 from minillm_core.options import option
 from minillm_core.outputs import write_json_atomic, write_text_atomic
 from minillm_core.progress import Progress, no_progress
+from minillm_core.prompts import load_suite
 
 RUN_SCHEMA = "minillm.run/1"
 PPL_DATASETS = ("wikitext2", "ptb")
@@ -184,7 +185,8 @@ def compare_to_original(original: Any, pruned: Any, tokenizer: Any, config: Eval
         check_same_tokenizer(tokenizer, None, original, pruned)
     comparison = compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {}
     if config.ab is not None:
-        ab = run_ab(original, pruned, tokenizer, config.ab, data_dir=config.data_dir, progress=progress)
+        suite = load_suite(config.ab.prompts, config.ab.limit, config.data_dir)
+        ab = run_ab(original, pruned, tokenizer, suite, config.ab, progress=progress)
         comparison |= ab.comparison()
         orig_m |= ab.model_metrics("original")
         pr_m |= ab.model_metrics("pruned")

@@ -510,7 +510,7 @@ def _save(model: nn.Module, tokenizer: Any, out: Path, plan: PruningPlan | None,
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from minillm_core.io import write_json_atomic
+    from minillm_core.outputs import write_json_atomic
 
     write_json_atomic(path, payload)
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from minillm_core.io import write_json_atomic, write_text_atomic
+from minillm_core.outputs import write_json_atomic, write_text_atomic
 
 SPEC_FILE = "spec.json"
 STATUS_FILE = "status.json"
