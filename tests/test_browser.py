@@ -193,6 +193,9 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\) .* (worse|better)"))).to_be_visible()
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
     shot(page, "05-compare")
+    contract = page.get_by_role("heading", name="Does it pass a quality contract?")
+    expect(page.get_by_test_id("stAlertContainer").filter(has_text="Contract chat-assistant")).to_be_visible()
+    shot(page, "05b-compare-contract", contract)
 
     # 5b. Runs & report: the HTML report downloads and carries the Plotly figures
     goto_page(page, "Runs & report")
