@@ -479,6 +479,7 @@ def evaluate_llamacpp(models: dict[str, str], config: EvalConfig, engine: LlamaC
     model's own Hugging Face tokenizer; llama.cpp's for a bare .gguf), then decode speed of all models interleaved."""
     from minillm_core.data import perplexity_text
     from minillm_core.evaluation.llamacpp import LlamaCpp, decode_speed, perplexity_llamacpp
+    from minillm_core.evaluation.perplexity import tokenize_prefix
 
     paths: dict[str, Path] = {}
     out: dict[str, dict[str, Any]] = {}
@@ -498,7 +499,7 @@ def evaluate_llamacpp(models: dict[str, str], config: EvalConfig, engine: LlamaC
         for dataset in config.perplexity:
             text = perplexity_text(dataset, data_dir=config.data_dir)
             if tokenize is not None:
-                ids = tokenize(text, return_tensors="pt", verbose=False).input_ids[0]
+                ids = tokenize_prefix(tokenize, text, None if config.limit is None else config.limit * config.seq_len)
             else:
                 with LlamaCpp(paths[label], n_ctx=config.seq_len) as llm:
                     ids = torch.tensor(llm.tokenize(text))

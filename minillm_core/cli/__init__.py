@@ -4,7 +4,7 @@ Every command takes options generated from the config dataclasses, shows progres
 prints one JSON object on stdout.
 """
 
-from minillm_core.cli import ab, evaluate, export, prune, recover  # noqa: F401  (registration of the commands)
+from minillm_core.cli import ab, evaluate, export, prune, recover, sweep  # noqa: F401  (registration of the commands)
 from minillm_core.cli.app import app, main
 
 __all__ = ["app", "main"]

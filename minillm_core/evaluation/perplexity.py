@@ -61,6 +61,24 @@ def token_windows(input_ids: torch.Tensor, seq_len: int, limit: int | None = Non
     return input_ids[: n_windows * seq_len].reshape(n_windows, seq_len)
 
 
+#: Tokens tokenized beyond the ones needed: a tokenizer merges across a cut only near it (within a word), so the
+#: needed tokens of a prefix are those of the whole text.
+_PREFIX_MARGIN = 64
+
+
+def tokenize_prefix(tokenizer: Any, text: str, needed: int | None) -> torch.Tensor:
+    """`tokenizer(text).input_ids` as a `[n]` tensor, or, when only the first `needed` tokens are used, those of a
+    prefix of `text` long enough to hold them plus a margin (the same ids: a limited evaluation of a long test set
+    does not tokenize all of it; the prefix grows 4x until it is long enough)."""
+    chars = max(4096, 8 * (needed or 0))
+    while needed is not None and chars < len(text):
+        ids = tokenizer(text[:chars], return_tensors="pt", verbose=False).input_ids[0]
+        if ids.numel() >= needed + _PREFIX_MARGIN:
+            return ids
+        chars *= 4
+    return tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+
+
 def _check_args(seq_len: int, batch_size: int, limit: int | None) -> None:
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise DataError(f"seq_len must be an integer >= 2 (one token to predict from), got {seq_len!r}")
@@ -115,7 +133,7 @@ def perplexity(
     "perplexity")` is called after each batch.
     """
     _check_args(seq_len, batch_size, limit)
-    ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids[0]
+    ids = tokenize_prefix(tokenizer, text, None if limit is None else limit * seq_len)
     windows = token_windows(ids, seq_len, limit)
     n_windows = windows.shape[0]
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -17,7 +17,7 @@ from typing import Any
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.ab import ABConfig, run_ab
 from minillm_core.evaluation.compare import check_same_tokenizer, compare_models, retained
-from minillm_core.evaluation.perplexity import perplexity_on, token_windows
+from minillm_core.evaluation.perplexity import perplexity_on, token_windows, tokenize_prefix
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
 from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
@@ -168,7 +168,8 @@ def compare_metrics(original: Any, pruned: Any, tokenizer: Any, config: EvalConf
 
     out = {}
     for name in config.perplexity:
-        ids = tokenizer(perplexity_text(name, data_dir=config.data_dir), return_tensors="pt").input_ids[0]
+        ids = tokenize_prefix(tokenizer, perplexity_text(name, data_dir=config.data_dir),
+                              config.seq_len * config.compare_windows)
         windows = token_windows(ids, config.seq_len, config.compare_windows)
         a = compare_models(original, pruned, windows, config.batch_size, progress)
         out[f"kl/{name}"] = a.kl

@@ -17,15 +17,19 @@ from minillm_core.runs import files
 from minillm_core.runs.store import RunStatus, read_status, write_status
 
 WORKER_MODULE = "minillm_core.runs.worker"
+#: Set in a worker's environment: the worker asks the kernel to kill it when its parent dies (a sweep point whose
+#: Ray task or driver was killed must not run on beside its retry).
+DIE_WITH_PARENT_ENV = "MINILLM_DIE_WITH_PARENT"
 START_GRACE_S = 30.0  # a queued run without a pid yet is not dead before this
 
 # Popen handles of workers this process started, so their exit status is collected (no zombies that look alive).
 _CHILDREN: dict[str, subprocess.Popen] = {}
 
 
-def start(folder: Path) -> int:
-    """Start the worker for the run in `folder`; its output goes to the run's log. Returns its pid."""
-    env = dict(os.environ)
+def start(folder: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the worker for the run in `folder` (`env`: variables set on top of ours); its output goes to the run's
+    log. Returns its process."""
+    env = {**os.environ, **(env or {})}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     with (folder / files.LOG_FILE).open("ab") as log:
         # A new session makes the worker a process-group leader: cancel() kills it and anything it spawned.
@@ -35,7 +39,21 @@ def start(folder: Path) -> int:
         )
     files.write_text(folder / files.PID_FILE, str(proc.pid))
     _CHILDREN[folder.name] = proc
-    return proc.pid
+    return proc
+
+
+def die_with_parent() -> None:
+    """In a worker started with `DIE_WITH_PARENT_ENV`: be killed when the parent process dies (Linux; elsewhere the
+    retry of a killed sweep point may overlap the orphan, which a later status check reports)."""
+    if os.environ.pop(DIE_WITH_PARENT_ENV, None) is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def read_pid(folder: Path, st: RunStatus) -> int | None:

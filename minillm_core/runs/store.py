@@ -209,6 +209,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     model_dir: str = ""
     plan_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # the spec's free-form record (a sweep's point)
 
     @property
     def terminal(self) -> bool:
@@ -240,7 +241,8 @@ def record(folder: Path, st: RunStatus) -> Run:
         run = Run(id=folder.name, name=_name(folder, spec), created=st.created, model=str(spec["model"]),
                   scorer=str(plan.get("scorer", "")), ratio=float(plan["config"]["ratio"]), state=st.state,
                   run_dir=str(folder), error=st.error, params_before=plan.get("original_params"),
-                  params_after=plan.get("predicted_params"))
+                  params_after=plan.get("predicted_params"),
+                  extra=spec.get("extra") if isinstance(spec.get("extra"), dict) else {})
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         return Run(folder.name, folder.name, st.created, "", "", 0.0, "failed", str(folder),
                    error=f"unreadable run spec ({exc!r})")

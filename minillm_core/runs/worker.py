@@ -16,7 +16,7 @@ from typing import Any
 from minillm_core import workflow
 from minillm_core.errors import MiniLLMError
 from minillm_core.progress import Progress
-from minillm_core.runs import files
+from minillm_core.runs import files, process
 from minillm_core.runs.spec import EVALUATE_RECOVERED, LLAMACPP_STEP, LOAD_STEP, RECOVER_STEP, RunSpec
 from minillm_core.runs.store import read_spec, read_status, write_status
 
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] != "run":
         print("usage: python -m minillm_core.runs.worker run RUN_DIR", file=sys.stderr)
         return 64
+    process.die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(argv[1])
 
