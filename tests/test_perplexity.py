@@ -15,7 +15,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from minillm_core.data import perplexity_text
 from minillm_core.errors import DataError
-from minillm_core.evaluation.perplexity import PerplexityResult, perplexity, perplexity_on, token_windows
+from minillm_core.evaluation.perplexity import (
+    PerplexityResult,
+    perplexity,
+    perplexity_on,
+    token_windows,
+    tokenize_prefix,
+)
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n.,'<>"  # 44 characters + BOS + unk < vocab_size 64
 TEXT = "the quick brown fox jumps over the lazy dog.\n\n" * 6  # 276 characters -> 277 ids with BOS
@@ -131,3 +137,16 @@ def test_perplexity_on_a_registered_dataset(model, tokenizer, data_dir):
     result = perplexity_on(model, tokenizer, "ptb", seq_len=64, batch_size=4, limit=4)
     expected = perplexity(model, tokenizer, perplexity_text("ptb"), seq_len=64, batch_size=4, limit=4)
     assert result == expected and result.n_windows == 4
+
+
+def test_a_limited_evaluation_tokenizes_a_prefix_with_the_same_ids(tokenizer, data_dir):
+    """`tokenize_prefix` returns the first tokens of the whole text exactly (the cut only moves tokens past the
+    margin), grows the prefix when it is too short, and tokenizes everything without a limit."""
+    text = perplexity_text("wikitext2", data_dir)
+    whole = tokenizer(text, return_tensors="pt").input_ids[0]
+    for needed in (16, 500, 5000):
+        ids = tokenize_prefix(tokenizer, text, needed)
+        assert needed <= ids.numel() < whole.numel() and torch.equal(ids[:needed], whole[:needed])
+    assert torch.equal(tokenize_prefix(tokenizer, text, None), whole)
+    assert torch.equal(tokenize_prefix(tokenizer, "a short text", 4), tokenizer("a short text", return_tensors="pt")
+                       .input_ids[0])

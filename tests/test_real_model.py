@@ -125,3 +125,15 @@ def test_layer_streamed_exact_fms_equals_full_backprop_on_smollm2(smollm, data_d
     for a, b in zip(streamed.heads + streamed.channels, full.heads + full.channels, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
     assert all(p.grad is None for p in smollm.model.parameters())
+
+
+def test_smollm2_tokenizes_a_limited_evaluation_prefix_exactly(smollm, data_dir):
+    """The bundled tokenizer (byte-level BPE) gives the same first tokens on a prefix as on the whole test set."""
+    from minillm_core.data import perplexity_text
+    from minillm_core.evaluation.perplexity import tokenize_prefix
+
+    for name in ("wikitext2", "ptb"):
+        text = perplexity_text(name, data_dir)
+        whole = smollm.tokenizer(text, return_tensors="pt").input_ids[0]
+        for needed in (128, 16 * 128, 40 * 128):
+            assert torch.equal(tokenize_prefix(smollm.tokenizer, text, needed)[:needed], whole[:needed])
