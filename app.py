@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/3_plan.py", title="Plan", icon=":material/straighten:"),
     st.Page("pages/4_run.py", title="Prune & evaluate", icon=":material/content_cut:"),
     st.Page("pages/5_compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/8_sweep.py", title="Sweep ratios", icon=":material/ssid_chart:"),
     st.Page("pages/7_ab.py", title="A/B test", icon=":material/difference:"),
     st.Page("pages/6_runs.py", title="Runs & report", icon=":material/folder_open:"),
 ]

@@ -297,7 +297,7 @@ def test_importance_with_a_calibration_scorer_and_the_fidelity_sweep(app, data_d
 
 
 @pytest.mark.parametrize("page", ["1_model.py", "2_importance.py", "3_plan.py", "4_run.py", "5_compare.py",
-                                  "6_runs.py", "7_ab.py"])
+                                  "6_runs.py", "7_ab.py", "8_sweep.py"])
 def test_every_page_runs_on_its_own_as_a_deep_link_does(page, tiny_model_dir, runs_dir, monkeypatch):
     """A deep link opened first on a cold server runs the page file without the router: no KeyError."""
     monkeypatch.chdir(Path(APP).parent)
@@ -317,3 +317,31 @@ def test_no_data_at_all_offers_the_models_own_text_and_ends_in_heatmaps(app, tmp
     assert app.session_state[state.CALIBRATION]["source"] == "self"
     with_scores(app, "wanda-sp")
     assert app.session_state[state.ACTIVE_SCORER].startswith("wanda-sp") and len(charts(app)) == 3
+
+
+def test_sweep_page_runs_a_sweep_in_the_background_and_draws_its_curves(app, fixture_mirror, monkeypatch):
+    """Start a 2-point sweep (magnitude, re-fit off), wait for its background driver, then the curves, the table,
+    the gate's verdict; the points are runs the Runs page lists."""
+    monkeypatch.setenv("MINILLM_DATA_DIR", str(fixture_mirror))
+    app.session_state[state.CALIBRATION] = {"source": "c4", "n_samples": 2, "seq_len": 16, "seed": 0, "path": None}
+    goto(app, "8_sweep.py")
+    assert any("No sweep yet" in i.value for i in app.info)
+    app.multiselect(key="sweep_scorers").set_value(["magnitude"])
+    app.multiselect(key="sweep_ratios").set_value([0.2, 0.4])
+    app.radio(key="sweep_refit").set_value("off")
+    app.number_input(key="sweep_limit").set_value(2)
+    ok(app.button[0].click().run())
+    key = app.session_state["sweep_key"]
+    deadline = time.time() + 180
+    while runs.sweep.driver_alive(key) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not runs.sweep.driver_alive(key)
+    ok(app.run())
+    table = frame(app, "scorer")
+    assert list(table["state"]) == ["done", "done"], table
+    assert table["parameters"].iloc[1] < table["parameters"].iloc[0]
+    fig = charts(app)[-1]
+    names = [t.get("name") for t in json.loads(fig.proto.spec)["data"]]
+    assert "magnitude (no re-fit)" in names and "original" in names
+    assert any("Largest share removed with perplexity within 2x" in m.value for m in app.markdown)
+    assert len(runs.list()) == 2

@@ -252,3 +252,35 @@ def trend_figure(rows: list[dict], metrics: list[str]) -> go.Figure:
             row=i, col=1)
     fig.update_layout(height=max(260, 190 * len(metrics)), showlegend=False, title="Trends across runs (pruned models)")
     return fig
+
+
+def sweep_figure(points: list[tuple], dense: list[tuple[float, float, str]], dataset: str,
+                 passing: dict[str, float] | None = None) -> go.Figure:
+    """Size-vs-quality curves of a sweep, one line per scorer (and re-fit setting): `points` are (series name,
+    ratio, size MB, perplexity) of the finished points; the original as a star; `passing` marks each series'
+    largest ratio that met the quality gate. Perplexity on a log axis, sizes from 0."""
+    fig = go.Figure()
+    series: dict[str, list[tuple]] = {}
+    for name, ratio, size, ppl in points:
+        series.setdefault(name, []).append((ratio, size, ppl))
+    for name, rows in series.items():
+        rows.sort()
+        fig.add_trace(go.Scatter(x=[r[1] for r in rows], y=[r[2] for r in rows], mode="lines+markers+text", name=name,
+                                 text=[f"{r[0]:.0%}" for r in rows], textposition="top center",
+                                 hovertemplate=name + ": %{text} removed<br>%{x:,.1f} MB, perplexity %{y:,.2f}"
+                                               "<extra></extra>"))
+    for name, best in (passing or {}).items():
+        hit = [r for r in series.get(name, []) if r[0] == best]
+        fig.add_trace(go.Scatter(x=[r[1] for r in hit], y=[r[2] for r in hit], mode="markers", showlegend=False,
+                                 marker={"size": 18, "symbol": "circle-open", "line": {"width": 3},
+                                         "color": "#2a9d8f"},
+                                 hovertemplate=f"{name}: largest passing ratio {best:.0%}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[d[0] for d in dense], y=[d[1] for d in dense], mode="markers+text", name="original",
+                             text=["original" for _ in dense], textposition="bottom center",
+                             marker={"symbol": "star", "size": 14, "color": "black"},
+                             hovertemplate="original<br>%{x:,.1f} MB, perplexity %{y:,.2f}<extra></extra>"))
+    sizes = [p[2] for p in points] + [d[0] for d in dense]
+    fig.update_layout(title="Size vs quality per scorer (lower left is better; labels: share of parameters removed)",
+                      xaxis_title="size in memory (MB)", yaxis_title=f"perplexity ({dataset}), log scale",
+                      yaxis_type="log", xaxis_range=[0, max(sizes, default=1) * 1.1], legend_title_text="scorer")
+    return fig

@@ -18,7 +18,7 @@ from minillm_core.evaluation.ab import ABConfig, ABResult, result_from_dict
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
-from minillm_core.runs import compare, process, store
+from minillm_core.runs import compare, process, store, sweep
 from minillm_core.runs.compare import (
     comparison_rows,
     comparison_table,
@@ -85,6 +85,7 @@ __all__ = [
     "size_quality_points",
     "status",
     "submit",
+    "sweep",
     "trend_metrics",
     "trend_rows",
 ]

@@ -38,8 +38,13 @@ def start(folder: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
         )
     files.write_text(folder / files.PID_FILE, str(proc.pid))
-    _CHILDREN[folder.name] = proc
+    remember_child(folder.name, proc)
     return proc
+
+
+def remember_child(name: str, proc: subprocess.Popen) -> None:
+    """Keep the handle of a process this process started under `name`, so its exit is collected (`alive`)."""
+    _CHILDREN[name] = proc
 
 
 def die_with_parent() -> None:
@@ -120,7 +125,7 @@ def cancel(folder: Path, wait_s: float = 5.0) -> RunStatus:
         return st
     pid = read_pid(folder, st)
     if pid is not None:
-        _kill_group(pid, folder, wait_s)
+        kill_group(pid, folder, wait_s)
     st = read_status(folder)
     if not st.terminal:
         st.state, st.error, st.finished = "cancelled", "cancelled by the user", time.time()
@@ -128,7 +133,8 @@ def cancel(folder: Path, wait_s: float = 5.0) -> RunStatus:
     return st
 
 
-def _kill_group(pid: int, folder: Path, wait_s: float) -> None:
+def kill_group(pid: int, folder: Path, wait_s: float) -> None:
+    """TERM, then KILL after `wait_s`, the process group led by `pid` (started for `folder`)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)

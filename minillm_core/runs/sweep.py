@@ -307,6 +307,12 @@ def list_sweeps(root: str | os.PathLike | None = None) -> list[tuple[SweepSpec, 
     return sorted(found, key=lambda item: item[1], reverse=True)
 
 
+def points_of(spec: SweepSpec, root: str | os.PathLike | None = None) -> list[tuple[Point, store.Run | None]]:
+    """Every point of the sweep with its run (None before the point is planned), in the spec's order."""
+    found = sweep_runs(spec.key, root)
+    return [(p, found.get(p.key)) for p in spec.points()]
+
+
 def _point_result(point: Point, run: store.Run | None, error: str = "") -> dict[str, Any]:
     metrics = {}
     if run is not None and run.state == "done":
@@ -461,3 +467,77 @@ class _Ray:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+
+
+# --- a sweep in the background (the dashboard's sweep job) ---------------------------------------------------------
+
+DRIVER_PID = "driver.pid"
+DRIVER_LOG = "sweep.log"
+
+
+def start(spec: SweepSpec, root: str | os.PathLike | None = None, resources: Resources | None = None) -> str:
+    """Run the sweep on the local backend in a background process (its own process group, log in the sweep's
+    folder); returns the sweep's key. A sweep whose driver is still running is not started twice."""
+    import subprocess
+    import sys
+
+    root_path = store.runs_root(root)
+    folder = sweep_dir(spec.key, root_path)
+    if driver_alive(spec.key, root_path):
+        return spec.key
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / SWEEP_FILE).is_file():
+        files.write_json(folder / SWEEP_FILE, spec.to_dict())
+    cpus = str((resources or Resources(cpus=os.cpu_count() or 1)).cpus)
+    with (folder / DRIVER_LOG).open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", __name__, "run", str(folder), cpus], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    files.write_text(folder / DRIVER_PID, str(proc.pid))
+    process.remember_child(folder.name, proc)
+    return spec.key
+
+
+def driver_alive(key: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether a background driver of sweep `key` is running."""
+    folder = sweep_dir(key, root)
+    try:
+        pid = int((folder / DRIVER_PID).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return False
+    return process.alive(pid, folder)
+
+
+def cancel(key: str, root: str | os.PathLike | None = None) -> None:
+    """Stop the sweep's background driver; the point it was running dies with it (and is re-run on resume)."""
+    folder = sweep_dir(key, root)
+    try:
+        pid = int((folder / DRIVER_PID).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return
+    if process.alive(pid, folder):
+        process.kill_group(pid, folder, wait_s=5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m minillm_core.runs.sweep run SWEEP_DIR CPUS`: the background driver of `start`."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] != "run":
+        print("usage: python -m minillm_core.runs.sweep run SWEEP_DIR CPUS", file=sys.stderr)
+        return 64
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    folder = Path(argv[1])
+    try:
+        spec = SweepSpec.from_dict(files.read_json(folder / SWEEP_FILE))
+        result = run_sweep(spec, "local", root=folder.parent.parent, resources=Resources(cpus=int(argv[2])))
+    except MiniLLMError as exc:
+        logger.error("sweep failed: %s", exc)
+        return 2
+    logger.info("sweep %s finished: %d points in %.0f s", result.key, len(result.points), result.seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
