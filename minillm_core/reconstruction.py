@@ -286,8 +286,10 @@ LayerPair = Callable[[int, list[LayerInput]], tuple[LayerShape, nn.Module, nn.Mo
 
 
 def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanIndices], xs: list[LayerInput],
-                  xd: list[LayerInput] | None, config: ReconstructConfig, progress: Progress) -> ReconstructReport:
-    """Walk the layers in order: re-fit each pruned layer on its inputs, then advance the inputs through it."""
+                  xd: list[LayerInput] | None, config: ReconstructConfig, progress: Progress,
+                  done: Callable[[int], None] | None = None) -> ReconstructReport:
+    """Walk the layers in order: re-fit each pruned layer on its inputs, then advance the inputs through it
+    (`done(i)` is told when layer i is finished: an out-of-core pass writes it out and frees it)."""
     report = ReconstructReport()
     for i in range(len(kept)):
         shape, dense, pruned, k = pair(i, xs)
@@ -296,6 +298,9 @@ def _refit_layers(adapter: ArchAdapter, pair: LayerPair, kept: list[LayerPlanInd
         with torch.no_grad():
             xs = [x.advanced(pruned) for x in xs]
             xd = [x.advanced(dense) for x in xd] if xd is not None else None
+        del dense
+        if done is not None:
+            done(i)
         progress(i + 1, len(kept), "reconstruct")
     return report
 
@@ -349,19 +354,25 @@ def prune_and_reconstruct(
     calibration: torch.Tensor,
     config: ReconstructConfig = ReconstructConfig(),  # frozen: safe as a default
     progress: Progress = no_progress,
+    load: Callable[[int], None] | None = None,
+    done: Callable[[int], None] | None = None,
 ) -> tuple[list[LayerPlanIndices], bool, ReconstructReport]:
     """Prune `model` in place one layer at a time and re-fit each layer as it goes: only the layer being processed
     exists twice (its dense copy is dropped after its re-fit), so the peak stays near one model's weights.
 
     With `config.select == "obs"` each layer's units are re-chosen on its actual (pruned-so-far) inputs, widths
     unchanged. Returns the kept units per layer (the plan's, or the re-chosen ones), whether plain
-    `from_pretrained` can rebuild the result, and the report (same as `reconstruct`'s).
+    `from_pretrained` can rebuild the result, and the report (same as `reconstruct`'s). `load(i)` is called before
+    layer i is first used and `done(i)` after it is finished (the out-of-core pass of `streamed`: the layers are
+    read from the checkpoint, written out and freed one at a time).
     """
     adapter = get_adapter(model)
     shapes: list[LayerShape] = []
     chosen = list(kept)
 
     def pair(i: int, xs: list[LayerInput]) -> tuple[LayerShape, nn.Module, nn.Module, LayerPlanIndices]:
+        if load is not None and i > 0:  # layer 0 was loaded before its inputs were caught
+            load(i)
         shape, layer = adapter.layer_shape(i), adapter.layers()[i]
         if config.select == "obs":
             chosen[i] = reselect(adapter, layer, xs, shape, kept[i], config.damping)
@@ -371,8 +382,10 @@ def prune_and_reconstruct(
         return shape, dense, adapter.layers()[i], chosen[i]
 
     with eval_mode(model):
+        if load is not None:
+            load(0)
         xs = first_layer_inputs(model, adapter, calibration, config.batch_size)
         xd = [LayerInput(x.hidden.clone(), x.args, x.kwargs, x.adapter) for x in xs] \
             if config.target != "local" else None
-        report = _refit_layers(adapter, pair, kept, xs, xd, config, progress)
+        report = _refit_layers(adapter, pair, kept, xs, xd, config, progress, done)
     return chosen, adapter.sync_config(shapes), report

@@ -129,12 +129,18 @@ def prune(
     data_dir: DataDirOpt = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Replay a saved plan instead of scoring.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out directory.")] = False,
+    out_of_core: Annotated[bool, typer.Option(
+        help="Never hold the whole model: read, prune, re-fit and write one decoder layer at a time from the "
+             "safetensors files (a model bigger than memory). Widths from the ratio (uniform or schedule "
+             "allocation), units chosen by OBS per layer (the scorer is not used); CPU.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Physically remove heads and channels and save a smaller dense model.
 
     Example: minillm prune --model smollm2-135m --scorer flap --ratio 0.2 --out runs/demo
     """
+    if out_of_core:
+        return _prune_out_of_core(out, load_config, plan, recon, calib, score.seed, data_dir, overwrite, as_json)
     with user_errors():
         check_output_dir(out, overwrite)  # before minutes of work, not after
         loaded = load(load_config)
@@ -157,6 +163,33 @@ def prune(
                    "loads_with_from_pretrained": summary.loads_with_from_pretrained, "exports_to": summary.exports_to,
                    "seconds": round(time.perf_counter() - t0, 3)}
         emit(as_json, payload, lambda: (_print_summary(summary), typer.echo(f"saved to {out}")))
+
+
+def _prune_out_of_core(out: Path, load_config: LoadConfig, plan: PlanConfig, recon: ReconstructConfig,
+                       calib: CalibrationConfig, seed: int, data_dir: Path | None, overwrite: bool,
+                       as_json: bool) -> None:
+    from minillm_core.streamed import prune_streamed, streamable
+
+    with user_errors():
+        calib = calibration(calib, seed)
+        streamable(plan, recon, calib)
+        check_output_dir(out, overwrite)
+        if load_config.dtype not in ("auto", "float32"):
+            raise MiniLLMError("out-of-core pruning runs in float32 on the CPU (--dtype auto or float32)")
+        source = workflow.model_dir_of(load_config.model)
+        if source is None:
+            raise MiniLLMError(f"out-of-core pruning reads a local model directory; download {load_config.model} "
+                               "first (huggingface-cli download) and pass its folder")
+        t0 = time.perf_counter()
+        with Bar(not as_json) as bar:
+            _, report = prune_streamed(source, out, plan, calib, recon, data_dir, overwrite=overwrite,
+                                       progress=bar)
+        payload = {"out": str(out), "out_of_core": True, **report,
+                   "removed_fraction": 1 - report["params_after"] / report["params_before"],
+                   "seconds": round(time.perf_counter() - t0, 3)}
+        emit(as_json, payload, lambda: typer.echo(
+            f"parameters {report['params_before']:,} -> {report['params_after']:,} "
+            f"(-{payload['removed_fraction']:.1%}), {report['shards']} shards; saved to {out}"))
 
 
 @app.command("score")

@@ -1,0 +1,224 @@
+"""Out-of-core pruning: a model bigger than memory pruned one decoder layer at a time from its safetensors files.
+
+The module tree is built on the meta device (accelerate's `init_empty_weights`); the embeddings, final norm and head
+are read from the checkpoint (safetensors `safe_open`, one tensor at a time), then each decoder layer in turn is
+read, its heads and channels chosen by OBS on its actual inputs (the pruned model's outputs so far), pruned,
+re-fitted, run forward for the next layer's inputs, written to its own shard and put back on the meta device. Peak
+memory: the non-layer weights + one layer (dense and pruned) + the calibration activations, whatever the depth.
+
+The engine is the in-memory one (`reconstruction.prune_and_reconstruct` with load/done hooks), so the result is the
+same tensor for tensor; the output is a pruned model directory (`load_pruned`, and `from_pretrained` when the widths
+are uniform) with a `model.safetensors.index.json` over the shards. Widths must follow from the ratio alone (uniform
+or schedule allocation): units are chosen per layer by OBS, so no score pass over the whole model is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_module_tensor_to_device
+from torch import nn
+
+from minillm_core.allocation import build_plan
+from minillm_core.calibration import SELF_SOURCE, CalibrationConfig, build_calibration
+from minillm_core.errors import MiniLLMError, ModelLoadError, PlanError
+from minillm_core.io import MANIFEST, PLAN_FILE, _swap_in, check_output_dir, manifest_for
+from minillm_core.modeling import check_supported, get_adapter
+from minillm_core.modeling.base import count_params
+from minillm_core.outputs import staging_dir, write_failure
+from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan
+from minillm_core.progress import Progress, no_progress
+from minillm_core.reconstruction import ReconstructConfig, prune_and_reconstruct
+from minillm_core.scoring import GroupScores
+from minillm_core.settings import user_path
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+STREAMABLE_ALLOCATIONS = ("uniform", "schedule")
+
+
+class Checkpoint:
+    """The tensors of a safetensors checkpoint (one file or an index over shards), read one at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        index = folder / INDEX_FILE
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in folder.glob("*.safetensors"))
+            if not files:
+                raise ModelLoadError(f"{folder} has no safetensors weights (out-of-core pruning reads safetensors)")
+            weight_map = {}
+        self.handles = {}
+        try:
+            for name in files:
+                self.handles[name] = safe_open(str(folder / name), framework="pt")
+                if not index.is_file():
+                    weight_map.update(dict.fromkeys(self.handles[name].keys(), name))
+        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+            raise ModelLoadError(f"cannot read weights in {folder}: {exc}") from None
+        self.where = weight_map
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.where:
+            raise ModelLoadError(f"the checkpoint has no tensor {name!r}; does it belong to this config.json?")
+        return self.handles[self.where[name]].get_tensor(name)
+
+
+def _skeleton(source: Path, dtype: torch.dtype) -> nn.Module:
+    """The model's module tree with every parameter on the meta device (buffers such as rotary tables are real)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read model directory {source}: missing or invalid config.json ({exc})") from None
+    check_supported(config.model_type)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # a tied head is the embedding's parameter (counted and stored once)
+    return model.eval()
+
+
+def _load_params(model: nn.Module, module: nn.Module, ckpt: Checkpoint, dtype: torch.dtype) -> None:
+    """Read every parameter of `module` (a part of `model`) from the checkpoint."""
+    prefix = {id(m): n for n, m in model.named_modules()}[id(module)]
+    for name, param in list(module.named_parameters()):
+        full = f"{prefix}.{name}" if prefix else name
+        value = ckpt.get(full)
+        if tuple(value.shape) != tuple(param.shape):
+            raise ModelLoadError(f"tensor {full} is {tuple(value.shape)} in the checkpoint, {tuple(param.shape)} in "
+                                 "config.json")
+        set_module_tensor_to_device(module, name, "cpu", value=value, dtype=dtype)
+
+
+def _layers_prefix(model: nn.Module) -> str:
+    layers = get_adapter(model).layers()
+    names = {id(m): n for n, m in model.named_modules()}
+    return names[id(layers[0])].rsplit(".", 1)[0] + "."
+
+
+def streamable(config: PlanConfig, recon: ReconstructConfig, calibration: CalibrationConfig) -> None:
+    """Refuse settings that need the whole model at once (raises `MiniLLMError` saying which)."""
+    if config.allocation not in STREAMABLE_ALLOCATIONS:
+        raise PlanError(f"out-of-core pruning takes widths from the ratio alone: allocation must be one of "
+                        f"{', '.join(STREAMABLE_ALLOCATIONS)}, not {config.allocation!r}")
+    if not recon.enabled or recon.select != "obs":
+        raise MiniLLMError("out-of-core pruning chooses each layer's units by OBS and re-fits them as it goes: keep "
+                           "the re-fit on (--reconstruct) with --recon-select obs")
+    if calibration.source == SELF_SOURCE:
+        raise MiniLLMError("calibration source 'self' generates text with the whole model; out-of-core pruning "
+                           "needs a data set or a file (--calib c4, --calib-file)")
+
+
+def prune_streamed(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    plan_config: PlanConfig,
+    calibration: CalibrationConfig,
+    recon: ReconstructConfig | None = None,
+    data_dir: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+) -> tuple[PruningPlan, dict[str, Any]]:
+    """Prune the safetensors model directory `model` to `out` without ever holding more than one decoder layer:
+    widths from `plan_config` (uniform or schedule), units by OBS per layer, re-fit with `recon`, on calibration rows
+    from `calibration`. Returns the plan the result follows and a report (parameters, shards, the re-fit)."""
+    from transformers import AutoTokenizer
+
+    recon = recon or ReconstructConfig()
+    streamable(plan_config, recon, calibration)
+    source = user_path(model)
+    if not (source / "config.json").is_file():
+        raise ModelLoadError(f"out-of-core pruning needs a local model directory with config.json and safetensors "
+                             f"weights; {source} is not one")
+    target = check_output_dir(out, overwrite)  # before any work
+    net = _skeleton(source, dtype)
+    ckpt = Checkpoint(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise ModelLoadError(f"{source} has no usable tokenizer ({exc})") from None
+    rows = build_calibration(tokenizer, calibration, data_dir=data_dir,
+                             max_length=getattr(net.config, "max_position_embeddings", None))
+    adapter = get_adapter(net)
+    geometry = ModelGeometry.from_model(net, adapter)
+    widths_only = GroupScores("obs", [torch.zeros(s.num_heads) for s in geometry.layers],
+                              [torch.zeros(s.intermediate) for s in geometry.layers])  # units: chosen by OBS
+    plan = build_plan(geometry, widths_only, plan_config, model_name=str(model))
+    layers = adapter.layers()
+    prefix = _layers_prefix(net)
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    rest = [n for n, p in net.named_parameters() if id(p) not in in_layers]
+    stored = [n for n in rest if n in ckpt.where]  # a tied head is not stored: tying fills it in
+    for name in stored:  # embeddings, final norm, head
+        set_module_tensor_to_device(net, name, "cpu", value=ckpt.get(name), dtype=dtype)
+    net.tie_weights()
+    missing = [n for n, p in net.named_parameters() if p.is_meta and n in rest]
+    if missing:
+        raise ModelLoadError(f"the checkpoint in {source} has no tensor {missing[0]!r} ({len(missing)} missing); "
+                             "does it belong to its config.json?")
+    tmp = staging_dir(target)
+    weight_map: dict[str, str] = {}
+    total = 0
+
+    def write(tensors: dict[str, torch.Tensor], file: str) -> None:
+        nonlocal total
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, file))
+        total += sum(v.numel() * v.element_size() for v in tensors.values())
+
+    def load(i: int) -> None:
+        _load_params(net, layers[i], ckpt, dtype)
+
+    def done(i: int) -> None:
+        layer = adapter.layers()[i]  # the pruned module (surgery replaced its linears)
+        write({f"{prefix}{i}.{k}": v for k, v in layer.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
+        layer.to("meta")  # freed: the next layer takes its place
+
+    try:
+        kept, from_pretrained_ok, report = prune_and_reconstruct(net, plan.layers, rows, recon, progress, load, done)
+        state = net.state_dict()
+        write({n: state[n] for n in stored}, "model-rest.safetensors")
+        (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                 indent=1), encoding="utf-8")
+        net.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        generation = source / "generation_config.json"
+        if generation.is_file():
+            shutil.copyfile(generation, tmp / generation.name)
+        params = count_params(net)
+        summary = {"target": recon.target, "damping": recon.damping, "select": recon.select,
+                   "calibration_rows": int(rows.shape[0]), **report.to_dict()}
+        from minillm_core.workflow import with_reconstruction
+
+        result = with_reconstruction(dataclasses.replace(plan, layers=list(kept)), summary)
+        result = dataclasses.replace(result, provenance={**result.provenance, "out_of_core": True})
+        result.save(tmp / PLAN_FILE)
+        (tmp / MANIFEST).write_text(json.dumps(manifest_for(net), indent=1), encoding="utf-8")
+        _swap_in(tmp, target)
+    except OSError as exc:
+        raise MiniLLMError(f"could not write the pruned model to {target}: {write_failure(exc)}; nothing was "
+                           "changed there") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if params != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
+        raise AssertionError(f"pruned model has {params} parameters, the plan predicted {plan.predicted_params}")
+    return result, {"params_before": plan.original_params, "params_after": params,
+                    "shards": len(set(weight_map.values())), "loads_with_from_pretrained": from_pretrained_ok,
+                    "reconstruction": summary}
