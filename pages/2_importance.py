@@ -67,7 +67,7 @@ if st.button("Compute scores", type="primary"):
     defaults = cost.defaults
     changed = {k: v for k, v in options.items() if defaults.get(k) != v}  # the label names what differs
     label = name + (f" {changed}" if changed else "")
-    state.scores_for_model()[label] = result
+    state.remember_scores(label, result)
     st.session_state[state.ACTIVE_SCORER] = label
     st.session_state[state.PLAN] = None
     state.sidebar_status()

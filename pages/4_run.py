@@ -43,6 +43,7 @@ def spec_form(plan) -> runs.RunSpec | None:
                                       "original model (kd), evaluated the same way.")
         with st.expander("LoRA settings"):
             recovery = config_widgets(runs.RecoveryConfig, "run.lora", only=LORA_OPTIONS, columns=3)
+        st.caption(time_estimate(st.session_state[state.MODEL]))
         if not st.form_submit_button("Start", type="primary"):
             return None
     data_dir = os.environ.get("MINILLM_DATA_DIR")
@@ -60,6 +61,18 @@ def spec_form(plan) -> runs.RunSpec | None:
     except MiniLLMError as exc:
         st.error(str(exc))
         return None
+
+
+def time_estimate(model: str) -> str:
+    """What a run of this model costs here, from the runs that finished before (no guess before the first)."""
+    typical = runs.typical_seconds(model)
+    if typical is None:
+        return ("Time: no run of this model has finished here yet. On a 2-core CPU a SmolLM2-135M run with the "
+                "default settings takes a few minutes; the progress bar shows each step.")
+    median, low, high, n = typical
+    return (f"Time: earlier runs of this model here took a median of {median / 60:.1f} min ({n} run"
+            f"{'s' if n > 1 else ''}, {low / 60:.1f}-{high / 60:.1f} min); zero-shot tasks, llama.cpp and LoRA add "
+            "to it.")
 
 
 def attached_run() -> tuple[str, runs.RunStatus] | None:
@@ -114,7 +127,7 @@ def done_panel(run: runs.Run) -> None:
             col.metric(f"{key} after LoRA", f"{after[key]:.4g}", f"{after[key] - before.get(key, 0):+.4g}",
                        delta_color="inverse" if key.startswith("ppl/") else "normal")
         loss_chart(run.id)
-    st.page_link("pages/5_compare.py", label="Compare original and pruned", icon="⚖️")
+    st.page_link("pages/5_compare.py", label="Compare original and pruned", icon=":material/compare_arrows:")
 
 
 def reconstruction_metrics(metrics: dict) -> None:

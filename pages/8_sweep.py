@@ -49,13 +49,6 @@ def sweep_form() -> runs.sweep.SweepSpec | None:
             dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE])
 
 
-def pace(model: str) -> float | None:
-    """Median seconds of this model's finished runs (what a point costs here), None without any."""
-    seconds = [r.metrics.get("seconds") for r in runs.list(states=["done"]) if r.model == model]
-    seconds = [s for s in seconds if isinstance(s, (int, float))]
-    return statistics.median(seconds) if seconds else None
-
-
 def gate_file(max_ratio: float) -> str:
     """A quality contract for the gate: pruned perplexity at most `max_ratio` x the original's (in this session's
     folder), checked on every finished point by the contract code the CLI uses."""
@@ -148,10 +141,11 @@ st.caption("Prune the model at several ratios with one or more scorers (one scor
            "--scorers flap,wanda-sp --ratios 0.1,0.2,0.3 [--backend ray]`.")
 spec = sweep_form()
 model = st.session_state[state.MODEL]
-typical = pace(model)
+known_pace = runs.typical_seconds(model)
+typical = known_pace[0] if known_pace else None
 st.caption(f"Each point prunes, re-fits if asked, and evaluates the pruned model and the original on **{model}**. "
-           + (f"Finished runs of this model took a median of {typical:.0f} s each." if typical else
-              "No run of this model has finished yet: the first point sets the pace."))
+           + (f"Finished runs of this model took a median of {typical:.0f} s each here." if typical else
+              "No run of this model has finished here yet: the first point sets the pace."))
 if spec is not None:
     with state.user_errors():
         st.session_state[CURRENT] = runs.sweep.start(spec)

@@ -345,3 +345,21 @@ def test_sweep_page_runs_a_sweep_in_the_background_and_draws_its_curves(app, fix
     assert "magnitude (no re-fit)" in names and "original" in names
     assert any("Largest share removed with perplexity within 2x" in m.value for m in app.markdown)
     assert len(runs.list()) == 2
+
+
+def test_scores_survive_a_refresh(tiny_model_dir, runs_dir):
+    """A browser refresh is a new session: the scores computed before come back from the server's cache (same model
+    and calibration), without computing again; another calibration does not see them."""
+    first = new_app(tiny_model_dir)
+    with_scores(first, "magnitude")
+    again = new_app(tiny_model_dir)  # the refreshed tab
+    goto(again, "2_importance.py")
+    assert not any("No scores yet" in i.value for i in again.info)
+    assert len(charts(again)) >= 2
+    assert next(iter(again.session_state[state.SCORES].values())).keys() >= {"magnitude"}
+    other = AppTest.from_file(APP, default_timeout=120)
+    other.session_state[state.MODEL] = str(tiny_model_dir)
+    other.session_state[state.DEVICE] = "cpu"
+    other.session_state[state.CALIBRATION] = {"source": "c4", "n_samples": 3, "seq_len": 16, "seed": 1, "path": None}
+    goto(ok(other.run()), "2_importance.py")
+    assert any("No scores yet" in i.value for i in other.info)

@@ -5,9 +5,12 @@ Scores, plans, uploads and the job list live here, so two browser sessions never
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import threading
 import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,9 +74,49 @@ def model_key() -> tuple[str, str, str]:
     return (st.session_state[MODEL], st.session_state[DTYPE], st.session_state[DEVICE])
 
 
+_RESTORED = "_scores_restored"
+_SERVER_SCORES_MAX = 64  # labels kept on the server (all sessions), oldest dropped first
+
+
+@st.cache_resource
+def _server_scores() -> tuple[threading.Lock, OrderedDict]:
+    """Scores computed on this server by any session, keyed by model, calibration and label: a browser refresh
+    (a new session) finds what it computed. Scores follow from the model, the calibration and the options alone,
+    and an uploaded calibration file's path is private to its session, so nothing leaks between users."""
+    return threading.Lock(), OrderedDict()
+
+
+def _server_key() -> str:
+    calib = st.session_state[CALIBRATION]
+    return "|".join(model_key()) + "|" + json.dumps(calib, sort_keys=True, default=str)
+
+
 def scores_for_model() -> dict[str, Any]:
-    """{label: GroupScores} computed in this session for the current model."""
-    return st.session_state[SCORES].setdefault("|".join(model_key()), {})
+    """{label: GroupScores} for the current model: computed in this session, or, the first time a session asks,
+    computed earlier on this server for the same model and calibration (what a browser refresh would lose)."""
+    key = "|".join(model_key())
+    mine = st.session_state[SCORES].setdefault(key, {})
+    restored = st.session_state.setdefault(_RESTORED, set())
+    if key not in restored:
+        restored.add(key)
+        lock, cache = _server_scores()
+        prefix = _server_key() + "|"
+        with lock:
+            for k, v in cache.items():
+                if k.startswith(prefix):
+                    mine.setdefault(k[len(prefix):], v)
+    return mine
+
+
+def remember_scores(label: str, scores: Any) -> None:
+    """Keep freshly computed scores in this session and on the server (see `_server_scores`)."""
+    scores_for_model()[label] = scores
+    lock, cache = _server_scores()
+    with lock:
+        cache[_server_key() + "|" + label] = scores
+        cache.move_to_end(_server_key() + "|" + label)
+        while len(cache) > _SERVER_SCORES_MAX:
+            cache.popitem(last=False)
 
 
 def active_scores() -> Any | None:

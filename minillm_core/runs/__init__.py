@@ -88,6 +88,7 @@ __all__ = [
     "sweep",
     "trend_metrics",
     "trend_rows",
+    "typical_seconds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,18 @@ def list(states: Sequence[str] | None = None, root: Root = None) -> list[Run]:
         found.append(store.record(folder, st))
     found.sort(key=lambda r: r.created, reverse=True)
     return [r for r in found if states is None or r.state in states]
+
+
+def typical_seconds(model: str, root: Root = None) -> tuple[float, float, float, int] | None:
+    """How long finished runs of `model` took here: (median, shortest, longest seconds, number of runs), or None
+    before any (the time estimate shown before starting a run or a sweep)."""
+    import statistics
+
+    seconds = [r.metrics.get("seconds") for r in list(["done"], root) if r.model == model]
+    seconds = [float(s) for s in seconds if isinstance(s, (int, float)) and not isinstance(s, bool)]
+    if not seconds:
+        return None
+    return statistics.median(seconds), min(seconds), max(seconds), len(seconds)
 
 
 def rename(run_id: str, name: str, root: Root = None) -> Run:
