@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pandas as pd
 import streamlit as st
 
-from minillm_core import workflow
-from minillm_core.workflow import CalibrationConfig, LoadConfig
+from minillm_core import runs, workflow
+from minillm_core.errors import DataError
+from minillm_core.workflow import CalibrationConfig, LoadConfig, PlanConfig, ScoreConfig
 from ui import state
 from ui.models import model_handle
 from ui.widgets import config_widgets
 
 MAX_UPLOAD_MB = 20
 SOURCES = ("Bundled", "Hugging Face Hub id", "Local directory or .gguf file")
+
+DEMO_RATIO, DEMO_WINDOWS = 0.2, 8
+DEMO_CALIBRATION = {"source": "c4", "n_samples": 32, "seq_len": 128, "seed": 0, "path": None}
+
+
+def quick_demo(handle) -> None:
+    """Score (FLAP), plan (20%), submit a small run and follow it on the Run page, which opens Compare when it is
+    done. Without a data set the model's own text calibrates (the run's evaluation still needs WikiText-2)."""
+    calib = dict(DEMO_CALIBRATION)
+    with st.status("Quick demo: scoring and planning", expanded=True) as status, state.user_errors():
+        status.write("Calibration: 32 x 128 tokens of C4")
+        try:
+            with handle.lock:  # the cached model is shared by every session
+                rows = workflow.calibrate(handle.loaded, CalibrationConfig(**calib))
+        except DataError:
+            status.write("No data set here: the model writes its own calibration text instead")
+            calib["source"] = workflow.SELF_SOURCE
+            with handle.lock:
+                rows = workflow.calibrate(handle.loaded, CalibrationConfig(**calib))
+        st.session_state[state.CALIBRATION] = calib
+        status.write("Scoring heads and MLP channels with FLAP")
+        with handle.lock:
+            scores = workflow.score(handle.loaded, ScoreConfig("flap"), rows)
+        state.remember_scores("flap", scores)
+        st.session_state[state.ACTIVE_SCORER] = "flap"
+        plan = workflow.make_plan(handle.loaded, scores, PlanConfig(ratio=DEMO_RATIO))
+        st.session_state[state.PLAN] = plan
+        status.write(f"Starting the run: remove {plan.removed_fraction:.1%} of the parameters")
+        run_id = runs.submit(runs.RunSpec(
+            model=st.session_state[state.MODEL], plan=plan, name=f"quick demo: flap {DEMO_RATIO:.0%}",
+            evaluation=runs.eval_config(limit=DEMO_WINDOWS, measure_speed=False,
+                                        data_dir=os.environ.get("MINILLM_DATA_DIR")),
+            reconstruct=runs.ReconstructConfig(), calibration=runs.CalibrationConfig(**calib),
+            dtype=st.session_state[state.DTYPE], device=st.session_state[state.DEVICE]))
+    st.session_state[state.JOBS].append(run_id)
+    st.session_state[state.DEMO_JOB] = run_id
+    st.switch_page("pages/4_run.py", query_params={"job": run_id})
+
 
 state.init()  # a deep link on a cold server runs this page before the router (app.py)
 st.title("Model & data")
@@ -58,6 +98,14 @@ st.subheader("Architecture")
 st.dataframe(summary, hide_index=True, key="arch_table")
 if len(set(g.layers)) > 1:
     st.info("This model's layers have different widths (it was pruned before).")
+
+# --- quick demo -------------------------------------------------------------------------------------------------
+with st.container(border=True):
+    st.markdown("**Quick demo** — one click from here to the comparison: FLAP scores on 32 x 128 calibration "
+                f"tokens, a plan removing {DEMO_RATIO:.0%} of the parameters, then a background run that prunes, "
+                f"re-fits and measures both models on {DEMO_WINDOWS} WikiText-2 windows and opens **Compare**.")
+    if st.button("Run the quick demo", icon=":material/bolt:", key="quick_demo"):
+        quick_demo(handle)
 
 # --- calibration ------------------------------------------------------------------------------------------------
 st.subheader("Calibration data")

@@ -147,6 +147,9 @@ def job_panel(run_id: str, was_running: bool) -> None:
         return
     if was_running:  # just finished: refresh the whole page once (stops the polling)
         st.rerun(scope="app")
+    if st.session_state.get(state.DEMO_JOB) == run_id and status.state == "done":  # the quick demo ends on Compare
+        st.session_state[state.DEMO_JOB] = None
+        st.switch_page("pages/5_compare.py", query_params={"job": run_id})
     try:
         run = runs.get(run_id)
     except MiniLLMError as exc:

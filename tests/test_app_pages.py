@@ -363,3 +363,21 @@ def test_scores_survive_a_refresh(tiny_model_dir, runs_dir):
     other.session_state[state.CALIBRATION] = {"source": "c4", "n_samples": 3, "seq_len": 16, "seed": 1, "path": None}
     goto(ok(other.run()), "2_importance.py")
     assert any("No scores yet" in i.value for i in other.info)
+
+
+def test_quick_demo_goes_from_the_model_page_to_compare(app):
+    """One click: FLAP scores, a 20% plan, a background run followed on the Run page, which opens Compare when done."""
+    ok(app.button(key="quick_demo").click().run())
+    assert app.session_state[state.ACTIVE_SCORER] == "flap"
+    plan = app.session_state[state.PLAN]
+    assert plan is not None and abs(plan.removed_fraction - 0.2) < 0.03
+    run_id = app.session_state[state.DEMO_JOB]
+    assert app.query_params["job"] in (run_id, [run_id])
+    deadline = time.time() + 180
+    while not runs.status(run_id).terminal and time.time() < deadline:
+        time.sleep(0.5)
+    assert runs.status(run_id).state == "done", runs.status(run_id).error
+    ok(app.run())  # the Run page sees the finished demo run and switches to Compare
+    assert any(h.value == "Compare" for h in app.title), [t.value for t in app.title]
+    assert app.session_state[state.DEMO_JOB] is None
+    assert runs.get(run_id).name == "quick demo: flap 20%"

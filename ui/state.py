@@ -32,6 +32,7 @@ UPLOADED_PLAN = "uploaded_plan"  # a PruningPlan read from a file, overriding th
 PLAN_OPTIONS = "plan_options"  # the plan page's widget values, kept while other pages show
 JOBS = "jobs"  # job ids started in this session, newest last
 UPLOAD_DIR = "upload_dir"  # this session's private temp directory
+DEMO_JOB = "demo_job"  # the quick demo's run: the Run page opens Compare when it is done
 
 DEFAULTS: dict[str, Any] = {
     MODEL: DEFAULT_MODEL,
