@@ -141,3 +141,7 @@ with state.user_errors():
         st.session_state[state.CALIBRATION] = {"source": source, "n_samples": n_samples, "seq_len": seq_len,
                                                "seed": seed, "path": path}
         st.caption(f"Calibration: {config.n_samples} x {config.seq_len} tokens from **{config.source}**.")
+
+st.divider()
+st.page_link("pages/2_importance.py", label="Next: score heads and channels (Importance)",
+             icon=":material/arrow_forward:")

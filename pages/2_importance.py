@@ -124,3 +124,6 @@ with st.expander("Estimator fidelity: forward-only gradient estimates vs backpro
         sweep_bar.progress(1.0, text="done")
     if st.session_state.get(state.FIDELITY):
         st.plotly_chart(figures.fidelity_figure(st.session_state[state.FIDELITY]), key="fidelity_chart")
+
+st.divider()
+st.page_link("pages/3_plan.py", label="Next: choose how much to remove (Plan)", icon=":material/arrow_forward:")

@@ -91,3 +91,7 @@ if clickable:
 st.dataframe(pd.DataFrame(s.rows).set_index("layer"), key="plan_table")
 st.download_button("Download plan JSON", plan.to_json(), file_name=f"plan-{plan.scorer}-{plan.config.ratio:.2f}.json",
                    mime="application/json")
+
+st.divider()
+st.page_link("pages/4_run.py", label="Next: prune and measure this plan (Prune & evaluate)",
+             icon=":material/arrow_forward:")
