@@ -27,7 +27,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = RESULTS / "quality_parts"
 MODEL = "smollm2-135m"
-VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, select) or None, calibration source[,
+VARIANTS = {  # label -> (scorer, options, allocation, re-fit (target, select[, damping]) or None, calibration source[,
     # PlanConfig overrides])
     "flap": ("flap", {}, "uniform", None, "c4"),
     "flap + reconstruct": ("flap", {}, "uniform", ("local", "plan"), "c4"),
@@ -45,6 +45,12 @@ VARIANTS = {  # label -> (scorer, scorer options, allocation, re-fit (target, se
     "default, MLP channels only": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels"}),
     "obs global, MLP channels only": ("obs", {}, "global", ("local", "obs"), "c4", {"target": "channels"}),
     "default, channels first": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels-first"}),
+    "default, channels first, self calibration": ("flap", {}, "uniform", ("local", "obs"), "self",
+                                                  {"target": "channels-first"}),
+    "default, channels first, damping 0.1": ("flap", {}, "uniform", ("local", "obs", 0.1), "c4",
+                                             {"target": "channels-first"}),
+    "default, channels first, damping 0.001": ("flap", {}, "uniform", ("local", "obs", 0.001), "c4",
+                                               {"target": "channels-first"}),
     "obs sequential + reconstruct, searched over all layers": ("obs", {}, "search", ("local", "obs"), "c4",
                                                                {"protected_layers": ()}),
 }
@@ -103,7 +109,8 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
     t_score = time.perf_counter()
     base = workflow.plan_defaults(loaded.model)
     overrides = {"protected_layers": base.protected_layers, **(more[0] if more else {})}
-    recon = ReconstructConfig(target=refit[0], select=refit[1]) if refit else ReconstructConfig(enabled=False)
+    recon = ReconstructConfig(target=refit[0], select=refit[1], damping=refit[2] if len(refit) > 2 else 0.01) \
+        if refit else ReconstructConfig(enabled=False)
     try:
         config = PlanConfig(ratio=ratio, allocation=allocation, **overrides)
         if allocation == "search":
