@@ -9,6 +9,7 @@ the server.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -104,6 +105,15 @@ def ab_page(page, out: Path, prompts: int) -> None:
     save(page, "ab", out)
 
 
+def sweep_page(page, out: Path) -> None:
+    """The Sweep ratios page on a finished sweep copied into the run store (--sweep-store): curves and table."""
+    goto_page(page, "Sweep ratios")
+    chart = page.get_by_test_id("stPlotlyChart").first
+    expect(chart).to_be_visible()
+    scroll_to(page.get_by_role("combobox", name="Sweep"))
+    save(page, "sweep", out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -112,21 +122,29 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--job-timeout", type=float, default=600)
     parser.add_argument("--ab-prompts", type=int, default=10, help="facts prompts in the A/B screenshot")
+    parser.add_argument("--sweep-store", type=Path, help="a run store holding a finished sweep (e.g. the local store "
+                        "of bench/bench_sweep.py, .cache/bench_sweep/local) for the Sweep ratios screenshot")
+    parser.add_argument("--only-sweep", action="store_true", help="just the Sweep ratios screenshot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="minillm-screens-") as tmp:
         tmp = Path(tmp)
+        if args.sweep_store:
+            shutil.copytree(args.sweep_store, tmp / "runs")
         with (streamlit_server(app_env(tmp / "runs"), tmp / "server.log", extra_args=SERVER_ARGS) as url,
               sync_playwright() as p, chromium(p) as context):
             context.set_default_timeout(60_000)
             page = context.new_page()
             page.goto(url)
             wait_idle(page, 300)  # loads the bundled SmolLM2 (GGUF converted once, then cached)
-            model_page(page, args.out)
-            importance_page(page, args.out)
-            plan_page(page, args.out, args.presses)
-            run_and_compare(page, args.out, args.windows, args.seq_len, args.job_timeout)
-            ab_page(page, args.out, args.ab_prompts)
+            if not args.only_sweep:
+                model_page(page, args.out)
+                importance_page(page, args.out)
+                plan_page(page, args.out, args.presses)
+                run_and_compare(page, args.out, args.windows, args.seq_len, args.job_timeout)
+                ab_page(page, args.out, args.ab_prompts)
+            if args.sweep_store:
+                sweep_page(page, args.out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -47,8 +48,9 @@ def sweep(
                                               "(a local instance, or the cluster at --address).")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (ray://HOST:10001 or auto); the runs "
                                                      "directory must be on storage every node shares.")] = None,
-    cpus_per_point: Annotated[int, typer.Option(help="CPU threads of each score pass and point (Ray reserves "
-                                                     "them).")] = 1,
+    cpus_per_point: Annotated[int | None, typer.Option(help="CPU threads of each score pass and point (Ray reserves "
+                                                            "them). Default: all cores with local, 1 with ray; the "
+                                                            "same value on both gives the same numbers.")] = None,
     gpus_per_point: Annotated[float, typer.Option(help="GPUs Ray reserves for each score pass and point.")] = 0.0,
     memory_per_point: Annotated[int | None, typer.Option(help="Memory (MB) Ray reserves for each.")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Run store the points are written to (default: "
@@ -73,6 +75,8 @@ def sweep(
                          ratios=_items(ratios, "--ratios", float), reconstruct=REFIT[refit], plan=plan, recon=recon,
                          calibration=calib, evaluation=dataclasses.replace(evaluation, data_dir=folder),
                          dtype=load_config.dtype, device=load_config.device, name=name)
+        if cpus_per_point is None:
+            cpus_per_point = 1 if backend == "ray" else (os.cpu_count() or 1)
         resources = Resources(cpus=cpus_per_point, gpus=gpus_per_point, memory_mb=memory_per_point)
         with Bar(not as_json) as bar:
             result = run_sweep(spec, backend, address, runs_dir, resources, progress=bar)

@@ -275,7 +275,7 @@ def run_point(folder: str, cpus: int) -> str:
                                     process.DIE_WITH_PARENT_ENV: "1"})
     code = proc.wait()
     state = process.status(path).state
-    if code < 0 and state != "done":
+    if code < 0 and state not in ("done", "cancelled"):  # killed, not cancelled by the user (Runs page)
         raise PointInterrupted(f"run {path.name} was killed by signal {-code}")
     return state
 
