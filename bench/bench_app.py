@@ -72,6 +72,16 @@ def demo_once(tmp: Path) -> dict[str, float]:
     return marks
 
 
+def repeat(measure, times: int, label: str) -> list[dict[str, float]]:
+    """`measure(tmp)` `times` times, each with a fresh temporary folder (run store, server log)."""
+    out = []
+    for i in range(times):
+        with tempfile.TemporaryDirectory(prefix="minillm-bench-app-") as tmp:
+            out.append(measure(Path(tmp)))
+        print(f"{label} {i + 1}/{times}: {out[-1]}")
+    return out
+
+
 def slider_times(repeats: int) -> dict[str, float]:
     """Milliseconds of one full app rerun (router + Plan page) after a slider move, via streamlit's AppTest."""
     from streamlit.testing.v1 import AppTest
@@ -112,18 +122,8 @@ def main() -> None:
     os.environ.setdefault("MINILLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    cold: list[dict[str, float]] = []
-    if not args.skip_browser:
-        for i in range(args.repeats):
-            with tempfile.TemporaryDirectory(prefix="minillm-bench-app-") as tmp:
-                cold.append(cold_start_once(Path(tmp)))
-            print(f"cold start {i + 1}/{args.repeats}: {cold[-1]}")
-    demo: list[dict[str, float]] = []
-    if not args.skip_browser:
-        for i in range(args.demo_repeats):
-            with tempfile.TemporaryDirectory(prefix="minillm-bench-demo-") as tmp:
-                demo.append(demo_once(Path(tmp)))
-            print(f"demo {i + 1}/{args.demo_repeats}: {demo[-1]}")
+    cold = repeat(cold_start_once, 0 if args.skip_browser else args.repeats, "cold start")
+    demo = repeat(demo_once, 0 if args.skip_browser else args.demo_repeats, "demo")
     slider = slider_times(args.slider_repeats)
     print(f"slider: {slider}")
 
