@@ -41,3 +41,22 @@ def test_trends_across_runs_order_by_time_and_keep_only_measured_points():
     fig = figures.trend_figure(rows, ["size_mb", "ppl/wikitext2"])
     assert list(fig.data[0].y) == [100.0, 80.0] and list(fig.data[1].y) == [90.0]  # r1 measured no perplexity
     assert fig.layout.annotations[1].text == "perplexity wikitext2"
+
+
+def test_per_layer_bars_are_two_subplots_with_their_own_axes():
+    scores = GroupScores("flap", [torch.tensor([1.0, 3.0]), torch.tensor([5.0, 5.0])],
+                         [torch.tensor([100.0, 300.0]), torch.tensor([0.5, 1.5])])
+    fig = figures.layer_bars(scores)
+    heads, channels = fig.data
+    assert list(heads.y) == [2.0, 5.0] and list(channels.y) == [200.0, 1.0]
+    assert heads.yaxis != channels.yaxis and fig.layout.yaxis.overlaying is None  # stacked, not overlaid
+
+
+def test_sweep_curves_one_line_per_scorer_with_the_gate_marked():
+    points = [("flap", 0.2, 400.0, 90.0), ("flap", 0.1, 450.0, 70.0), ("magnitude", 0.1, 450.0, 900.0)]
+    fig = figures.sweep_figure(points, [(513.0, 56.0, "m")], "wikitext2", {"flap": 0.2})
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["flap"].x) == [450.0, 400.0] and list(by_name["flap"].text) == ["10%", "20%"]
+    assert by_name["original"].marker.symbol == "star" and fig.layout.yaxis.type == "log"
+    ring = next(t for t in fig.data if t.name is None)
+    assert list(ring.x) == [400.0] and list(ring.y) == [90.0]

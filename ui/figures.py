@@ -84,16 +84,18 @@ def channels_heatmap(scores: GroupScores, mode: str = "binned") -> go.Figure:
 
 
 def layer_bars(scores: GroupScores) -> go.Figure:
-    """Mean head and channel score per layer."""
+    """Mean head score and mean channel score per layer, in two stacked sub-plots (their scales differ)."""
+    from plotly.subplots import make_subplots
+
     layers = list(range(scores.num_layers))
-    fig = go.Figure([
-        go.Bar(x=layers, y=[float(h.float().mean()) for h in scores.heads], name="mean head score",
-               hovertemplate="layer %{x}: %{y:.6g}<extra>heads</extra>"),
-        go.Bar(x=layers, y=[float(c.float().mean()) for c in scores.channels], name="mean channel score",
-               hovertemplate="layer %{x}: %{y:.6g}<extra>channels</extra>", yaxis="y2"),
-    ])
-    fig.update_layout(title=f"{scores.scorer}: importance per layer", xaxis_title="layer", barmode="group",
-                      yaxis={"title": "heads"}, yaxis2={"title": "channels", "overlaying": "y", "side": "right"})
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("mean attention-head score", "mean MLP-channel score"))
+    fig.add_trace(go.Bar(x=layers, y=[float(h.float().mean()) for h in scores.heads], name="heads",
+                         hovertemplate="layer %{x}: %{y:.6g}<extra>heads</extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=layers, y=[float(c.float().mean()) for c in scores.channels], name="channels",
+                         hovertemplate="layer %{x}: %{y:.6g}<extra>channels</extra>"), row=2, col=1)
+    fig.update_xaxes(title_text="layer", row=2, col=1)
+    fig.update_layout(title=f"{scores.scorer}: importance per layer", showlegend=False, height=480)
     return fig
 
 
