@@ -86,7 +86,15 @@ shown = st.radio("Scores computed in this session (the plan uses the selected on
 st.session_state[state.ACTIVE_SCORER] = shown
 scores = computed[shown]
 
-st.plotly_chart(figures.heads_heatmap(scores), key="heads_heatmap")
+plan = st.session_state.get(state.PLAN)
+removed = None
+if plan is not None and plan.scorer == scores.scorer and len(plan.layers) == scores.num_layers:
+    removed = [sorted(set(range(h.numel())) - set(kept.heads)) for h, kept in zip(scores.heads, plan.layers,
+                                                                                  strict=True)]
+    n_channels = sum(c.numel() - len(kept.channels) for c, kept in zip(scores.channels, plan.layers, strict=True))
+    st.caption(f"Crosses: the heads the current plan removes ({plan.removed_fraction:.1%} of the parameters; it also "
+               f"removes {n_channels:,} MLP channels). Change it on the **Plan** page.")
+st.plotly_chart(figures.heads_heatmap(scores, removed), key="heads_heatmap")
 mode = st.radio("MLP channels", ("binned", "sorted"), horizontal=True,
                 format_func=lambda m: f"sorted, {figures.CHANNEL_BINS} rank bins" if m == "binned"
                 else "sorted, every channel")

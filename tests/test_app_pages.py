@@ -381,3 +381,13 @@ def test_quick_demo_goes_from_the_model_page_to_compare(app):
     assert any(h.value == "Compare" for h in app.title), [t.value for t in app.title]
     assert app.session_state[state.DEMO_JOB] is None
     assert runs.get(run_id).name == "quick demo: flap 20%"
+
+
+def test_importance_marks_what_the_current_plan_removes(app):
+    with_scores(app, "magnitude")
+    assert not any("Crosses" in c.value for c in app.caption)
+    goto(app, "3_plan.py")  # builds the plan from the slider
+    goto(app, "2_importance.py")
+    assert any(c.value.startswith("Crosses: the heads the current plan removes") for c in app.caption)
+    heads = json.loads(charts(app)[0].proto.spec)["data"]
+    assert [t.get("name") for t in heads] == ["score", "removed by the plan"]

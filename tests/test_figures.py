@@ -60,3 +60,13 @@ def test_sweep_curves_one_line_per_scorer_with_the_gate_marked():
     assert by_name["original"].marker.symbol == "star" and fig.layout.yaxis.type == "log"
     ring = next(t for t in fig.data if t.name is None)
     assert list(ring.x) == [400.0] and list(ring.y) == [90.0]
+
+
+def test_heads_heatmap_marks_the_heads_a_plan_removes():
+    scores = GroupScores("flap", [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0, 6.0])],
+                         [torch.tensor([1.0]), torch.tensor([1.0])])
+    fig = figures.heads_heatmap(scores, [[0], [1, 2]])
+    crosses = fig.data[1]
+    assert crosses.name == "removed by the plan"
+    assert list(zip(crosses.x, crosses.y, strict=True)) == [(0, 0), (1, 1), (2, 1)]
+    assert len(figures.heads_heatmap(scores).data) == 1

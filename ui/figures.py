@@ -24,15 +24,24 @@ from minillm_core.scoring import GroupScores
 CHANNEL_BINS = 64
 
 
-def heads_heatmap(scores: GroupScores) -> go.Figure:
-    """Layers x query heads, exact score on hover (layers may differ in width: missing cells stay empty)."""
+def heads_heatmap(scores: GroupScores, removed: list[list[int]] | None = None) -> go.Figure:
+    """Layers x query heads, exact score on hover (layers may differ in width: missing cells stay empty);
+    `removed[i]`: the heads of layer i a plan removes, marked with a cross."""
     width = max(h.numel() for h in scores.heads)
     z = np.full((scores.num_layers, width), np.nan)
     for i, h in enumerate(scores.heads):
         z[i, : h.numel()] = h.float().numpy()
     color, title = color_values(z)
     fig = go.Figure(go.Heatmap(z=color, customdata=z, colorscale="Viridis", colorbar={"title": title},
+                               name="score",
                                hovertemplate="layer %{y}, head %{x}<br>score %{customdata:.6g}<extra></extra>"))
+    if removed:
+        cells = [(head, layer) for layer, heads in enumerate(removed) for head in heads]
+        fig.add_trace(go.Scatter(x=[c[0] for c in cells], y=[c[1] for c in cells], mode="markers",
+                                 name="removed by the plan",
+                                 marker={"symbol": "x-thin", "size": 9, "line": {"width": 2, "color": "#e63946"}},
+                                 hovertemplate="layer %{y}, head %{x}: removed by the plan<extra></extra>"))
+        fig.update_layout(legend={"orientation": "h", "y": -0.15})
     fig.update_layout(title=f"{scores.scorer}: attention heads", xaxis_title="head", yaxis_title="layer")
     return fig
 
