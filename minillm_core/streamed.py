@@ -14,11 +14,13 @@ or schedule allocation): units are chosen per layer by OBS, so no score pass ove
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,34 +48,56 @@ STREAMABLE_ALLOCATIONS = ("uniform", "schedule")
 
 
 class Checkpoint:
-    """The tensors of a safetensors checkpoint (one file or an index over shards), read one at a time."""
+    """The tensors of a safetensors checkpoint (one file or an index over shards), read a few at a time. Files are
+    opened only while reading: an open file stays memory-mapped, and every page read from it would stay in the
+    process's resident memory until it is closed."""
 
     def __init__(self, folder: Path) -> None:
         from safetensors import safe_open
 
+        self.folder = folder
         index = folder / INDEX_FILE
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            files = sorted(set(weight_map.values()))
-        else:
-            files = sorted(p.name for p in folder.glob("*.safetensors"))
-            if not files:
-                raise ModelLoadError(f"{folder} has no safetensors weights (out-of-core pruning reads safetensors)")
-            weight_map = {}
-        self.handles = {}
         try:
-            for name in files:
-                self.handles[name] = safe_open(str(folder / name), framework="pt")
-                if not index.is_file():
-                    weight_map.update(dict.fromkeys(self.handles[name].keys(), name))
+            if index.is_file():
+                self.where = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            else:
+                self.where = {}
+                for file in sorted(folder.glob("*.safetensors")):
+                    with safe_open(str(file), framework="pt") as f:
+                        self.where.update(dict.fromkeys(f.keys(), file.name))
         except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
             raise ModelLoadError(f"cannot read weights in {folder}: {exc}") from None
-        self.where = weight_map
+        if not self.where:
+            raise ModelLoadError(f"{folder} has no safetensors weights (out-of-core pruning reads safetensors)")
 
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self.where:
-            raise ModelLoadError(f"the checkpoint has no tensor {name!r}; does it belong to this config.json?")
-        return self.handles[self.where[name]].get_tensor(name)
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named tensors (copies in memory), each file opened once and closed again."""
+        from safetensors import safe_open
+
+        missing = [n for n in names if n not in self.where]
+        if missing:
+            raise ModelLoadError(f"the checkpoint in {self.folder} has no tensor {missing[0]!r}; does it belong to "
+                                 "its config.json?")
+        out: dict[str, torch.Tensor] = {}
+        for file in dict.fromkeys(self.where[n] for n in names):
+            try:
+                with safe_open(str(self.folder / file), framework="pt") as f:
+                    out |= {n: f.get_tensor(n) for n in names if self.where[n] == file}
+            except Exception as exc:
+                raise ModelLoadError(f"cannot read {self.folder / file}: {exc}") from None
+        return out
+
+
+def _return_freed_memory() -> None:
+    """Give the memory of the finished layer back to the system (glibc keeps freed heap pages otherwise, and the
+    resident size would creep up layer by layer); a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 def _skeleton(source: Path, dtype: torch.dtype) -> nn.Module:
@@ -95,9 +119,11 @@ def _skeleton(source: Path, dtype: torch.dtype) -> nn.Module:
 def _load_params(model: nn.Module, module: nn.Module, ckpt: Checkpoint, dtype: torch.dtype) -> None:
     """Read every parameter of `module` (a part of `model`) from the checkpoint."""
     prefix = {id(m): n for n, m in model.named_modules()}[id(module)]
-    for name, param in list(module.named_parameters()):
+    params = list(module.named_parameters())
+    values = ckpt.read([f"{prefix}.{name}" if prefix else name for name, _ in params])
+    for name, param in params:
         full = f"{prefix}.{name}" if prefix else name
-        value = ckpt.get(full)
+        value = values.pop(full)
         if tuple(value.shape) != tuple(param.shape):
             raise ModelLoadError(f"tensor {full} is {tuple(value.shape)} in the checkpoint, {tuple(param.shape)} in "
                                  "config.json")
@@ -164,8 +190,8 @@ def prune_streamed(
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     rest = [n for n, p in net.named_parameters() if id(p) not in in_layers]
     stored = [n for n in rest if n in ckpt.where]  # a tied head is not stored: tying fills it in
-    for name in stored:  # embeddings, final norm, head
-        set_module_tensor_to_device(net, name, "cpu", value=ckpt.get(name), dtype=dtype)
+    for name, value in ckpt.read(stored).items():  # embeddings, final norm, head
+        set_module_tensor_to_device(net, name, "cpu", value=value, dtype=dtype)
     net.tie_weights()
     missing = [n for n, p in net.named_parameters() if p.is_meta and n in rest]
     if missing:
@@ -190,6 +216,7 @@ def prune_streamed(
         layer = adapter.layers()[i]  # the pruned module (surgery replaced its linears)
         write({f"{prefix}{i}.{k}": v for k, v in layer.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
         layer.to("meta")  # freed: the next layer takes its place
+        _return_freed_memory()
 
     try:
         kept, from_pretrained_ok, report = prune_and_reconstruct(net, plan.layers, rows, recon, progress, load, done)
