@@ -87,8 +87,12 @@ d2.download_button("Metrics JSON", runs.metrics_json([run.id]), file_name=f"{run
 chosen = st.multiselect("Runs in the HTML report", list(by_id), default=[run.id],
                         format_func=lambda i: f"{by_id[i].name} · {i}")
 if chosen:
-    st.download_button("HTML report (works offline)", report_html([by_id[i] for i in chosen]),
-                       file_name="minillm-report.html", mime="text/html")
+    picked = [by_id[i] for i in chosen]
+    r1, r2 = st.columns(2)
+    r1.download_button("HTML report", report_html(picked, offline=False), file_name="minillm-report.html",
+                       mime="text/html", help="Small: the charts load plotly.js from its CDN when opened.")
+    r2.download_button("HTML report, works offline", report_html(picked), file_name="minillm-report-offline.html",
+                       mime="text/html", help="plotly.js included (about 4.6 MB more): opens with no network.")
 
 if run.state == "done" and run.model_dir:
     st.subheader("The pruned model")

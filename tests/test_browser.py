@@ -200,13 +200,13 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     # 5b. Runs & report: the HTML report downloads and carries the Plotly figures
     goto_page(page, "Runs & report")
     expect(table_row(page, job_id)).to_contain_text([job_id, "flap 40%", "done"])
-    button = page.get_by_test_id("stDownloadButton").filter(has_text="HTML report")
+    button = page.get_by_test_id("stDownloadButton").filter(has_text="HTML report, works offline")
     with page.expect_download() as download:
         button.click()
     report = tmp_path / download.value.suggested_filename
     download.value.save_as(report)
     html = report.read_text()
-    assert report.name == "minillm-report.html"
+    assert report.name == "minillm-report-offline.html"
     assert "MINI-LLM Studio report" in html and job_id in html
     assert "Plotly.newPlot" in html and "plotly.js v" in html  # figures plus the embedded library (offline)
     page.wait_for_selector(IDLE)

@@ -171,6 +171,8 @@ def test_report_html_embeds_figures_and_plotly(root):
     assert page.count('"plot_bgcolor":"white"') == 1 + 2 * len(ids)  # plotly_white, fixed: never the server's theme
     assert "x1.20 better" in page and "25% smaller" in page  # the formatted table and the headline
     assert len(page) > 1_000_000  # plotly.js is inlined, so the file works offline
+    small = report_html([runs.get(ids[0], root)], offline=False)
+    assert len(small) < 1_500_000 and "cdn.plot.ly" in small and small.count("Plotly.newPlot") == 2
     with pytest.raises(MiniLLMError, match="at least one run"):
         report_html([])
 
