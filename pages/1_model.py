@@ -13,7 +13,7 @@ from minillm_core.errors import DataError
 from minillm_core.workflow import CalibrationConfig, LoadConfig, PlanConfig, ScoreConfig
 from ui import state
 from ui.models import model_handle
-from ui.widgets import config_widgets
+from ui.widgets import config_widgets, next_step
 
 MAX_UPLOAD_MB = 20
 SOURCES = ("Bundled", "Hugging Face Hub id", "Local directory or .gguf file")
@@ -142,6 +142,4 @@ with state.user_errors():
                                                "seed": seed, "path": path}
         st.caption(f"Calibration: {config.n_samples} x {config.seq_len} tokens from **{config.source}**.")
 
-st.divider()
-st.page_link("pages/2_importance.py", label="Next: score heads and channels (Importance)",
-             icon=":material/arrow_forward:")
+next_step("pages/2_importance.py", "Next: score heads and channels (Importance)")

@@ -11,7 +11,7 @@ from minillm_core.errors import DataError
 from minillm_core.workflow import CalibrationConfig, ScoreConfig
 from ui import figures, state
 from ui.models import model_handle
-from ui.widgets import scorer_options
+from ui.widgets import next_step, scorer_options
 
 
 def _use_own_text() -> None:
@@ -133,5 +133,4 @@ with st.expander("Estimator fidelity: forward-only gradient estimates vs backpro
     if st.session_state.get(state.FIDELITY):
         st.plotly_chart(figures.fidelity_figure(st.session_state[state.FIDELITY]), key="fidelity_chart")
 
-st.divider()
-st.page_link("pages/3_plan.py", label="Next: choose how much to remove (Plan)", icon=":material/arrow_forward:")
+next_step("pages/3_plan.py", "Next: choose how much to remove (Plan)")

@@ -10,7 +10,7 @@ from minillm_core.workflow import PlanConfig, PruningPlan
 from ui import state
 from ui.figures import widths_figure
 from ui.models import model_handle
-from ui.widgets import config_widgets
+from ui.widgets import config_widgets, next_step
 
 PROTECTED = "plan.protected_layers"  # the protected-layers widget's key
 CHART_GENERATION = "plan.widths_chart_generation"  # bumped after each click: a fresh chart with no selection
@@ -92,6 +92,4 @@ st.dataframe(pd.DataFrame(s.rows).set_index("layer"), key="plan_table")
 st.download_button("Download plan JSON", plan.to_json(), file_name=f"plan-{plan.scorer}-{plan.config.ratio:.2f}.json",
                    mime="application/json")
 
-st.divider()
-st.page_link("pages/4_run.py", label="Next: prune and measure this plan (Prune & evaluate)",
-             icon=":material/arrow_forward:")
+next_step("pages/4_run.py", "Next: prune and measure this plan (Prune & evaluate)")

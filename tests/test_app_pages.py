@@ -50,6 +50,7 @@ def charts(at: AppTest) -> list:
 
 @pytest.fixture
 def app(tiny_model_dir, runs_dir):
+    state.forget_server_scores()  # every test starts as on a cold server (no scores kept from another test)
     return new_app(tiny_model_dir)
 
 
@@ -145,13 +146,21 @@ def test_plan_page_reports_an_impossible_ratio(app):
     assert app.error and "allowed ratio range" in app.error[0].value
 
 
-def test_sessions_do_not_share_scores_jobs_or_uploads(app, tiny_model_dir):
+def test_sessions_do_not_share_jobs_uploads_or_scores_of_private_data(app, tiny_model_dir):
+    """Separate st.session_state per session. Scores are offered to another session only for the same model and
+    calibration (they follow from those alone: a refresh finds them); scores on an uploaded file never are."""
     with_scores(app)
     other = new_app(tiny_model_dir)
     assert any(app.session_state[state.SCORES].values())  # same process, separate st.session_state
-    assert not any(other.session_state[state.SCORES].values()) and other.session_state[state.JOBS] == []
-    goto(other, "2_importance.py")
-    assert "No scores yet" in other.info[0].value
+    assert other.session_state[state.SCORES] is not app.session_state[state.SCORES]
+    assert other.session_state[state.JOBS] == [] and other.session_state[state.PLAN] is None
+    private = AppTest.from_file(APP, default_timeout=120)  # a session calibrating on its own uploaded file
+    private.session_state[state.MODEL] = str(tiny_model_dir)
+    private.session_state[state.DEVICE] = "cpu"
+    private.session_state[state.CALIBRATION] = {"source": "file", "n_samples": 2, "seq_len": 16, "seed": 0,
+                                                "path": "/tmp/minillm-session-xyz/calibration.txt"}
+    goto(ok(private.run()), "2_importance.py")
+    assert not any(private.session_state[state.SCORES].values())
 
 
 def test_plan_upload_validates(app):
@@ -216,7 +225,7 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
 
     goto(app, "6_runs.py")
     assert frame(app, "state").shape[0] == 1
-    assert len(app.get("download_button")) == 3
+    assert len(app.get("download_button")) == 4
     assert any("load_pruned" in c.value for c in app.code)
     ok(app.button(key="gguf_write").click().run())  # the tiny model has no GGUF vocabulary: said, not a crash
     assert any("no GGUF tokenizer is known" in e.value for e in app.error)
@@ -350,6 +359,7 @@ def test_sweep_page_runs_a_sweep_in_the_background_and_draws_its_curves(app, fix
 def test_scores_survive_a_refresh(tiny_model_dir, runs_dir):
     """A browser refresh is a new session: the scores computed before come back from the server's cache (same model
     and calibration), without computing again; another calibration does not see them."""
+    state.forget_server_scores()
     first = new_app(tiny_model_dir)
     with_scores(first, "magnitude")
     again = new_app(tiny_model_dir)  # the refreshed tab

@@ -1,6 +1,7 @@
 """Per-browser-session state: the keys every page reads and writes, and small accessors over `st.session_state`.
 
-Scores, plans, uploads and the job list live here, so two browser sessions never see each other's work.
+Scores, plans, uploads and the job list live here, so two browser sessions never see each other's work; scores
+are also kept on the server by model and calibration (`remember_scores`), which a refresh finds again.
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def scores_for_model() -> dict[str, Any]:
                 if k.startswith(prefix):
                     mine.setdefault(k[len(prefix):], v)
     return mine
+
+
+def forget_server_scores() -> None:
+    """Drop the scores kept on the server (tests start from a cold server this way)."""
+    _server_scores.clear()
 
 
 def remember_scores(label: str, scores: Any) -> None:

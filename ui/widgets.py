@@ -7,6 +7,7 @@ inputs or sliders; the defaults are the dataclass's, so the dashboard and the CL
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from collections.abc import Sequence
@@ -124,3 +125,13 @@ def run_picker(done: Sequence[Any], message: str) -> Any:
     wanted = st.query_params.get("job")
     return st.selectbox("Run", done, index=ids.index(wanted) if wanted in ids else 0,
                         format_func=lambda r: f"{r.name} · {r.model} · {r.id}")
+
+
+def next_step(page: str, label: str) -> None:
+    """A divider and a link to the page that usually comes next (skipped where the page runs without the router's
+    navigation, as in a test that runs one page file on its own)."""
+    from streamlit.errors import StreamlitAPIException
+
+    st.divider()
+    with contextlib.suppress(StreamlitAPIException):
+        st.page_link(page, label=label, icon=":material/arrow_forward:")
