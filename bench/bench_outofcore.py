@@ -214,10 +214,11 @@ def write_markdown(payload: dict, args: argparse.Namespace) -> None:
                   + (f", {b['limit_mb']} MB." if b["limit_mb"] else "."), "",
                   "| prune | exit | peak RSS (MB) | cgroup peak (MB) | wall (s) |", "|---|---|---|---|---|"]
         for label, key in (("out-of-core", "out_of_core"), ("in memory (same limit)", "in_memory")):
-            if key in b:
+            if key in b and not (key == "in_memory" and "in_memory_note" in b):
                 r = b[key]
                 lines.append(f"| {label} | {r['rc']} | {r['peak_rss_mb']:.0f} | {r.get('cgroup_peak_mb', '-')} | "
                              f"{r['seconds']:.0f} |")
+        lines += [f"\n{b[k]}" for k in ("out_of_core_note", "in_memory_note") if k in b]
         if "reload" in b:
             lines += ["", f"The result reloads (outside the limit): {b['reload']['params']:,} parameters, finite "
                       f"logits: {b['reload']['finite_logits']}."]
