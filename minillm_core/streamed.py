@@ -33,7 +33,7 @@ from minillm_core.calibration import SELF_SOURCE, CalibrationConfig, build_calib
 from minillm_core.errors import MiniLLMError, ModelLoadError, PlanError
 from minillm_core.io import MANIFEST, PLAN_FILE, _swap_in, check_output_dir, manifest_for
 from minillm_core.modeling import check_supported, get_adapter
-from minillm_core.modeling.base import count_params
+from minillm_core.modeling.base import count_params, max_context
 from minillm_core.outputs import staging_dir, write_failure
 from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan
 from minillm_core.progress import Progress, no_progress
@@ -178,8 +178,7 @@ def prune_streamed(
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise ModelLoadError(f"{source} has no usable tokenizer ({exc})") from None
-    rows = build_calibration(tokenizer, calibration, data_dir=data_dir,
-                             max_length=getattr(net.config, "max_position_embeddings", None))
+    rows = build_calibration(tokenizer, calibration, data_dir=data_dir, max_length=max_context(net))
     adapter = get_adapter(net)
     geometry = ModelGeometry.from_model(net, adapter)
     widths_only = GroupScores("obs", [torch.zeros(s.num_heads) for s in geometry.layers],

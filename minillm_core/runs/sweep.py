@@ -285,10 +285,14 @@ def run_point(folder: str, cpus: int) -> str:
 
 def sweep_runs(key: str, root: str | os.PathLike | None = None) -> dict[str, store.Run]:
     """The runs of sweep `key` by point key (the newest one when a point has several)."""
-    from minillm_core import runs
-
+    listed = []
+    for folder in store.run_folders(root):
+        try:
+            listed.append(store.record(folder, process.status(folder)))
+        except MiniLLMError:  # an unreadable status: not a point this sweep can use
+            continue
     found: dict[str, store.Run] = {}
-    for run in sorted(runs.list(root=root), key=lambda r: r.created):
+    for run in sorted(listed, key=lambda r: r.created):
         if run.extra.get("sweep") == key and isinstance(run.extra.get("point"), str):
             found[run.extra["point"]] = run
     return found
