@@ -163,6 +163,7 @@ def prune_streamed(
     """Prune the safetensors model directory `model` to `out` without ever holding more than one decoder layer:
     widths from `plan_config` (uniform or schedule), units by OBS per layer, re-fit with `recon`, on calibration rows
     from `calibration`. Returns the plan the result follows and a report (parameters, shards, the re-fit)."""
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
     recon = recon or ReconstructConfig()
@@ -229,6 +230,8 @@ def prune_streamed(
         if generation.is_file():
             shutil.copyfile(generation, tmp / generation.name)
         params = count_params(net)
+        if params != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
+            raise AssertionError(f"pruned model has {params} parameters, the plan predicted {plan.predicted_params}")
         summary = {"target": recon.target, "damping": recon.damping, "select": recon.select,
                    "calibration_rows": int(rows.shape[0]), **report.to_dict()}
         from minillm_core.workflow import with_reconstruction
@@ -238,13 +241,11 @@ def prune_streamed(
         result.save(tmp / PLAN_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest_for(net), indent=1), encoding="utf-8")
         _swap_in(tmp, target)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         raise MiniLLMError(f"could not write the pruned model to {target}: {write_failure(exc)}; nothing was "
                            "changed there") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if params != plan.predicted_params:  # surgery and the planner disagree: a bug, never the user's fault
-        raise AssertionError(f"pruned model has {params} parameters, the plan predicted {plan.predicted_params}")
     return result, {"params_before": plan.original_params, "params_after": params,
                     "shards": len(set(weight_map.values())), "loads_with_from_pretrained": from_pretrained_ok,
                     "reconstruction": summary}
