@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,25 +88,34 @@ def save_pruned(
     Refuses a non-empty `out_dir` unless `overwrite`, and even then one that minillm did not write
     (`check_output_dir`); on any failure (disk full included) `out_dir` is untouched.
     """
-    from safetensors import SafetensorError
-
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(out)
-    try:
+    with staged_dir(out) as tmp:
         model.save_pretrained(tmp)  # safetensors; transformers 5 never pickles here
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if plan is not None:
             plan.save(tmp / PLAN_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest_for(model), indent=1), encoding="utf-8")
+    return out
+
+
+@contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out` to write a model into, moved into place whole when the block ends without an
+    error and removed in every case; a write failure (disk full included) is one `MiniLLMError` and `out` is
+    untouched."""
+    from safetensors import SafetensorError
+
+    tmp = staging_dir(out)
+    try:
+        yield tmp
         _swap_in(tmp, out)
     except (OSError, SafetensorError) as exc:
         raise MiniLLMError(f"could not save the pruned model to {out}: {write_failure(exc)}; nothing was changed "
                            "there") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

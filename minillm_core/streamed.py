@@ -31,10 +31,9 @@ from torch import nn
 from minillm_core.allocation import build_plan
 from minillm_core.calibration import SELF_SOURCE, CalibrationConfig, build_calibration
 from minillm_core.errors import MiniLLMError, ModelLoadError, PlanError
-from minillm_core.io import MANIFEST, PLAN_FILE, _swap_in, check_output_dir, manifest_for
+from minillm_core.io import MANIFEST, PLAN_FILE, check_output_dir, manifest_for, staged_dir
 from minillm_core.modeling import check_supported, get_adapter
 from minillm_core.modeling.base import count_params, max_context
-from minillm_core.outputs import staging_dir, write_failure
 from minillm_core.planning import ModelGeometry, PlanConfig, PruningPlan
 from minillm_core.progress import Progress, no_progress
 from minillm_core.reconstruction import ReconstructConfig, prune_and_reconstruct
@@ -163,7 +162,6 @@ def prune_streamed(
     """Prune the safetensors model directory `model` to `out` without ever holding more than one decoder layer:
     widths from `plan_config` (uniform or schedule), units by OBS per layer, re-fit with `recon`, on calibration rows
     from `calibration`. Returns the plan the result follows and a report (parameters, shards, the re-fit)."""
-    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
     recon = recon or ReconstructConfig()
@@ -197,7 +195,6 @@ def prune_streamed(
     if missing:
         raise ModelLoadError(f"the checkpoint in {source} has no tensor {missing[0]!r} ({len(missing)} missing); "
                              "does it belong to its config.json?")
-    tmp = staging_dir(target)
     weight_map: dict[str, str] = {}
     total = 0
 
@@ -218,7 +215,7 @@ def prune_streamed(
         layer.to("meta")  # freed: the next layer takes its place
         _return_freed_memory()
 
-    try:
+    with staged_dir(target) as tmp:
         kept, from_pretrained_ok, report = prune_and_reconstruct(net, plan.layers, rows, recon, progress, load, done)
         state = net.state_dict()
         write({n: state[n] for n in stored}, "model-rest.safetensors")
@@ -240,12 +237,6 @@ def prune_streamed(
         result = dataclasses.replace(result, provenance={**result.provenance, "out_of_core": True})
         result.save(tmp / PLAN_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest_for(net), indent=1), encoding="utf-8")
-        _swap_in(tmp, target)
-    except (OSError, SafetensorError) as exc:
-        raise MiniLLMError(f"could not write the pruned model to {target}: {write_failure(exc)}; nothing was "
-                           "changed there") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result, {"params_before": plan.original_params, "params_after": params,
                     "shards": len(set(weight_map.values())), "loads_with_from_pretrained": from_pretrained_ok,
                     "reconstruction": summary}
