@@ -213,43 +213,48 @@ def _threads(n: int):
 # --- the two units of work, the same on both backends -----------------------------------------------------------
 
 
-def score_pass(spec_data: dict[str, Any], scorer: str, points: list[dict[str, Any]], root: str, cpus: int
+def score_pass(spec_data: dict[str, Any], points: list[dict[str, Any]], root: str, cpus: int
                ) -> dict[str, dict[str, Any]]:
-    """Score the model once with `scorer` (or read the sweep's cached scores) and plan every point of it:
-    {point key: {"plan": plan dict} or {"error": why}}. Runs in the driver (local) or a Ray worker."""
+    """Load the model and the calibration rows once, score it with each scorer of `points` (or read the sweep's
+    cached scores) and plan every point: {point key: {"plan": plan dict} or {"error": why}}. Runs in the driver
+    (local: every scorer in one call) or a Ray worker (one call per scorer)."""
     from minillm_core import workflow
     from minillm_core.scoring import GroupScores
 
     spec = SweepSpec.from_dict(spec_data)
     with _threads(cpus):  # the same thread count as the points: the same numbers on every backend
         loaded = workflow.load(spec.model, dtype=spec.dtype, device=spec.device)
-        calibration = None
-        score_config = workflow.ScoreConfig(scorer, seed=spec.calibration.seed)
-        need_rows = workflow.needs_calibration(score_config) or spec.plan.allocation == "search"
-        if need_rows:
-            calibration = workflow.calibrate(loaded, spec.calibration, spec.evaluation.data_dir)
-        cache = _scores_path(spec.key, scorer, Path(root))
-        if cache.is_file():
-            scores = GroupScores.load(cache)
-        else:
-            scores = workflow.score(loaded, score_config, calibration if workflow.needs_calibration(score_config)
-                                    else None)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            scores.save(tmp)
-            os.replace(tmp, cache)
+        rows: list[Any] = []
+
+        def calibration() -> Any:  # built at most once, and only when a scorer or the search needs it
+            if not rows:
+                rows.append(workflow.calibrate(loaded, spec.calibration, spec.evaluation.data_dir))
+            return rows[0]
+
         out: dict[str, dict[str, Any]] = {}
-        for p in map(lambda d: Point(**d), points):
-            config = dataclasses.replace(spec.plan, ratio=p.ratio)
-            try:
-                if config.allocation == "search":
-                    plan = workflow.search_plan(loaded, scores, config, calibration, recon=spec.recon,
-                                                model_name=spec.model)
-                else:
-                    plan = workflow.make_plan(loaded, scores, config, model_name=spec.model)
-                out[p.key] = {"plan": plan.to_dict()}
-            except PlanError as exc:  # beyond what the protected layers allow: the point fails, the sweep goes on
-                out[p.key] = {"error": str(exc)}
+        for scorer in dict.fromkeys(d["scorer"] for d in points):
+            score_config = workflow.ScoreConfig(scorer, seed=spec.calibration.seed)
+            cache = _scores_path(spec.key, scorer, Path(root))
+            if cache.is_file():
+                scores = GroupScores.load(cache)
+            else:
+                scores = workflow.score(loaded, score_config, calibration()
+                                        if workflow.needs_calibration(score_config) else None)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+                scores.save(tmp)
+                os.replace(tmp, cache)
+            for p in (Point(**d) for d in points if d["scorer"] == scorer):
+                config = dataclasses.replace(spec.plan, ratio=p.ratio)
+                try:
+                    if config.allocation == "search":
+                        plan = workflow.search_plan(loaded, scores, config, calibration(), recon=spec.recon,
+                                                    model_name=spec.model)
+                    else:
+                        plan = workflow.make_plan(loaded, scores, config, model_name=spec.model)
+                    out[p.key] = {"plan": plan.to_dict()}
+                except PlanError as exc:  # beyond what the protected layers allow: the point fails, the sweep goes on
+                    out[p.key] = {"error": str(exc)}
         return out
 
 
@@ -380,17 +385,13 @@ def run_sweep(spec: SweepSpec, backend: str = "local", address: str | None = Non
 
 
 class _Local:
-    """Score passes in this process, points one after the other in their own processes."""
+    """Every scorer's pass in this process (one model load), points one after the other in their own processes."""
 
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
 
     def score_passes(self, spec: SweepSpec, points: Sequence[Point], root: str) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for scorer in dict.fromkeys(p.scorer for p in points):
-            mine = [asdict(p) for p in points if p.scorer == scorer]
-            out |= score_pass(spec.to_dict(), scorer, mine, root, self.resources.cpus)
-        return out
+        return score_pass(spec.to_dict(), [asdict(p) for p in points], root, self.resources.cpus)
 
     def run_points(self, folders: dict[Point, str], finish: Callable[..., None]) -> None:
         for p, folder in folders.items():
@@ -409,8 +410,9 @@ class _Local:
 
 
 class _Ray:
-    """Score passes and points as Ray tasks (a local instance, or the cluster at `address`). Points wait for their
-    scorer's pass; a task whose worker dies is retried by Ray, a killed run process by the task's retry policy."""
+    """Score passes (one task per scorer, in parallel) and then the points as Ray tasks (a local instance, or the
+    cluster at `address`); a task whose worker dies is retried by Ray, a killed run process by the task's retry
+    policy."""
 
     def __init__(self, address: str | None, resources: Resources) -> None:
         try:
@@ -436,8 +438,8 @@ class _Ray:
                                                         retry_exceptions=[PointInterrupted])
 
     def score_passes(self, spec: SweepSpec, points: Sequence[Point], root: str) -> dict[str, dict[str, Any]]:
-        refs = [self.score_task.remote(spec.to_dict(), scorer, [asdict(p) for p in points if p.scorer == scorer],
-                                       root, self.resources.cpus)
+        refs = [self.score_task.remote(spec.to_dict(), [asdict(p) for p in points if p.scorer == scorer], root,
+                                       self.resources.cpus)
                 for scorer in dict.fromkeys(p.scorer for p in points)]
         out: dict[str, dict[str, Any]] = {}
         for part in self._get(refs):
