@@ -14,9 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from minillm_core.devices import resolve_device, resolve_dtype
+from minillm_core.devices import PlacementConfig, resolve_device, resolve_dtype, spread
 from minillm_core.errors import MiniLLMError, ModelLoadError
 from minillm_core.modeling import LayerPlanIndices, LayerShape, check_supported, get_adapter
 from minillm_core.outputs import clean_leftovers, staging_dir, write_failure
@@ -164,12 +165,14 @@ def _check_manifest(data: dict[str, Any], file: Path) -> None:
         raise ModelLoadError(f"{file} is malformed: {problem}; re-save the model with minillm")
 
 
-def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> tuple[nn.Module, Any]:
-    """Load any pruned directory: rebuild the module tree at the saved widths, then read the safetensors weights."""
+def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto",
+                placement: PlacementConfig | None = None) -> tuple[nn.Module, Any]:
+    """Load any pruned directory: rebuild the module tree at the saved widths, then read the safetensors weights
+    (with a `placement` device map: accelerate reads them onto the devices, CPU memory and disk it spreads over)."""
     from accelerate import init_empty_weights
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = user_path(path)
     if not path.is_dir():
@@ -195,6 +198,8 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> 
     except (MiniLLMError, ValueError, IndexError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(f"{path / MANIFEST} does not fit its config.json ({exc}); re-save the model with "
                              "minillm") from None
+    if placement is not None and placement.spread:
+        return _dispatch_pruned(model, path, placement, resolve_dtype(dtype, resolve_device(device))), _tokenizer(path)
     state_dict = {}
     try:
         for file in sorted(path.glob("*.safetensors")):
@@ -213,8 +218,41 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto") -> 
                              f"unexpected {unexpected[:3]})")
     dev = resolve_device(device)
     model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
-    return model, tokenizer
+    return model, _tokenizer(path)
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
+
+
+def _dispatch_pruned(model: nn.Module, path: Path, placement: PlacementConfig, dtype: torch.dtype) -> nn.Module:
+    """The pruned tree (on the meta device, at its widths) filled from its safetensors files by accelerate and
+    spread over devices as `placement` says."""
+    from accelerate import infer_auto_device_map, load_checkpoint_and_dispatch
+    from safetensors import SafetensorError
+
+    index = path / "model.safetensors.index.json"
+    files = sorted(path.glob("*.safetensors"))
+    if not index.is_file() and len(files) != 1:
+        raise ModelLoadError(f"{path} has {len(files)} safetensors files and no model.safetensors.index.json; "
+                             "a device map reads one file or an indexed set")
+    model.tie_weights()
+    no_split = list(model._no_split_modules or [])
+    device_map: str | dict[str, Any] = placement.device_map
+    probe = infer_auto_device_map(model, max_memory=placement.memory_budget(), no_split_module_classes=no_split,
+                                  dtype=dtype, clean_result=False)
+    if set(probe.values()) == {"disk"}:  # accelerate cannot read a checkpoint straight to disk: the embeddings
+        device_map = dict(probe) | {next(iter(probe)): "cpu"}  # (first module) stay in CPU memory
+    try:
+        model = spread(load_checkpoint_and_dispatch, placement, model=model, device_map=device_map,
+                       checkpoint=str(index if index.is_file() else files[0]), no_split_module_classes=no_split,
+                       dtype=dtype)
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot spread the weights in {path} over devices: {first}") from None
+    return model.eval()
 
 
 def load_plan(path: str | Path) -> PruningPlan | None:

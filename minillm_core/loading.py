@@ -17,8 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from minillm_core.devices import DEVICES, DTYPES, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
-from minillm_core.errors import ModelLoadError
+from minillm_core.devices import (  # noqa: F401 (re-exported)
+    DEVICES,
+    DTYPES,
+    PlacementConfig,
+    input_device,
+    resolve_device,
+    resolve_dtype,
+    spread,
+)
+from minillm_core.errors import MiniLLMError, ModelLoadError
 from minillm_core.modeling import ArchAdapter, check_supported, get_adapter
 from minillm_core.options import option
 from minillm_core.outputs import clean_leftovers, staging_dir
@@ -73,7 +81,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go (a model spread over devices: where its embeddings run)."""
+        return input_device(self.model)
 
 
 def bundled_gguf_path(name: str) -> Path:
@@ -161,10 +170,13 @@ def load_model(
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    placement: PlacementConfig | None = None,
 ) -> LoadedModel:
     """Load a model and tokenizer by bundled name, path (directory or .gguf) or Hub id.
 
-    Pruned directories (with a `minillm_manifest.json`) are rebuilt with their per-layer widths.
+    Pruned directories (with a `minillm_manifest.json`) are rebuilt with their per-layer widths. With a
+    `placement` device map the model is spread over the GPUs, CPU memory and disk by accelerate (for evaluation:
+    its modules move their inputs where their weights are, and offloaded weights are read when used).
     """
     from minillm_core.io import MANIFEST, load_pruned
 
@@ -172,15 +184,17 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     source = resolve_source(name)
     if isinstance(source, Path) and (source / MANIFEST).is_file():
-        model, tokenizer = load_pruned(source, dtype=dtype, device=device)
+        model, tokenizer = load_pruned(source, dtype=dtype, device=device, placement=placement)
     else:
-        model, tokenizer = _load_plain(source, torch_dtype, trust_remote_code)
-        model.to(dev)
+        model, tokenizer = _load_plain(source, torch_dtype, trust_remote_code, placement)
+        if placement is None or not placement.spread:
+            model.to(dev)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=get_adapter(model), name=name, source=str(source))
 
 
-def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, object]:
+def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
+                placement: PlacementConfig | None = None) -> tuple[nn.Module, object]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = f"model directory {source}" if isinstance(source, Path) else f"model {source!r}"
@@ -195,7 +209,13 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool)
         ) from exc
     check_supported(config.model_type)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        if placement is not None and placement.spread:
+            model = spread(AutoModelForCausalLM.from_pretrained, placement, pretrained_model_name_or_path=source,
+                           dtype=dtype, trust_remote_code=trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    except MiniLLMError:
+        raise
     except Exception as exc:  # safetensors, OSError, shape mismatches: all mean "this file is not usable"
         raise ModelLoadError(f"cannot load weights of {where}: corrupt or truncated file ({exc})") from exc
     try:

@@ -5,6 +5,8 @@ are read from the checkpoint (safetensors `safe_open`, one tensor at a time), th
 read, its heads and channels chosen by OBS on its actual inputs (the pruned model's outputs so far), pruned,
 re-fitted, run forward for the next layer's inputs, written to its own shard and put back on the meta device. Peak
 memory: the non-layer weights + one layer (dense and pruned) + the calibration activations, whatever the depth.
+On CUDA the non-layer weights, the layer being processed and the activations are on the GPU; the other layers are
+on the disk (or on the meta device, i.e. nowhere) and every finished layer is copied to the CPU only to be written.
 
 The engine is the in-memory one (`reconstruction.prune_and_reconstruct` with load/done hooks), so the result is the
 same tensor for tensor; the output is a pruned model directory (`load_pruned`, and `from_pretrained` when the widths
@@ -30,6 +32,7 @@ from torch import nn
 
 from minillm_core.allocation import build_plan
 from minillm_core.calibration import SELF_SOURCE, CalibrationConfig, build_calibration
+from minillm_core.devices import resolve_device
 from minillm_core.errors import MiniLLMError, ModelLoadError, PlanError
 from minillm_core.io import MANIFEST, PLAN_FILE, check_output_dir, manifest_for, staged_dir
 from minillm_core.modeling import check_supported, get_adapter
@@ -99,8 +102,9 @@ def _return_freed_memory() -> None:
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def _skeleton(source: Path, dtype: torch.dtype) -> nn.Module:
-    """The model's module tree with every parameter on the meta device (buffers such as rotary tables are real)."""
+def _skeleton(source: Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The model's module tree with every parameter on the meta device and its buffers (rotary tables) on
+    `device`."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -112,11 +116,16 @@ def _skeleton(source: Path, dtype: torch.dtype) -> nn.Module:
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.tie_weights()  # a tied head is the embedding's parameter (counted and stored once)
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.device != device:
+                module._buffers[name] = buffer.to(device)
     return model.eval()
 
 
-def _load_params(model: nn.Module, module: nn.Module, ckpt: Checkpoint, dtype: torch.dtype) -> None:
-    """Read every parameter of `module` (a part of `model`) from the checkpoint."""
+def _load_params(model: nn.Module, module: nn.Module, ckpt: Checkpoint, dtype: torch.dtype,
+                 device: torch.device) -> None:
+    """Read every parameter of `module` (a part of `model`) from the checkpoint onto `device`."""
     prefix = {id(m): n for n, m in model.named_modules()}[id(module)]
     params = list(module.named_parameters())
     values = ckpt.read([f"{prefix}.{name}" if prefix else name for name, _ in params])
@@ -126,7 +135,7 @@ def _load_params(model: nn.Module, module: nn.Module, ckpt: Checkpoint, dtype: t
         if tuple(value.shape) != tuple(param.shape):
             raise ModelLoadError(f"tensor {full} is {tuple(value.shape)} in the checkpoint, {tuple(param.shape)} in "
                                  "config.json")
-        set_module_tensor_to_device(module, name, "cpu", value=value, dtype=dtype)
+        set_module_tensor_to_device(module, name, device, value=value, dtype=dtype)
 
 
 def _layers_prefix(model: nn.Module) -> str:
@@ -158,10 +167,13 @@ def prune_streamed(
     dtype: torch.dtype = torch.float32,
     overwrite: bool = False,
     progress: Progress = no_progress,
+    device: str = "cpu",
 ) -> tuple[PruningPlan, dict[str, Any]]:
     """Prune the safetensors model directory `model` to `out` without ever holding more than one decoder layer:
     widths from `plan_config` (uniform or schedule), units by OBS per layer, re-fit with `recon`, on calibration rows
-    from `calibration`. Returns the plan the result follows and a report (parameters, shards, the re-fit)."""
+    from `calibration`, computed on `device` (auto: CUDA when present; only the layer being processed and the
+    non-layer weights are there). Returns the plan the result follows and a report (parameters, shards, the re-fit).
+    """
     from transformers import AutoTokenizer
 
     recon = recon or ReconstructConfig()
@@ -171,7 +183,8 @@ def prune_streamed(
         raise ModelLoadError(f"out-of-core pruning needs a local model directory with config.json and safetensors "
                              f"weights; {source} is not one")
     target = check_output_dir(out, overwrite)  # before any work
-    net = _skeleton(source, dtype)
+    dev = resolve_device(device)
+    net = _skeleton(source, dtype, dev)
     ckpt = Checkpoint(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -189,7 +202,7 @@ def prune_streamed(
     rest = [n for n, p in net.named_parameters() if id(p) not in in_layers]
     stored = [n for n in rest if n in ckpt.where]  # a tied head is not stored: tying fills it in
     for name, value in ckpt.read(stored).items():  # embeddings, final norm, head
-        set_module_tensor_to_device(net, name, "cpu", value=value, dtype=dtype)
+        set_module_tensor_to_device(net, name, dev, value=value, dtype=dtype)
     net.tie_weights()
     missing = [n for n, p in net.named_parameters() if p.is_meta and n in rest]
     if missing:
@@ -202,17 +215,20 @@ def prune_streamed(
         nonlocal total
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / file), metadata={"format": "pt"})
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / file),
+                  metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, file))
         total += sum(v.numel() * v.element_size() for v in tensors.values())
 
     def load(i: int) -> None:
-        _load_params(net, layers[i], ckpt, dtype)
+        _load_params(net, layers[i], ckpt, dtype, dev)
 
     def done(i: int) -> None:
         layer = adapter.layers()[i]  # the pruned module (surgery replaced its linears)
         write({f"{prefix}{i}.{k}": v for k, v in layer.state_dict().items()}, f"model-layer-{i:05d}.safetensors")
         layer.to("meta")  # freed: the next layer takes its place
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
         _return_freed_memory()
 
     with staged_dir(target) as tmp:
@@ -237,6 +253,6 @@ def prune_streamed(
         result = dataclasses.replace(result, provenance={**result.provenance, "out_of_core": True})
         result.save(tmp / PLAN_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest_for(net), indent=1), encoding="utf-8")
-    return result, {"params_before": plan.original_params, "params_after": params,
+    return result, {"device": str(dev), "params_before": plan.original_params, "params_after": params,
                     "shards": len(set(weight_map.values())), "loads_with_from_pretrained": from_pretrained_ok,
                     "reconstruction": summary}

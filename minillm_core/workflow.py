@@ -32,7 +32,7 @@ from minillm_core.evaluation.compare import check_same_tokenizer
 from minillm_core.evaluation.llamacpp import LlamaCppConfig
 from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_to_original, evaluate
 from minillm_core.gguf_export import GGUFConfig, GGUFExport
-from minillm_core.loading import LoadConfig, LoadedModel, load_model
+from minillm_core.loading import LoadConfig, LoadedModel, PlacementConfig, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
 from minillm_core.planning import (
     ALLOCATIONS,
@@ -67,6 +67,7 @@ __all__ = [
     "LoadConfig",
     "LoadedModel",
     "ModelGeometry",
+    "PlacementConfig",
     "PlanConfig",
     "PlanSummary",
     "PromptSuite",
@@ -137,9 +138,11 @@ def _no_steps(_name: str) -> Progress:
 # --- model --------------------------------------------------------------------------------------------------------
 
 
-def load(model: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load a bundled name, a local directory (plain or pruned), a `.gguf` file or a Hub id."""
-    return load_model(model, dtype=dtype, device=device)
+def load(model: str, dtype: str = "auto", device: str = "auto", placement: PlacementConfig | None = None
+         ) -> LoadedModel:
+    """Load a bundled name, a local directory (plain or pruned), a `.gguf` file or a Hub id (with `placement`:
+    spread over GPUs, CPU memory and disk, for evaluation)."""
+    return load_model(model, dtype=dtype, device=device, placement=placement)
 
 
 def model_dir_of(name: str) -> Path | None:

@@ -54,6 +54,33 @@ def test_out_of_core_equals_in_memory_tensor_for_tensor(kind, tmp_path, fixture_
     assert torch.equal(got(ids).logits, expected(ids).logits)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the device machine)")
+def test_out_of_core_on_cuda_keeps_one_layer_on_the_gpu(tmp_path, fixture_mirror, monkeypatch):
+    """On CUDA the layer being processed is on the GPU and the rest is not (each layer, when read, finds no other
+    on the GPU); the result matches the CPU pass up to float rounding."""
+    import minillm_core.streamed as streamed
+    from minillm_core.modeling import get_adapter
+
+    seen, read = [], streamed._load_params
+
+    def spy(model, module, ckpt, dtype, device):
+        seen.append(sum(any(p.device.type == "cuda" for p in layer.parameters())
+                        for layer in get_adapter(model).layers()))
+        read(model, module, ckpt, dtype, device)
+        assert all(p.device.type == "cuda" for p in module.parameters())
+
+    monkeypatch.setattr(streamed, "_load_params", spy)
+    source = save_tiny_model_dir(tmp_path / "m", "llama-gqa")
+    config = PlanConfig(ratio=0.3, protected_layers=())
+    _, report = prune_streamed(source, tmp_path / "gpu", config, CALIB, data_dir=fixture_mirror, device="cuda")
+    assert report["device"].startswith("cuda") and seen == [0] * 4
+    prune_streamed(source, tmp_path / "cpu", config, CALIB, data_dir=fixture_mirror, device="cpu")
+    gpu, _ = load_pruned(tmp_path / "gpu", dtype="float32", device="cpu")
+    cpu, _ = load_pruned(tmp_path / "cpu", dtype="float32", device="cpu")
+    ids = torch.randint(0, 90, (2, 12))
+    assert torch.allclose(gpu(ids).logits, cpu(ids).logits, atol=1e-3)
+
+
 def test_uniform_result_loads_with_plain_from_pretrained(tiny_model_dir, tmp_path, fixture_mirror):
     from transformers import AutoModelForCausalLM
 
@@ -82,6 +109,10 @@ def test_refusals_before_any_work(tiny_model_dir, tmp_path, fixture_mirror):
     with pytest.raises(MiniLLMError, match="not empty"):
         prune_streamed(tiny_model_dir, tmp_path / "taken", PlanConfig(), CALIB, data_dir=fixture_mirror)
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep"
+    if not torch.cuda.is_available():
+        with pytest.raises(MiniLLMError, match="CUDA is not available"):
+            prune_streamed(tiny_model_dir, tmp_path / "out", PlanConfig(), CALIB, data_dir=fixture_mirror,
+                           device="cuda")
 
 
 def test_cli_prune_out_of_core(tiny_model_dir, tmp_path, fixture_mirror):

@@ -83,12 +83,15 @@ def emit(as_json: bool, payload: dict[str, Any], render: Callable[[], None]) -> 
         render()
 
 
-def load(config: workflow.LoadConfig) -> workflow.LoadedModel:
+def load(config: workflow.LoadConfig, placement: workflow.PlacementConfig | None = None) -> workflow.LoadedModel:
     t0 = time.perf_counter()
     stderr(f"loading {config.model} ...")
-    loaded = workflow.load(config.model, dtype=config.dtype, device=config.device)
+    loaded = workflow.load(config.model, dtype=config.dtype, device=config.device, placement=placement)
+    where = getattr(loaded.model, "hf_device_map", None)
+    placed = ", ".join(f"{n} {sum(1 for v in where.values() if str(v) == n)} module(s)"
+                       for n in dict.fromkeys(map(str, where.values()))) if where else loaded.device
     stderr(f"loaded {loaded.model.config.model_type} from {loaded.source} in {time.perf_counter() - t0:.1f} s "
-           f"on {loaded.device}")
+           f"on {placed}")
     return loaded
 
 

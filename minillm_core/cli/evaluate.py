@@ -27,7 +27,15 @@ from minillm_core.cli.options import Only, config_command
 from minillm_core.errors import MiniLLMError
 from minillm_core.outputs import check_output_file
 from minillm_core.runs.files import write_json
-from minillm_core.workflow import CalibrationConfig, EvalConfig, LlamaCppConfig, LoadConfig, PlanConfig, ScoreConfig
+from minillm_core.workflow import (
+    CalibrationConfig,
+    EvalConfig,
+    LlamaCppConfig,
+    LoadConfig,
+    PlacementConfig,
+    PlanConfig,
+    ScoreConfig,
+)
 
 CompareOpt = Annotated[str | None, typer.Option(
     help="The original model (name, path or Hub id): adds KL divergence, top-1 agreement, retained % and speed-ups.")]
@@ -71,12 +79,14 @@ def _render_metrics(payload: dict[str, Any]) -> None:
         typer.echo("\n".join(f"{k:>28}: {v:,.4g}" for k, v in payload["metrics"].items()))
 
 
-def _pair(load_config: LoadConfig, compare_to: str, config: EvalConfig, bar: Bar) -> workflow.RunMetrics:
-    """Evaluate `load_config.model` against the original `compare_to` (loaded with the same dtype and device)."""
+def _pair(load_config: LoadConfig, compare_to: str, config: EvalConfig, bar: Bar,
+          placement: PlacementConfig | None = None) -> workflow.RunMetrics:
+    """Evaluate `load_config.model` against the original `compare_to` (loaded with the same dtype and device, or
+    both spread by the same `placement`)."""
     import dataclasses
 
-    pruned = load(load_config)
-    original = load(dataclasses.replace(load_config, model=compare_to))
+    pruned = load(load_config, placement)
+    original = load(dataclasses.replace(load_config, model=compare_to), placement)
     workflow.check_same_tokenizer(original.tokenizer, pruned.tokenizer, original.model, pruned.model)
     run = workflow.evaluate_pair(original.model, pruned.model, pruned.tokenizer, config, model_name=load_config.model,
                                  pruned_dir=workflow.model_dir_of(load_config.model),
@@ -88,8 +98,9 @@ def _pair(load_config: LoadConfig, compare_to: str, config: EvalConfig, bar: Bar
     return run
 
 
-def _single(load_config: LoadConfig, config: EvalConfig, text: Path | None, bar: Bar) -> dict[str, Any]:
-    loaded = load(load_config)
+def _single(load_config: LoadConfig, config: EvalConfig, text: Path | None, bar: Bar,
+            placement: PlacementConfig | None = None) -> dict[str, Any]:
+    loaded = load(load_config, placement)
     metrics, details = workflow.evaluate(loaded.model, loaded.tokenizer, config,
                                          workflow.model_dir_of(load_config.model), progress=bar)
     if config.speed:
@@ -158,6 +169,7 @@ def _render_llamacpp(payload: dict[str, Any]) -> None:
 def eval_cmd(
     ctx: typer.Context,
     load_config: LoadConfig,
+    placement: PlacementConfig,
     evaluation: EvalConfig,
     llamacpp: LlamaCppConfig,
     engine: Annotated[str, typer.Option(help=f"Where to run the models: {' or '.join(ENGINES)} (exports a GGUF "
@@ -176,6 +188,10 @@ def eval_cmd(
     with user_errors():
         if engine not in ENGINES:
             raise MiniLLMError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
+        if placement.spread and engine != "torch":
+            raise MiniLLMError("--device-map spreads a PyTorch model over devices; allowed with --engine torch only")
+        if placement.spread and evaluation.speed:
+            raise MiniLLMError("--speed measures a model on one device; allowed without --device-map only")
         _check_outputs(out=out, run_dir=run_dir)
         config = _with_data(evaluation, data_dir)
         if text is not None and _defaulted(ctx, "ppl"):
@@ -186,12 +202,12 @@ def eval_cmd(
                 if run_dir:
                     _write_json(run_dir / "llamacpp.json", payload)
             elif compare_to:
-                run = _pair(load_config, compare_to, config, bar)
+                run = _pair(load_config, compare_to, config, bar, placement)
                 payload = run.to_dict()
                 if run_dir:
                     run.write(run_dir)
             else:
-                payload = _single(load_config, config, text, bar)
+                payload = _single(load_config, config, text, bar, placement)
                 if run_dir:
                     _write_json(run_dir / "metrics.json", payload)
         if out is not None:

@@ -175,7 +175,8 @@ def _prune_out_of_core(out: Path, load_config: LoadConfig, plan: PlanConfig, rec
         streamable(plan, recon, calib)
         check_output_dir(out, overwrite)
         if load_config.dtype not in ("auto", "float32"):
-            raise MiniLLMError("out-of-core pruning runs in float32 on the CPU (--dtype auto or float32)")
+            raise MiniLLMError("out-of-core pruning runs in float32 (--dtype auto or float32); on CUDA the layer "
+                               "being processed is on the GPU (--device)")
         source = workflow.model_dir_of(load_config.model)
         if source is None:
             raise MiniLLMError(f"out-of-core pruning reads a local model directory; download {load_config.model} "
@@ -183,7 +184,7 @@ def _prune_out_of_core(out: Path, load_config: LoadConfig, plan: PlanConfig, rec
         t0 = time.perf_counter()
         with Bar(not as_json) as bar:
             _, report = prune_streamed(source, out, plan, calib, recon, data_dir, overwrite=overwrite,
-                                       progress=bar)
+                                       progress=bar, device=load_config.device)
         payload = {"out": str(out), "out_of_core": True, **report,
                    "removed_fraction": 1 - report["params_after"] / report["params_before"],
                    "seconds": round(time.perf_counter() - t0, 3)}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from minillm_core.devices import input_device
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.compare import kl_and_agreement_from_logits
 from minillm_core.modeling.base import max_context
@@ -273,7 +274,7 @@ def _generate(model: Any, tokenizer: Any, texts: list[str], special: bool, confi
     if context is not None and longest + config.max_new_tokens > context:
         raise MiniLLMError(f"a prompt of {longest} tokens plus {config.max_new_tokens} new tokens exceeds the model's "
                            f"context of {context} positions; shorten the prompts or lower max_new_tokens")
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     kwargs = {"do_sample": True, "temperature": config.temperature} if config.sample else {"do_sample": False}
     if config.sample:  # the same seed before each batch of each model: reproducible and comparable
@@ -301,7 +302,7 @@ def _response_logits(model: Any, prompts: list[list[int]], responses: list[list[
     width = max(len(s) for s in seqs)
     vocab = model.get_output_embeddings().weight.shape[0]
     rows = max(1, LOGITS_BUDGET_BYTES // (4 * width * vocab))
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = []
     for start in range(0, len(seqs), rows):
         chunk = seqs[start:start + rows]

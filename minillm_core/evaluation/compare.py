@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from minillm_core.devices import input_device
 from minillm_core.errors import MiniLLMError
 from minillm_core.progress import Progress, no_progress
 
@@ -46,8 +47,8 @@ def compare_models(
     kl_sum, agree, n = 0.0, 0, 0
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size]
-        ref = original(batch.to(next(original.parameters()).device)).logits.float().cpu()
-        cand = pruned(batch.to(next(pruned.parameters()).device)).logits.float().cpu()
+        ref = original(batch.to(input_device(original))).logits.float().cpu()
+        cand = pruned(batch.to(input_device(pruned))).logits.float().cpu()
         kl, same = kl_and_agreement_from_logits(ref, cand)
         kl_sum += float(kl.sum())
         agree += int(same.sum())

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from minillm_core.devices import input_device
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -33,7 +35,7 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 48, 
              temperature: float = 0.7, seed: int = 0, label: str = "", chat: bool = True) -> Generation:
     """One completion; with `chat`, the prompt goes through the chat template when the tokenizer has one,
     otherwise the text is continued as is."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     if chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from minillm_core.data import perplexity_text
+from minillm_core.devices import input_device
 from minillm_core.errors import DataError
 from minillm_core.progress import Progress, no_progress
 
@@ -136,7 +137,7 @@ def perplexity(
     ids = tokenize_prefix(tokenizer, text, None if limit is None else limit * seq_len)
     windows = token_windows(ids, seq_len, limit)
     n_windows = windows.shape[0]
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else input_device(model)
     logger.info("perplexity: %d windows of %d tokens (%d tokens in the text)", n_windows, seq_len, ids.numel())
     nll_sum = 0.0
     with _eval_mode(model):

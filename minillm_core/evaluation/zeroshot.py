@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from minillm_core.devices import input_device
 from minillm_core.errors import DataError
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS, Item, build_items, load_docs
 from minillm_core.modeling.base import max_context
@@ -57,7 +58,7 @@ def loglikelihoods(
 
     Inputs are (context + continuation)[-(max_length + 1):][:-1] as in lm-eval; longest first, right-padded.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     max_length = max_length or max_context(model) or 2048  # lm-eval HFLM's default when the model states none
     encoded = []
     for context, continuation in requests:
