@@ -84,6 +84,22 @@ if datasets:
     ds = st.selectbox("Quality measure for the scatter", datasets)
     st.plotly_chart(figures.pareto_figure(done, ds), key="pareto_chart")
 
+# --- run vs run -------------------------------------------------------------------------------------------------
+if len(done) >= 2:
+    st.subheader("Two runs side by side")
+    labels = {r.id: f"{r.name} ({r.id})" for r in done}
+    ids = list(labels)
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Run A", ids, index=ids.index(run.id), format_func=labels.get, key="vs_a")
+    b = c2.selectbox("Run B", ids, index=1 if ids[0] == a else 0, format_func=labels.get, key="vs_b")
+    metrics, differ, same = runs.side_by_side(a, b)
+    st.dataframe(pd.DataFrame(metrics), hide_index=True, key="vs_metrics")
+    if differ:
+        st.markdown(f"**Settings that differ** ({same} others are the same)")
+        st.dataframe(pd.DataFrame(differ), hide_index=True, key="vs_settings")
+    else:
+        st.caption(f"The two runs have the same settings ({same} compared).")
+
 # --- threshold search curve -------------------------------------------------------------------------------------
 with st.expander("Threshold search curve (from `minillm search --out search.json`)"):
     upload = st.file_uploader("search.json", type=["json"], key="search_upload")

@@ -239,6 +239,23 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert "No runs recorded yet" in app.info[0].value
 
 
+def test_compare_puts_two_runs_side_by_side_with_the_settings_that_differ(app, runs_dir, tiny_model_dir):
+    first = runs.submit(spec_for(tiny_model_dir, name="a"), runs_dir)
+    second = runs.submit(spec_for(tiny_model_dir, name="b", seq_len=8), runs_dir)
+    assert wait_done(first, runs_dir).state == wait_done(second, runs_dir).state == "done"
+    goto(app, "5_compare.py")
+    assert "Two runs side by side" in [h.value for h in app.subheader]
+    assert {app.selectbox(key="vs_a").value, app.selectbox(key="vs_b").value} == {first, second}
+    metrics = frame(app, "B vs A")
+    assert "perplexity wikitext2" in set(metrics["metric"])
+    settings = frame(app, "setting")
+    assert list(settings["setting"]) == ["evaluation.seq_len"]  # not the name nor the time: nothing else differs
+    assert sorted(settings[["A", "B"]].iloc[0]) == ["16", "8"]
+    app.selectbox(key="vs_b").set_value(app.selectbox(key="vs_a").value)
+    ok(app.run())
+    assert any("the same settings" in c.value for c in app.caption)
+
+
 def test_failed_job_shows_its_error(app, runs_dir, tiny_model_dir):
     job_id = runs.submit(spec_for(tiny_model_dir, model=str(tiny_model_dir.parent / "gone")), runs_dir)
     wait_done(job_id, runs_dir)

@@ -192,6 +192,10 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     expect(table_row(page, "parameters")).to_have_count(4)
     expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\) .* (worse|better)"))).to_be_visible()
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
+    scatter = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+        .map(g => ({y: g.layout.yaxis.type, names: g.data.map(t => t.name)}))
+        .find(g => g.names.includes('original'))""")
+    assert scatter["y"] == "log" and len(scatter["names"]) >= 2  # the dense point beside the run, log quality axis
     shot(page, "05-compare")
     contract = page.get_by_role("heading", name="Does it pass a quality contract?")
     expect(page.get_by_test_id("stAlertContainer").filter(has_text="Contract chat-assistant")).to_be_visible()
@@ -209,6 +213,8 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     assert report.name == "minillm-report-offline.html"
     assert "MINI-LLM Studio report" in html and job_id in html
     assert "Plotly.newPlot" in html and "plotly.js v" in html  # figures plus the embedded library (offline)
+    assert '"template":{"data"' in html.replace(" ", "") and "#636efa" in html.lower()  # a fixed light template:
+    # traces take its colours, not the server theme's placeholders (which render black)
     page.wait_for_selector(IDLE)
     shot(page, "06-runs", button)
 
@@ -247,3 +253,37 @@ def test_ab_page_answers_a_suite_and_shows_where_the_answers_part(page, server, 
     expect(page.get_by_role("heading", name=re.compile(r"On 2 mine prompts"))).to_be_visible()
     assert len(runs.ab_results(job_id, runs_dir)) == 2
     shot(page, "09-ab-table", page.get_by_test_id("stDataFrame"))
+
+
+def test_scores_survive_a_reload(page, tiny_model_dir):
+    use_model(page, tiny_model_dir)
+    goto_page(page, "Importance")
+    rerun(page, page.get_by_role("button", name="Compute scores").click, timeout=120)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(3)
+    rerun(page, page.reload, timeout=120)  # a new browser session: the model choice is back to the default ...
+    use_model(page, tiny_model_dir)
+    goto_page(page, "Importance")  # ... and the scores of this model and calibration come back from the server
+    expect(page.get_by_text("No scores yet")).to_have_count(0)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(3)
+    expect(page.get_by_test_id("stSidebar")).to_contain_text("Scores: flap")
+
+
+@pytest.fixture(scope="module")
+def cold_server(tmp_path_factory, data_root):
+    """A second server no browser has visited yet."""
+    tmp = tmp_path_factory.mktemp("cold")
+    env = app_env(tmp / "runs", MINILLM_DATA_DIR=str(data_root))
+    with streamlit_server(env, ARTIFACTS / "cold-server.log") as url:
+        yield url
+
+
+def test_every_page_opens_from_a_deep_link_on_a_cold_server(context, cold_server):
+    for path, title in (("importance", "Importance"), ("plan", "Plan"), ("run", "Prune & evaluate"),
+                        ("compare", "Compare"), ("sweep", "Sweep ratios"), ("ab", "A/B test"),
+                        ("runs", "Runs & report")):
+        tab = context.new_page()  # a new session that starts on this page, not on the router's first page
+        tab.goto(f"{cold_server}/{path}")
+        wait_idle(tab, 120)
+        expect(tab.get_by_role("heading", name=title, level=1)).to_be_visible()
+        expect(tab.get_by_test_id("stException")).to_have_count(0)
+        tab.close()

@@ -82,6 +82,7 @@ __all__ = [
     "rename",
     "runs_root",
     "save_ab",
+    "side_by_side",
     "size_quality_points",
     "status",
     "submit",
@@ -164,6 +165,18 @@ def delete(run_id: str, root: Root = None) -> None:
 
 def read_spec(run_id: str, root: Root = None) -> RunSpec:
     return store.read_spec(store.run_dir(run_id, root))
+
+
+def side_by_side(a: str, b: str, root: Root = None) -> tuple[list[dict[str, str]], list[dict[str, str]], int]:
+    """Runs `a` and `b` compared: their pruned metrics (B against A) and the settings that differ
+    (`compare.run_vs_run`); a run without a readable spec (written by an older version) shows "(not recorded)"."""
+    specs = []
+    for run_id in (a, b):
+        try:
+            specs.append(read_spec(run_id, root).to_dict())
+        except (MiniLLMError, OSError):
+            specs.append(None)
+    return compare.run_vs_run(get(a, root), get(b, root), *specs)
 
 
 def read_metrics(run_id: str, root: Root = None) -> dict[str, Any] | None:

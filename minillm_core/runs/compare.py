@@ -246,3 +246,40 @@ def metrics_csv(runs: Sequence[Run]) -> str:
 def metrics_json(runs: Sequence[Run]) -> str:
     """Every field of each run plus its flat row (`"flat"`)."""
     return json.dumps([{**asdict(r), "flat": r.flat_metrics()} for r in runs], indent=1)
+
+
+#: Spec fields that differ between any two runs and say nothing about how they were made.
+_NOT_SETTINGS = ("name", "extra", "plan.layers", "plan.original", "plan.predicted_params", "plan.removed_fraction",
+                 "plan.original_params", "plan.format", "plan.provenance.created", "format")
+
+
+def flat_settings(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A run spec (`RunSpec.to_dict()`) as `section.field -> text`, without the per-layer kept indices (the plan's
+    widths follow from its settings) and without the name; lists print as comma-separated values."""
+    out: dict[str, str] = {}
+    for key, value in spec.items():
+        name = f"{prefix}{key}"
+        if name in _NOT_SETTINGS:
+            continue
+        if isinstance(value, dict):
+            out |= flat_settings(value, f"{name}.") if value else {name: "-"}
+        elif isinstance(value, (list, tuple)):
+            out[name] = ", ".join(map(str, value)) if value else "-"
+        else:
+            out[name] = "-" if value is None else str(value)
+    return out
+
+
+def run_vs_run(a: Run, b: Run, spec_a: dict[str, Any] | None, spec_b: dict[str, Any] | None
+               ) -> tuple[list[dict[str, str]], list[dict[str, str]], int]:
+    """Two runs side by side (as W&B's run comparer): the pruned models' metrics with B's change against A, and the
+    settings that differ (`spec_a`/`spec_b`: their specs as dicts; None when a run has none). Returns (metrics rows,
+    differing settings rows, how many settings are the same)."""
+    pa, pb = a.metrics.get("pruned") or {}, b.metrics.get("pruned") or {}
+    metrics = [{"metric": metric_label(k), "A": format_value(k, pa.get(k)), "B": format_value(k, pb.get(k)),
+                "B vs A": change_of(k, pa.get(k), pb.get(k))} for k in dict.fromkeys([*pa, *pb])]
+    sa, sb = flat_settings(spec_a or {}), flat_settings(spec_b or {})
+    keys = list(dict.fromkeys([*sa, *sb]))
+    differ = [{"setting": k, "A": sa.get(k, "(not recorded)"), "B": sb.get(k, "(not recorded)")}
+              for k in keys if sa.get(k) != sb.get(k)]
+    return metrics, differ, len(keys) - len(differ)
