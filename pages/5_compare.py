@@ -13,7 +13,7 @@ import streamlit as st
 from minillm_core import runs, workflow
 from minillm_core.errors import MiniLLMError
 from ui import figures, state
-from ui.models import greedy_generate, model_handle, pruned_handle
+from ui.models import model_handle, pruned_handle, stream_generate
 from ui.widgets import run_picker
 
 state.init()  # a deep link on a cold server runs this page before the router (app.py)
@@ -117,16 +117,36 @@ with st.expander("Threshold search curve (from `minillm search --out search.json
 
 # --- generations ------------------------------------------------------------------------------------------------
 st.subheader("Same prompt, both models")
+
+
+def _use_example() -> None:
+    if st.session_state.get("gen_example"):
+        st.session_state["gen_prompt"] = st.session_state["gen_example"]
+
+
+examples = [p.messages[-1][1] for name in ("facts", "instructions", "code")
+            for p in workflow.load_suite(name, limit=3).prompts if len(p.messages) == 1]
+st.selectbox("Example prompts", ["", *examples], key="gen_example", on_change=_use_example,
+             format_func=lambda p: p or "(pick one, or write your own below)")
+st.session_state.setdefault("gen_prompt", "The capital of France is")
 with st.form("generate"):
-    prompt = st.text_area("Prompt", "The capital of France is")
-    max_new = int(st.number_input("New tokens", 1, 256, 32))
+    prompt = st.text_area("Prompt", key="gen_prompt")
+    c1, c2 = st.columns(2)
+    max_new = int(c1.number_input("New tokens", 1, 256, 32))
+    chat = c2.checkbox("Chat template (instruct models)", value=True, key="gen_chat",
+                       help="Send the prompt as a user turn of the model's chat template, as a chat app would; "
+                            "off: the text is continued as is. Models without a template always continue.")
     go = st.form_submit_button("Generate")
 if go:
     with state.user_errors():
         original = model_handle(run.model, st.session_state[state.DTYPE], st.session_state[state.DEVICE])
         pruned = pruned_handle(run.model_dir, st.session_state[state.DTYPE], st.session_state[state.DEVICE])
     for col, (label, handle) in zip(st.columns(2), (("original", original), ("pruned", pruned)), strict=True):
-        with col, st.spinner(f"{label} is generating..."):
-            out = greedy_generate(handle, prompt, max_new)
-            st.markdown(f"**{label}** · {out.new_tokens} tokens, {out.tokens_per_s:,.1f} tokens/s")
-            st.text(prompt + out.text)
+        with col:
+            st.markdown(f"**{label}**")
+            result: dict = {}
+            with st.container(border=True):
+                st.write_stream(stream_generate(handle, prompt, max_new, chat, result))
+            out = result["generation"]
+            st.caption(f"{out.new_tokens} new tokens, {out.tokens_per_s:,.1f} tokens/s (greedy; speed over the "
+                       "generated tokens only)")

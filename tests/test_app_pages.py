@@ -218,10 +218,14 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert table.loc[table["metric"] == "parameters", "change"].iloc[0].endswith("better")  # fewer parameters
     assert any("smaller" in m.value and "perplexity (wikitext2)" in m.value for m in app.markdown)  # the headline
     assert len(charts(app)) == 2
-    app.text_area[0].set_value("the cat")
+    app.selectbox(key="gen_example").set_value("What is the capital of France?")
+    ok(app.run())
+    assert app.text_area(key="gen_prompt").value == "What is the capital of France?"  # an example fills the prompt
+    app.text_area(key="gen_prompt").set_value("the cat")
     app.number_input[0].set_value(4)
     ok(app.get("form_submit_button")[0].click().run())
-    assert len(app.text) == 2 and all(t.value.startswith("the cat") for t in app.text)
+    spoken = [c.value for c in app.caption if "new tokens" in c.value]
+    assert len(spoken) == 2 and all(1 <= int(c.split()[0]) <= 4 for c in spoken)  # both answered, streamed
 
     goto(app, "6_runs.py")
     assert frame(app, "state").shape[0] == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -51,8 +52,36 @@ def device_label() -> str:
     return "CPU"
 
 
-def greedy_generate(handle: ModelHandle, prompt: str, max_new_tokens: int = 32) -> Generation:
-    """Greedy continuation of `prompt` (no sampling, so both models are compared on equal terms)."""
+def greedy_generate(handle: ModelHandle, prompt: str, max_new_tokens: int = 32, chat: bool = False,
+                    streamer: object = None) -> Generation:
+    """Greedy continuation of `prompt` (no sampling, so both models are compared on equal terms); with `chat`,
+    the prompt is a user turn of the tokenizer's chat template (instruct models)."""
     with handle.lock:  # the cached model is shared by every session
         return generate(handle.loaded.model, handle.loaded.tokenizer, prompt, max_new_tokens=max_new_tokens,
-                        chat=False)
+                        chat=chat, streamer=streamer)
+
+
+def stream_generate(handle: ModelHandle, prompt: str, max_new_tokens: int, chat: bool, result: dict
+                    ) -> Iterator[str]:
+    """`greedy_generate` as text pieces while the model writes them (for `st.write_stream`); the finished
+    `Generation` (token count, speed) is put in `result["generation"]`. Generation runs in a thread that holds the
+    model's lock; the streamer's timeout ends the wait if it fails, and its error is raised here."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(handle.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                    timeout=300)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result["generation"] = greedy_generate(handle, prompt, max_new_tokens, chat, streamer)
+        except BaseException as exc:  # re-raised in the page's thread below
+            failure.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if failure:
+        raise failure[0]

@@ -32,9 +32,11 @@ class Generation:
 
 @torch.inference_mode()
 def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 48, sample: bool = False,
-             temperature: float = 0.7, seed: int = 0, label: str = "", chat: bool = True) -> Generation:
+             temperature: float = 0.7, seed: int = 0, label: str = "", chat: bool = True, streamer: Any = None
+             ) -> Generation:
     """One completion; with `chat`, the prompt goes through the chat template when the tokenizer has one,
-    otherwise the text is continued as is."""
+    otherwise the text is continued as is. `streamer` (transformers' `TextIteratorStreamer`) receives the text as
+    it is generated."""
     device = input_device(model)
     if chat and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -47,7 +49,7 @@ def generate(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 48, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
     t0 = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=pad, **kwargs)
+    out = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=pad, streamer=streamer, **kwargs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
