@@ -15,8 +15,8 @@ from minillm_core.errors import MiniLLMError
 from ui import state
 from ui.widgets import config_widgets
 
-LORA_OPTIONS = ("method", "data", "n_samples", "epochs", "learning_rate", "rank", "kd_temperature", "kd_alpha",
-                "merge")
+LORA_OPTIONS = ("method", "trainable", "data", "n_samples", "epochs", "learning_rate", "rank", "kd_temperature",
+                "kd_alpha", "merge")
 RECON_OPTIONS = ("enabled", "select", "target", "damping")
 
 

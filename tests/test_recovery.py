@@ -365,3 +365,46 @@ def test_kd_resume_continues_exactly(text_file, tmp_path):
         train(model, tok, config(text_file), out_dir=tmp_path / "run")
     second = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "run")
     torch.testing.assert_close(logits(second.model), logits(straight.model), atol=1e-6, rtol=1e-6)
+
+
+# --- every weight trained (trainable full) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "opt", "bloom"])
+def test_full_kd_trains_every_weight_and_leaves_the_callers_model_alone(kind, text_file, tmp_path):
+    model, p = pruned(kind)
+    teacher = tiny_model(kind)
+    tok = tiny_tokenizer()
+    weights = params(model)
+    cfg = config(text_file, method="kd", trainable="full", learning_rate=1e-3, epochs=3)
+    result = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "full", plan=p)
+    losses = [r["loss"] for r in result.losses]
+    if kind != "bloom":  # BLOOM's tiny pruned model starts within 1e-5 nats of its original: nothing left to learn
+        assert losses[-1] < 0.7 * losses[0]
+    assert type(result.model) is type(model) and not any(q.requires_grad for q in result.model.parameters())
+    trained = dict(result.model.named_parameters())
+    assert all(not torch.equal(weights[n], trained[n]) for n in weights)  # every weight moved, embeddings included
+    assert all(torch.equal(weights[n], q) for n, q in model.named_parameters())  # the caller's copy did not
+    record = json.loads((tmp_path / "full" / RECOVERY_FILE).read_text())
+    assert record["trainable"] == "full" and record["trainable_params"] == sum(w.numel() for w in weights.values())
+    reloaded, _ = load_pruned(tmp_path / "full", dtype="float32", device="cpu")
+    torch.testing.assert_close(logits(reloaded), logits(result.model))
+
+
+def test_full_resume_continues_exactly_and_keep_adapter_is_refused(text_file, tmp_path):
+    model, _ = pruned()
+    teacher = tiny_model("llama-gqa")
+    tok = tiny_tokenizer()
+    cfg = config(text_file, method="kd", trainable="full", learning_rate=1e-3)
+    straight = train(model, tok, cfg, teacher=teacher)
+    progress, stop = _stop_after(steps_per_epoch(16, cfg))
+    assert train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "run", progress=progress,
+                 should_stop=stop).stopped
+    with pytest.raises(MiniLLMError, match="trainable: 'full' -> 'lora'"):
+        train(model, tok, config(text_file, method="kd"), teacher=teacher, out_dir=tmp_path / "run")
+    second = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "run")
+    torch.testing.assert_close(logits(second.model), logits(straight.model), atol=1e-6, rtol=1e-6)
+    with pytest.raises(MiniLLMError, match="with trainable full there is none"):
+        config(text_file, trainable="full", merge=False)
+    with pytest.raises(MiniLLMError, match="allowed: lora, full"):
+        config(text_file, trainable="everything")

@@ -14,6 +14,8 @@ from minillm_core.options import option
 
 # Settings that may change when a run resumes: everything else must match the checkpoint.
 _RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite")
+#: lora: PEFT adapters on the linears; full: every parameter of the pruned model.
+TRAINABLE = ("lora", "full")
 #: What `recover` measures before and after unless told otherwise: WikiText-2 perplexity on the first 40 windows.
 DEFAULT_EVAL = EvalConfig(perplexity=("wikitext2",), limit=40)
 
@@ -63,6 +65,9 @@ class RecoveryConfig:
                                    label="KD temperature")
     kd_alpha: float = option(1.0, "Weight of the distillation term; 1 - alpha goes to the next-token loss.",
                              min=0.0, max=1.0, label="KD weight")
+    trainable: str = option("lora", "What trains: lora (adapters on the linears, merged after; low memory) or full "
+                            "(every remaining weight, embeddings included; AdamW keeps two more copies of the model, "
+                            "Minitron's setting).", choices=TRAINABLE, label="trained weights")
     merge: bool = option(True, "Merge LoRA into the pruned weights, or save the PEFT adapter on its own.",
                          cli="merge/--keep-adapter", label="merge adapters into the weights")
     data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
@@ -85,6 +90,11 @@ class RecoveryConfig:
             raise MiniLLMError("learning_rate and alpha must be > 0 and weight_decay >= 0")
         if self.method not in ("sft", "kd"):
             raise MiniLLMError(f"unknown recovery method {self.method!r}; allowed: sft, kd")
+        if self.trainable not in TRAINABLE:
+            raise MiniLLMError(f"unknown trainable {self.trainable!r}; allowed: {', '.join(TRAINABLE)}")
+        if self.trainable == "full" and not self.merge:
+            raise MiniLLMError("--keep-adapter keeps a LoRA adapter apart; with trainable full there is none (the "
+                               "weights themselves are trained): use --merge or --trainable lora")
         for name, low, high in (("kd_temperature", 0.05, 20.0), ("kd_alpha", 0.0, 1.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:

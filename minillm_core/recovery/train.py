@@ -1,4 +1,5 @@
-"""LoRA training of a pruned model with `peft`: epochs, checkpoints, resume, then merge the adapters or keep them.
+"""Recovery training of a pruned model: LoRA adapters (`peft`, merged after or kept) or every weight (`trainable
+full`); epochs, checkpoints, resume.
 
 `recover()` trains on Alpaca-format or plain text, checkpoints each epoch, resumes, and records before/after metrics.
 """
@@ -99,7 +100,13 @@ def _resolve_targets(model: nn.Module, wanted: tuple[str, ...] | None) -> tuple[
 
 
 def _wrap(model: nn.Module, config: RecoveryConfig, targets: tuple[str, ...]) -> nn.Module:
+    """The model to train: with LoRA adapters on `targets` (a PEFT model), or itself with every weight trainable."""
     from peft import LoraConfig, get_peft_model
+
+    if config.trainable == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
 
     lora = LoraConfig(task_type="CAUSAL_LM", r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(targets), bias="none")
@@ -416,13 +423,16 @@ def recover(
                    progress, live, should_stop, teacher if config.method == "kd" else None)
         stopped = _train(run)
     peft_model.eval()
-    summary = {"evaluation": evaluation.to_dict() if evaluation else None, "target_modules": list(targets),
-               "method": config.method,
+    summary = {"evaluation": evaluation.to_dict() if evaluation else None,
+               "target_modules": list(targets) if config.trainable == "lora" else "all", "method": config.method,
+               "trainable": config.trainable,
                "examples": len(examples), "fingerprint": data_hash,
                "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
+    if config.trainable == "full":
+        peft_model.requires_grad_(False)  # trained: a model like any other from here
     if stopped:
         return _result(peft_model, state, total, True, None, wall0 + time.perf_counter() - t_start, out, {})
-    final = merge_adapters(peft_model) if config.merge else peft_model
+    final = merge_adapters(peft_model) if config.merge and config.trainable == "lora" else peft_model
     after = _evaluate(final, tokenizer, evaluation, progress, "(after)")
     state.wall_seconds = wall0 + time.perf_counter() - t_start
     record = _record(config, state, total, after, summary)
