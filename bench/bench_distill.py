@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ from minillm_core.io import load_plan
 from minillm_core.recovery import RecoveryConfig, recover
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: name -> (loss, trained weights)
+METHODS = {"sft": ("sft", "lora"), "kd": ("kd", "lora"), "sft-full": ("sft", "full"), "kd-full": ("kd", "full")}
 
 
 def main() -> None:
@@ -39,8 +42,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=120)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--limit", type=int, default=40)
-    parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=["sft", "kd"])
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=list(METHODS))
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA methods")
+    parser.add_argument("--full-learning-rate", type=float, default=1e-4, help="methods that train every weight")
     parser.add_argument("--stem", default="distill", help="output name under bench/results/")
     args = parser.parse_args()
     path, _ = pruned_dir(args.ratio)
@@ -49,32 +53,38 @@ def main() -> None:
     evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)
     rows = []
     for method in args.methods:
-        config = RecoveryConfig(method=method, n_samples=args.records, max_length=args.max_length,
-                                max_steps=args.updates, learning_rate=args.learning_rate)
+        loss, trainable = METHODS[method]
+        lr = args.full_learning_rate if trainable == "full" else args.learning_rate
+        config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
+                                max_steps=args.updates, learning_rate=lr)
         with tempfile.TemporaryDirectory() as tmp:
             result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
-                             plan=load_plan(path), teacher=teacher if method == "kd" else None)
+                             plan=load_plan(path), teacher=teacher if loss == "kd" else None)
         rec = result.record
-        rows.append({"method": method, "ppl_before": result.before["ppl/wikitext2"],
+        rows.append({"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"],
+                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                     "ppl_before": result.before["ppl/wikitext2"],
                      "ppl_after": result.after["ppl/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
                      "train_seconds": rec["train_seconds"], "first_loss": rec["losses"][0]["loss"],
                      "last_loss": rec["losses"][-1]["loss"], "losses": rec["losses"]})
         print({k: v for k, v in rows[-1].items() if k != "losses"}, file=sys.stderr, flush=True)
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
-                f"rank 8 / alpha 16 / lr {args.learning_rate:g} / warmup 5 / batch 4, {args.updates} updates on "
+                f"rank 8 / alpha 16 / lr {args.learning_rate:g} (`-full`: every weight, AdamW lr "
+                f"{args.full_learning_rate:g}) / warmup 5 / batch 4, {args.updates} updates on "
                 f"{args.records} seeded "
                 f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
                 f"model at T=1 at every token (prompt included). WikiText-2 test, first {args.limit} windows of 128 "
-                f"tokens. "
+                f"tokens. Peak RSS: the process's maximum after the method (monotone: run LoRA methods first). "
                 f"CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}.")
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    lines = ["# Recovery: LoRA-SFT vs LoRA-KD at equal tokens (issue 15)", "", protocol, "",
-             "| method | WikiText-2 before | after | updates | tokens | train loss first -> last | train s |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} | {r['updates']} | {r['tokens']:,} | "
-              f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} | {r['train_seconds']:.0f} |" for r in rows]
+    lines = ["# Recovery: SFT vs KD, LoRA vs every weight, at equal tokens (issue 15)", "", protocol, "",
+             "| method | trained params | WikiText-2 before | after | updates | tokens | train loss first -> last | "
+             "train s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['trainable_params']:,} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} | "
+              f"{r['updates']} | {r['tokens']:,} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
+              f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |" for r in rows]
     lines += ["", "The train losses are not comparable across methods (next-token NLL vs KL to the teacher)."]
     (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -193,8 +193,8 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\) .* (worse|better)"))).to_be_visible()
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
     scatter = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
-        .map(g => ({y: g.layout.yaxis.type, names: g.data.map(t => t.name)}))
-        .find(g => g.names.includes('original'))""")
+        .map(g => ({y: g.layout.yaxis.type, names: g.data.map(t => t.name), types: g.data.map(t => t.type)}))
+        .find(g => g.types.includes('scatter') && g.names.includes('original'))""")
     assert scatter["y"] == "log" and len(scatter["names"]) >= 2  # the dense point beside the run, log quality axis
     shot(page, "05-compare")
     contract = page.get_by_role("heading", name="Does it pass a quality contract?")
@@ -260,7 +260,9 @@ def test_scores_survive_a_reload(page, tiny_model_dir):
     goto_page(page, "Importance")
     rerun(page, page.get_by_role("button", name="Compute scores").click, timeout=120)
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(3)
-    rerun(page, page.reload, timeout=120)  # a new browser session: the model choice is back to the default ...
+    page.reload()  # a new browser session: the model choice is back to the default ...
+    wait_idle(page, 120)
+    goto_page(page, "Model & data")
     use_model(page, tiny_model_dir)
     goto_page(page, "Importance")  # ... and the scores of this model and calibration come back from the server
     expect(page.get_by_text("No scores yet")).to_have_count(0)
