@@ -32,6 +32,7 @@ from minillm_core.recovery import (
     recover,
     steps_per_epoch,
 )
+from minillm_core.recovery.local import pack_rows
 from minillm_core.workflow import make_plan as plan
 from minillm_core.workflow import prune as apply_plan
 from minillm_core.workflow import score
@@ -408,3 +409,45 @@ def test_full_resume_continues_exactly_and_keep_adapter_is_refused(text_file, tm
         config(text_file, trainable="full", merge=False)
     with pytest.raises(MiniLLMError, match="allowed: lora, full"):
         config(text_file, trainable="everything")
+
+
+# --- block-local distillation (method local) ---------------------------------------------------------------------
+
+
+def test_pack_rows_joins_the_examples_into_full_rows():
+    rows = pack_rows([([1, 2, 3], [1, 2, 3]), ([4, 5], [-100, 5]), ([6, 7, 8, 9], [6, 7, 8, 9])], 4)
+    assert rows.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]  # 9 left over: no padding anywhere
+    with pytest.raises(DataError, match="fewer than one row"):
+        pack_rows([([1, 2], [1, 2])], 4)
+
+
+@pytest.mark.parametrize("kind", ["llama-gqa", "opt", "bloom"])
+def test_local_fits_every_pruned_layer_to_the_original_and_leaves_both_models_alone(kind, text_file, tmp_path):
+    model, p = pruned(kind)
+    teacher = tiny_model(kind)
+    tok = tiny_tokenizer()
+    student_before = {k: v.clone() for k, v in model.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = config(text_file, method="local", trainable="full", learning_rate=1e-2, epochs=4)
+    result = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "local", plan=p)
+    layers = result.record["layers"]
+    pruned_layers = [i for i, k in enumerate(p.layers) if len(k.channels) < p.original[i].intermediate
+                     or len(k.heads) < p.original[i].num_heads]
+    assert [r["layer"] for r in layers] == pruned_layers
+    assert all(r["error_after"] < r["error_before"] for r in layers)
+    assert result.record["method"] == "local" and result.steps == len(result.losses) > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in student_before.items())
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    reloaded, _ = load_pruned(tmp_path / "local", dtype="float32", device="cpu")
+    torch.testing.assert_close(logits(reloaded), logits(result.model))
+    again = train(model, tok, cfg, teacher=teacher)  # seeded: the same result
+    torch.testing.assert_close(logits(again.model), logits(result.model), atol=0, rtol=0)
+
+
+def test_local_refusals(text_file):
+    model, _ = pruned()
+    with pytest.raises(MiniLLMError, match="method local distils the original model"):
+        train(model, tiny_tokenizer(), config(text_file, method="local", trainable="full"))
+    for bad in ({"trainable": "lora"}, {"trainable": "full", "max_steps": 3}):
+        with pytest.raises(MiniLLMError, match="pass --trainable full, and no --max-steps"):
+            config(text_file, method="local", **bad)

@@ -43,14 +43,15 @@ def recover_cmd(
     config: RecoveryConfig,
     evaluation: Annotated[EvalConfig, Only("perplexity", "tasks", "limit")] = DEFAULT_EVAL,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue --out's checkpoint.")] = True,
-    teacher: Annotated[str | None, typer.Option(help="With --method kd: the unpruned model to distil (name, path or "
-                                                     "Hub id); default: the model the pruning plan was made "
+    teacher: Annotated[str | None, typer.Option(help="With --method kd or local: the unpruned model to distil (name, "
+                                                     "path or Hub id); default: the model the pruning plan was made "
                                                      "from.")] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """LoRA-tune a pruned model to win back quality (next-token loss, or --method kd: distil the original);
-    evaluate before/after; save it merged or as an adapter.
+    """Train a pruned model to win back quality: LoRA or every weight (--trainable full), on the next-token loss
+    or distilling the original (--method kd: its logits; --method local: each pruned layer's output, one layer at a
+    time); evaluate before/after; save it (LoRA: merged or as an adapter).
 
     Defaults are a CPU run of minutes (200 Alpaca records, 50 updates, lr 3e-4). Paper-scale recipe (LLM-Pruner:
     rank 8, Alpaca-cleaned 50k, 2 epochs, lr 1e-4, batch 64): unset MINILLM_DATA_DIR and pass --n-samples 0
@@ -73,11 +74,11 @@ def recover_cmd(
         source = Path(loaded.source)
         plan = load_plan(source) if source.is_dir() else None
         original = None
-        if config.method == "kd":
+        if config.method in ("kd", "local"):
             name = teacher or (plan.model if plan is not None else None)
             if not name:
-                raise MiniLLMError("--method kd needs the original model: pass --teacher (this model carries no "
-                                   "pruning plan naming it)")
+                raise MiniLLMError(f"--method {config.method} needs the original model: pass --teacher (this model "
+                                   "carries no pruning plan naming it)")
             original = load(dataclasses.replace(load_config, model=name)).model
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -16,6 +16,8 @@ from minillm_core.options import option
 _RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite")
 #: lora: PEFT adapters on the linears; full: every parameter of the pruned model.
 TRAINABLE = ("lora", "full")
+#: sft: next-token loss; kd: logit distillation; local: block-local distillation, layer by layer.
+METHODS = ("sft", "kd", "local")
 #: What `recover` measures before and after unless told otherwise: WikiText-2 perplexity on the first 40 windows.
 DEFAULT_EVAL = EvalConfig(perplexity=("wikitext2",), limit=40)
 
@@ -59,8 +61,10 @@ class RecoveryConfig:
     train_on_inputs: bool = option(False, "Also train on the prompt tokens (LLM-Pruner: off).")
     seed: int = option(0, "Seed for the record subset, dropout and shuffling.")
     method: str = option("sft", "sft: next-token loss on the data's labels; kd: distil the original model (forward "
-                         "KL on the logits of the trained tokens, Minitron-style; needs the teacher).",
-                         choices=("sft", "kd"), label="recovery method")
+                         "KL on the logits of the trained tokens, Minitron-style; needs the teacher); local: train "
+                         "each pruned layer to reproduce the original layer on its own inputs, one layer at a time "
+                         "(block-local; --trainable full, --epochs passes per layer, no checkpoints).",
+                         choices=METHODS, label="recovery method")
     kd_temperature: float = option(1.0, "Distillation temperature T (the KL is scaled by T^2).", min=0.05, max=20.0,
                                    label="KD temperature")
     kd_alpha: float = option(1.0, "Weight of the distillation term; 1 - alpha goes to the next-token loss.",
@@ -88,8 +92,11 @@ class RecoveryConfig:
             raise MiniLLMError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not (self.learning_rate > 0 and self.alpha > 0 and self.weight_decay >= 0):
             raise MiniLLMError("learning_rate and alpha must be > 0 and weight_decay >= 0")
-        if self.method not in ("sft", "kd"):
-            raise MiniLLMError(f"unknown recovery method {self.method!r}; allowed: sft, kd")
+        if self.method not in METHODS:
+            raise MiniLLMError(f"unknown recovery method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.method == "local" and (self.trainable != "full" or self.max_steps is not None):
+            raise MiniLLMError("method local trains each pruned layer's own weights for --epochs passes over the "
+                               "rows: pass --trainable full, and no --max-steps")
         if self.trainable not in TRAINABLE:
             raise MiniLLMError(f"unknown trainable {self.trainable!r}; allowed: {', '.join(TRAINABLE)}")
         if self.trainable == "full" and not self.merge:
@@ -118,3 +125,8 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Learning rate of update `step` (0-based): linear warmup to `peak`, then linear decay (HF Trainer's default)."""
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    return peak * max(total - step, 0) / max(total - warmup, 1)

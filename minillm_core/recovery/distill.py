@@ -13,8 +13,6 @@ import torch.nn.functional as F
 
 from minillm_core.recovery.data import IGNORE
 
-METHODS = ("sft", "kd")  # next-token loss on the labels; distillation from the original (optionally mixed)
-
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             temperature: float = 1.0) -> torch.Tensor:

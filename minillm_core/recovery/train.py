@@ -27,7 +27,7 @@ from minillm_core.evaluation.suite import evaluate as evaluate_model
 from minillm_core.modeling import get_adapter
 from minillm_core.planning import PruningPlan
 from minillm_core.progress import Progress, no_progress
-from minillm_core.recovery.config import DEFAULT_EVAL, RecoveryConfig, _jsonable
+from minillm_core.recovery.config import DEFAULT_EVAL, RecoveryConfig, _jsonable, lr_at
 from minillm_core.recovery.data import collate, encode_examples, fingerprint, load_training_data
 from minillm_core.recovery.distill import training_loss
 from minillm_core.settings import user_path
@@ -123,13 +123,6 @@ def load_adapter(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Mo
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base_model, str(adapter_dir)).eval()
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Learning rate of update `step` (0-based): linear warmup to `peak`, then linear decay (HF Trainer's default)."""
-    if step < warmup:
-        return peak * (step + 1) / (warmup + 1)
-    return peak * max(total - step, 0) / max(total - warmup, 1)
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
@@ -368,7 +361,9 @@ def recover(
     """LoRA-tune a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
 
     `config.method`: `sft` trains on the data's next tokens; `kd` distils `teacher` (the unpruned original, same
-    vocabulary; read only, never trained) on the same tokens (`recovery.distill`).
+    vocabulary; read only, never trained) on the same tokens (`recovery.distill`); `local` trains each pruned layer
+    to reproduce `teacher`'s layer on its own inputs, one layer at a time (`recovery.local`; no checkpoints: a
+    stopped run starts over).
 
     With `out_dir`: a checkpoint after each epoch (and on stop) in `out_dir/checkpoint`, resumed when `resume`; at the
     end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`) or
@@ -379,10 +374,10 @@ def recover(
     from minillm_core.surgery import copy_model
 
     config = config or RecoveryConfig()
-    if config.method == "kd":
+    if config.method in ("kd", "local"):
         if teacher is None:
-            raise MiniLLMError("method kd distils the original model: pass teacher= (CLI: --teacher, by default the "
-                               "model the pruning plan was made from)")
+            raise MiniLLMError(f"method {config.method} distils the original model: pass teacher= (CLI: --teacher, by "
+                               "default the model the pruning plan was made from)")
         check_same_tokenizer(tokenizer, None, teacher, model)
         teacher.eval()
     t_start = time.perf_counter()
@@ -401,6 +396,10 @@ def recover(
     wall0 = state.wall_seconds
     total = config.max_steps or config.epochs * steps_per_epoch(len(examples), config)
     live = _live_logger(out, state.losses, on_step)
+    if config.method == "local":
+        trained = _recover_local(work, teacher, examples, config, state, device, progress, live)
+        return _finish(work, tokenizer, config, state, trained, evaluation, progress, out, plan, data_hash,
+                       len(examples), t_start - wall0)
 
     # The caller's RNG is untouched. Checkpoints keep the CPU RNG only: a CUDA run resumes close to, not bit-exactly
     # on, its uninterrupted trajectory (LoRA dropout draws from the CUDA generator).
@@ -423,18 +422,55 @@ def recover(
                    progress, live, should_stop, teacher if config.method == "kd" else None)
         stopped = _train(run)
     peft_model.eval()
-    summary = {"evaluation": evaluation.to_dict() if evaluation else None,
-               "target_modules": list(targets) if config.trainable == "lora" else "all", "method": config.method,
-               "trainable": config.trainable,
-               "examples": len(examples), "fingerprint": data_hash,
-               "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
+    trained = {"target_modules": list(targets) if config.trainable == "lora" else "all",
+               "trainable_params": sum(p.numel() for _, p in _trainable(peft_model)), "total": total}
     if config.trainable == "full":
         peft_model.requires_grad_(False)  # trained: a model like any other from here
     if stopped:
         return _result(peft_model, state, total, True, None, wall0 + time.perf_counter() - t_start, out, {})
     final = merge_adapters(peft_model) if config.merge and config.trainable == "lora" else peft_model
+    return _finish(final, tokenizer, config, state, trained, evaluation, progress, out, plan, data_hash,
+                   len(examples), t_start - wall0)
+
+
+def _recover_local(work: nn.Module, teacher: nn.Module, examples: list, config: RecoveryConfig, state: TrainState,
+                   device: torch.device, progress: Progress, live: Callable[[StepReport], None]) -> dict[str, Any]:
+    """Block-local distillation of `work` in place (`recovery.local`); fills `state` as the LoRA loop does."""
+    from minillm_core.recovery.local import distill_layers, pack_rows
+
+    rows = pack_rows(examples, config.max_length).to(device)
+    sa, ta = get_adapter(work), get_adapter(teacher)
+    pruned = [i for i in range(len(sa.layers())) if sa.layer_shape(i) != ta.layer_shape(i)]
+    total = len(pruned) * config.epochs * math.ceil(rows.shape[0] / config.batch_size)
+    t0 = time.perf_counter()
+
+    def report(row: dict[str, Any]) -> None:
+        elapsed = time.perf_counter() - t0
+        live(StepReport(row["step"], total, row["epoch"], row["loss"], row["lr"],
+                        row["step"] * config.batch_size * config.max_length / elapsed,
+                        elapsed / row["step"] * (total - row["step"])))
+
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        local = distill_layers(work, teacher, rows, config.epochs, config.learning_rate, config.batch_size,
+                               config.weight_decay, progress, report)
+    state.step, state.tokens, state.losses, state.train_seconds = local.steps, local.tokens, local.losses, \
+        local.seconds
+    state.epoch = config.epochs
+    return {"target_modules": "pruned layers", "total": local.steps, "layers": local.layers, "rows": rows.shape[0],
+            "trainable_params": sum(p.numel() for i in pruned for p in sa.layers()[i].parameters())}
+
+
+def _finish(final: nn.Module, tokenizer: Any, config: RecoveryConfig, state: TrainState, trained: dict[str, Any],
+            evaluation: EvalConfig | None, progress: Progress, out: Path | None, plan: PruningPlan | None,
+            data_hash: str, n_examples: int, started: float) -> RecoveryResult:
+    """Evaluate the trained model, record the run and save it (every method ends here); `started`: the
+    `perf_counter` time the run would have started at without interruptions (wall time includes the evaluations)."""
+    total = trained.pop("total")
+    summary = {"evaluation": evaluation.to_dict() if evaluation else None, **trained, "method": config.method,
+               "trainable": config.trainable, "examples": n_examples, "fingerprint": data_hash}
     after = _evaluate(final, tokenizer, evaluation, progress, "(after)")
-    state.wall_seconds = wall0 + time.perf_counter() - t_start
+    state.wall_seconds = time.perf_counter() - started
     record = _record(config, state, total, after, summary)
     if out is not None:
         _save(final, tokenizer, out, plan, config.merge)
