@@ -32,7 +32,8 @@ from minillm_core.recovery import RecoveryConfig, recover
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: name -> (loss, trained weights)
-METHODS = {"sft": ("sft", "lora"), "kd": ("kd", "lora"), "sft-full": ("sft", "full"), "kd-full": ("kd", "full")}
+METHODS = {"sft": ("sft", "lora"), "kd": ("kd", "lora"), "sft-full": ("sft", "full"), "kd-full": ("kd", "full"),
+           "local": ("local", "full")}
 
 
 def main() -> None:
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=list(METHODS))
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA methods")
     parser.add_argument("--full-learning-rate", type=float, default=1e-4, help="methods that train every weight")
+    parser.add_argument("--local-learning-rate", type=float, default=1e-3, help="block-local distillation")
+    parser.add_argument("--local-epochs", type=int, default=4, help="block-local: passes over the rows per layer")
     parser.add_argument("--stem", default="distill", help="output name under bench/results/")
     args = parser.parse_args()
     path, _ = pruned_dir(args.ratio)
@@ -54,12 +57,14 @@ def main() -> None:
     rows = []
     for method in args.methods:
         loss, trainable = METHODS[method]
-        lr = args.full_learning_rate if trainable == "full" else args.learning_rate
+        lr = args.local_learning_rate if loss == "local" else args.full_learning_rate if trainable == "full" \
+            else args.learning_rate
+        budget = {"epochs": args.local_epochs, "batch_size": 8} if loss == "local" else {"max_steps": args.updates}
         config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
-                                max_steps=args.updates, learning_rate=lr)
+                                learning_rate=lr, **budget)
         with tempfile.TemporaryDirectory() as tmp:
             result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
-                             plan=load_plan(path), teacher=teacher if loss == "kd" else None)
+                             plan=load_plan(path), teacher=teacher if loss != "sft" else None)
         rec = result.record
         rows.append({"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"],
                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -74,7 +79,10 @@ def main() -> None:
                 f"{args.records} seeded "
                 f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
                 f"model at T=1 at every token (prompt included). WikiText-2 test, first {args.limit} windows of 128 "
-                f"tokens. Peak RSS: the process's maximum after the method (monotone: run LoRA methods first). "
+                f"tokens. local = block-local distillation of every pruned layer (its weights, AdamW lr "
+                f"{args.local_learning_rate:g}, {args.local_epochs} passes per layer over the same records packed "
+                f"into rows of {args.max_length} tokens, batch 8; tokens counted per layer pass). "
+                f"Peak RSS: the process's maximum after the method (monotone: run LoRA methods first). "
                 f"CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}.")
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

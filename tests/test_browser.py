@@ -255,6 +255,14 @@ def test_ab_page_answers_a_suite_and_shows_where_the_answers_part(page, server, 
     shot(page, "09-ab-table", page.get_by_test_id("stDataFrame"))
 
 
+def test_the_quick_demo_ends_on_compare(page, tiny_model_dir):
+    use_model(page, tiny_model_dir)
+    page.get_by_role("button", name="Run the quick demo").click()  # score, plan, run, then Compare by itself
+    expect(page.get_by_role("heading", name="Compare", level=1)).to_be_visible(timeout=JOB_TIMEOUT_S * 1000)
+    expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\)"))).to_be_visible()
+    expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile("quick demo: flap 20%"))
+
+
 def test_scores_survive_a_reload(page, tiny_model_dir):
     use_model(page, tiny_model_dir)
     goto_page(page, "Importance")

@@ -201,6 +201,8 @@ def test_spec_round_trips_and_validates():
                         evaluation=runs.eval_config(perplexity=("ptb",), tasks=("piqa",), limit=None, seq_len=64),
                         recovery=RecoveryConfig(rank=4, alpha=8.0, target_modules=("q_proj",)))
     assert runs.RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    # KL/agreement on the windows the run evaluates, never on more (at most 16)
+    assert [runs.eval_config(limit=n).compare_windows for n in (8, 40, None)] == [8, 16, 16]
     with pytest.raises(MiniLLMError, match="allowed: wikitext2, ptb"):
         runs.eval_config(perplexity=("lambada",))
     with pytest.raises(MiniLLMError, match="limit"):

@@ -358,7 +358,7 @@ def recover(
     evaluation: EvalConfig | None = DEFAULT_EVAL,
     teacher: nn.Module | None = None,
 ) -> RecoveryResult:
-    """LoRA-tune a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
+    """Train a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
 
     `config.method`: `sft` trains on the data's next tokens; `kd` distils `teacher` (the unpruned original, same
     vocabulary; read only, never trained) on the same tokens (`recovery.distill`); `local` trains each pruned layer

@@ -38,6 +38,7 @@ def eval_config(perplexity: tuple[str, ...] = ("wikitext2",), tasks: tuple[str, 
 
     `measure_speed` defaults to on with CUDA and off on a CPU, where PyTorch timings of a few repeats on a shared
     machine were noise (a pruned model measured "slower"); llama.cpp's interleaved measurement is the CPU option.
+    KL and agreement are measured on the perplexity windows (at most 16), not on more than the run evaluates.
     """
     if isinstance(limit, bool):
         raise MiniLLMError(f"limit must be None (everything) or an integer >= 1, got {limit!r}")
@@ -46,8 +47,10 @@ def eval_config(perplexity: tuple[str, ...] = ("wikitext2",), tasks: tuple[str, 
 
         measure_speed = torch.cuda.is_available()
     ab = ABConfig(prompts=prompts) if prompts else None
+    windows = min(limit, EvalConfig.compare_windows) if isinstance(limit, int) and limit >= 1 else \
+        EvalConfig.compare_windows  # a bad limit is EvalConfig's to refuse
     return EvalConfig(perplexity=tuple(perplexity), seq_len=seq_len, tasks=tuple(tasks), limit=limit, ab=ab,
-                      speed=measure_speed, speed_config=RUN_SPEED, data_dir=data_dir)
+                      speed=measure_speed, speed_config=RUN_SPEED, data_dir=data_dir, compare_windows=windows)
 
 
 @dataclass(frozen=True)
