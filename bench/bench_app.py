@@ -168,8 +168,8 @@ def main() -> None:
         f"Cold start: {len(cold)} fresh `streamlit run app.py` launches, Chromium headless, timed from the launch "
         "to the heads heatmap image in the page; the GGUF -> safetensors conversion was already cached.",
         f"Quick demo: {len(demo)} fresh launches, one click on *Run the quick demo* (FLAP on 32 x 128 c4 tokens, "
-        "20% plan, run with the re-fit, 8 WikiText-2 windows of 128 tokens, speed off), timed to the Compare page's "
-        "first chart.",
+        "20% plan, run with the re-fit of FLAP's units, 8 WikiText-2 windows of 128 tokens, KL on the same 8, "
+        "speed off), timed to the Compare page's first chart.",
         f"Slider: {args.slider_repeats} ratios from 0.05 to 0.50 per allocation; one AppTest rerun of the router and "
         "the Plan page each (plan preview from cached scores, tables and the widths chart), browser not included.",
     ]

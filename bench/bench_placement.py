@@ -53,7 +53,8 @@ def main() -> None:
              "(first windows of 128 tokens of the WikiText-2 test split), each in its own process on this CPU-only "
              "machine: in one piece, and with `--device-map auto --max-memory cpu=...` so accelerate keeps what fits "
              "the budget in memory and reads the rest from a disk offload folder at every forward pass. Peak RSS is "
-             "the process's ru_maxrss (includes Python, torch and the tokenizer). Reproduce: "
+             "the process's ru_maxrss (includes Python, torch, the tokenizer and the pages of memory-mapped weight "
+             "files read so far, which the system can reclaim). Reproduce: "
              "`MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_placement.py`.", "",
              "| placement | where the modules went | WikiText-2 ppl | wall s | peak RSS MB |", "|---|---|---|---|---|"]
     for r in rows:

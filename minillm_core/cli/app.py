@@ -88,8 +88,12 @@ def load(config: workflow.LoadConfig, placement: workflow.PlacementConfig | None
     stderr(f"loading {config.model} ...")
     loaded = workflow.load(config.model, dtype=config.dtype, device=config.device, placement=placement)
     where = getattr(loaded.model, "hf_device_map", None)
-    placed = ", ".join(f"{n} {sum(1 for v in where.values() if str(v) == n)} module(s)"
-                       for n in dict.fromkeys(map(str, where.values()))) if where else loaded.device
+    placed = loaded.device
+    if where and list(where) == [""]:
+        placed = f"{where['']} (the whole model)"
+    elif where:
+        placed = ", ".join(f"{n} {sum(1 for v in where.values() if str(v) == n)} module(s)"
+                           for n in dict.fromkeys(map(str, where.values())))
     stderr(f"loaded {loaded.model.config.model_type} from {loaded.source} in {time.perf_counter() - t0:.1f} s "
            f"on {placed}")
     return loaded

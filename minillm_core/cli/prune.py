@@ -132,7 +132,8 @@ def prune(
     out_of_core: Annotated[bool, typer.Option(
         help="Never hold the whole model: read, prune, re-fit and write one decoder layer at a time from the "
              "safetensors files (a model bigger than memory). Widths from the ratio (uniform or schedule "
-             "allocation), units chosen by OBS per layer (the scorer is not used); CPU.")] = False,
+             "allocation), units chosen by OBS per layer (the scorer is not used); the layer being processed is on "
+             "the GPU when --device is auto or cuda and one is present.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Physically remove heads and channels and save a smaller dense model.
