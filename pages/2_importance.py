@@ -13,11 +13,15 @@ from ui import figures, state
 from ui.models import model_handle
 from ui.widgets import next_step, scorer_options
 
+_SCORE_NOW = "_score_after_own_text"
+
 
 def _use_own_text() -> None:
-    """The no-data path: the model writes its own calibration text (seeded), so scoring needs no data set."""
+    """The no-data path: the model writes its own calibration text (seeded), so scoring needs no data set; the
+    scores are computed right away (one click, not two)."""
     st.session_state[state.CALIBRATION] = {**st.session_state[state.CALIBRATION], "source": workflow.SELF_SOURCE,
                                            "path": None}
+    st.session_state[_SCORE_NOW] = True
 
 
 state.init()  # a deep link on a cold server runs this page before the router (app.py)
@@ -40,10 +44,11 @@ st.caption(f"{cost.description}  \nNeeds: {', '.join(cost.needs)}")
 needs_data = cost.needs_calibration
 st.caption(f"{'Forward-only' if cost.forward_only else 'Uses backpropagation'} ({cost.engine}). Estimate: about "
            f"{cost.seconds:,.0f} s and {cost.extra_mb:,.0f} MB beyond the model"
-           + (f", on {calib['n_samples']} x {calib['seq_len']} calibration tokens from {calib['source']}"
+           + (f", on {calib['n_samples']} x {calib['seq_len']} calibration tokens from "
+              + ("the model's own text" if calib["source"] == workflow.SELF_SOURCE else calib["source"])
               if needs_data else " (weights only, no data)"))
 
-if st.button("Compute scores", type="primary"):
+if st.button("Compute scores", type="primary") or st.session_state.pop(_SCORE_NOW, False):
     bar = st.progress(0.0, text="starting")
 
     def progress(done: int, total: int, label: str) -> None:

@@ -260,7 +260,7 @@ def test_the_quick_demo_ends_on_compare(page, tiny_model_dir):
     page.get_by_role("button", name="Run the quick demo").click()  # score, plan, run, then Compare by itself
     expect(page.get_by_role("heading", name="Compare", level=1)).to_be_visible(timeout=JOB_TIMEOUT_S * 1000)
     expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\)"))).to_be_visible()
-    expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile("quick demo: flap 20%"))
+    expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(re.compile("quick demo: flap 20%"))
 
 
 def test_scores_survive_a_reload(page, tiny_model_dir):
@@ -296,4 +296,25 @@ def test_every_page_opens_from_a_deep_link_on_a_cold_server(context, cold_server
         wait_idle(tab, 120)
         expect(tab.get_by_role("heading", name=title, level=1)).to_be_visible()
         expect(tab.get_by_test_id("stException")).to_have_count(0)
+        tab.close()
+
+
+def test_with_no_data_at_all_scoring_ends_in_heatmaps(context, tmp_path_factory, tiny_model_dir):
+    """No data mirror and no Hub: Compute scores says so and offers the model's own text, which ends in heatmaps."""
+    tmp = tmp_path_factory.mktemp("nodata")
+    (tmp / "empty").mkdir()
+    env = app_env(tmp / "runs", MINILLM_DATA_DIR=str(tmp / "empty"))
+    with streamlit_server(env, ARTIFACTS / "nodata-server.log") as url:
+        tab = context.new_page()
+        tab.goto(url)
+        wait_idle(tab, 120)
+        use_model(tab, tiny_model_dir)
+        goto_page(tab, "Importance")
+        rerun(tab, tab.get_by_role("button", name="Compute scores").click, timeout=120)
+        own_text = tab.get_by_role("button", name="Use the model's own text instead (no data set needed)")
+        expect(own_text).to_be_visible()
+        rerun(tab, own_text.click, timeout=180)  # one click: the model writes its text, then scores it
+        expect(tab.get_by_test_id("stPlotlyChart")).to_have_count(3)
+        expect(tab.get_by_text(re.compile(r"calibration tokens from the model's own text"))).to_be_visible()
+        shot(tab, "10-no-data-heatmaps")
         tab.close()
