@@ -124,18 +124,20 @@ def starts(store: Path, run_id: str) -> int:
 
 def _kill_first_running_point(store: Path, parent: bool = False, timeout: float = 120) -> bool:
     """SIGKILL the run process of the first point seen running (or, with `parent`, the process that started it:
-    a Ray worker); True when one was killed."""
+    a Ray worker); True when one was killed. At the first sight of it: a tiny model's run lasts about a second, and
+    a kill just as it finishes would leave nothing to retry (a run says "running" only once it dies with its
+    parent, so its worker can be killed from then on)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for run in runs.list(root=store):
             st = runs.status(run.id, store)
-            if st.state == "running" and st.pid and st.step not in ("", "load model"):
+            if st.state == "running" and st.pid:
                 pid = st.pid
                 if parent:
                     pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
                 os.kill(pid, signal.SIGKILL)
                 return True
-        time.sleep(0.05)
+        time.sleep(0.01)
     return False
 
 
