@@ -71,17 +71,19 @@ class PlacementConfig:
         return budget
 
 
-def spread(model_loader: Any, placement: PlacementConfig, **kwargs: Any) -> nn.Module:
+def spread(model_loader: Any, placement: PlacementConfig, device_map: str | dict[str, Any] | None = None,
+           **kwargs: Any) -> nn.Module:
     """`model_loader(device_map=..., max_memory=..., offload_folder=..., **kwargs)` (`from_pretrained`, accelerate's
-    `load_checkpoint_and_dispatch`) with a disk-offload folder of our own, removed with the model."""
+    `load_checkpoint_and_dispatch`) with a disk-offload folder of our own, removed with the model; `device_map`: the
+    placement's strategy unless a map is given."""
     import shutil
     import tempfile
     import weakref
 
     folder = tempfile.mkdtemp(prefix="minillm-offload-")
     try:
-        model = model_loader(**{"device_map": placement.device_map, "max_memory": placement.memory_budget(),
-                                "offload_folder": folder, **kwargs})
+        model = model_loader(device_map=device_map or placement.device_map, max_memory=placement.memory_budget(),
+                             offload_folder=folder, **kwargs)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -213,8 +213,8 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     assert report.name == "minillm-report-offline.html"
     assert "MINI-LLM Studio report" in html and job_id in html
     assert "Plotly.newPlot" in html and "plotly.js v" in html  # figures plus the embedded library (offline)
-    assert '"template":{"data"' in html.replace(" ", "") and "#636efa" in html.lower()  # a fixed light template:
-    # traces take its colours, not the server theme's placeholders (which render black)
+    assert '"plot_bgcolor":"white"' in html.replace(" ", "")  # the fixed light template (plotly_white), not the
+    # server theme's placeholders, which render black
     page.wait_for_selector(IDLE)
     shot(page, "06-runs", button)
 

@@ -31,6 +31,7 @@ class LocalReport:
 
     layers: list[dict[str, float]] = field(default_factory=list)
     losses: list[dict[str, float]] = field(default_factory=list)  # step, layer, loss, lr
+    trainable_params: int = 0  # the weights of the pruned layers
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -69,15 +70,18 @@ def distill_layers(
 ) -> LocalReport:
     """Train, in place, every pruned layer of `student` (a pruned copy of `teacher`) to match `teacher`'s layer on
     the student's own inputs: `epochs` passes over `rows` [n, seq] in batches of `batch_size`, AdamW with linear
-    warmup (one pass's tenth) and decay per layer. `teacher` is only read. Deterministic for the caller's seed."""
+    warmup (one pass's tenth) and decay per layer. `teacher` is only read. Deterministic for the caller's seed.
+    `on_step` gets each update's row (step, epoch = the trained layer's ordinal, layer, loss, lr, total updates)."""
     sa, ta = get_adapter(student), get_adapter(teacher)
     report = LocalReport()
     t0 = time.perf_counter()
     pruned = [i for i in range(len(sa.layers())) if sa.layer_shape(i) != ta.layer_shape(i)]
+    report.trainable_params = sum(p.numel() for i in pruned for p in sa.layers()[i].parameters())
     with eval_mode(student), eval_mode(teacher):  # no dropout: the targets and the fit see the same function
         with torch.no_grad():
             xs = first_layer_inputs(student, sa, rows, batch_size)
         per_layer = epochs * len(xs)
+        total = per_layer * len(pruned)
         for done, i in enumerate(pruned):
             layer, dense = sa.layers()[i], ta.layers()[i]
             with torch.no_grad():
@@ -104,7 +108,7 @@ def distill_layers(
                 row = {"step": report.steps, "epoch": done, "layer": i, "loss": loss.item(), "lr": lr}
                 report.losses.append(row)
                 if on_step is not None:
-                    on_step(row)
+                    on_step(row | {"total": total})
             for p in params:
                 p.requires_grad_(False)
             with torch.no_grad():

@@ -398,8 +398,8 @@ def recover(
     live = _live_logger(out, state.losses, on_step)
     if config.method == "local":
         trained = _recover_local(work, teacher, examples, config, state, device, progress, live)
-        return _finish(work, tokenizer, config, state, trained, evaluation, progress, out, plan, data_hash,
-                       len(examples), t_start - wall0)
+        return _finish(work, tokenizer, config, state, state.step, trained, evaluation, progress, out, plan,
+                       data_hash, len(examples), t_start - wall0)
 
     # The caller's RNG is untouched. Checkpoints keep the CPU RNG only: a CUDA run resumes close to, not bit-exactly
     # on, its uninterrupted trajectory (LoRA dropout draws from the CUDA generator).
@@ -423,13 +423,13 @@ def recover(
         stopped = _train(run)
     peft_model.eval()
     trained = {"target_modules": list(targets) if config.trainable == "lora" else "all",
-               "trainable_params": sum(p.numel() for _, p in _trainable(peft_model)), "total": total}
+               "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
     if config.trainable == "full":
         peft_model.requires_grad_(False)  # trained: a model like any other from here
     if stopped:
         return _result(peft_model, state, total, True, None, wall0 + time.perf_counter() - t_start, out, {})
     final = merge_adapters(peft_model) if config.merge and config.trainable == "lora" else peft_model
-    return _finish(final, tokenizer, config, state, trained, evaluation, progress, out, plan, data_hash,
+    return _finish(final, tokenizer, config, state, total, trained, evaluation, progress, out, plan, data_hash,
                    len(examples), t_start - wall0)
 
 
@@ -439,16 +439,12 @@ def _recover_local(work: nn.Module, teacher: nn.Module, examples: list, config: 
     from minillm_core.recovery.local import distill_layers, pack_rows
 
     rows = pack_rows(examples, config.max_length).to(device)
-    sa, ta = get_adapter(work), get_adapter(teacher)
-    pruned = [i for i in range(len(sa.layers())) if sa.layer_shape(i) != ta.layer_shape(i)]
-    total = len(pruned) * config.epochs * math.ceil(rows.shape[0] / config.batch_size)
     t0 = time.perf_counter()
 
     def report(row: dict[str, Any]) -> None:
-        elapsed = time.perf_counter() - t0
-        live(StepReport(row["step"], total, row["epoch"], row["loss"], row["lr"],
-                        row["step"] * config.batch_size * config.max_length / elapsed,
-                        elapsed / row["step"] * (total - row["step"])))
+        elapsed, step, total = time.perf_counter() - t0, row["step"], row["total"]
+        live(StepReport(step, total, row["epoch"], row["loss"], row["lr"],
+                        step * config.batch_size * config.max_length / elapsed, elapsed / step * (total - step)))
 
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -457,16 +453,15 @@ def _recover_local(work: nn.Module, teacher: nn.Module, examples: list, config: 
     state.step, state.tokens, state.losses, state.train_seconds = local.steps, local.tokens, local.losses, \
         local.seconds
     state.epoch = config.epochs
-    return {"target_modules": "pruned layers", "total": local.steps, "layers": local.layers, "rows": rows.shape[0],
-            "trainable_params": sum(p.numel() for i in pruned for p in sa.layers()[i].parameters())}
+    return {"target_modules": "pruned layers", "layers": local.layers, "rows": rows.shape[0],
+            "trainable_params": local.trainable_params}
 
 
-def _finish(final: nn.Module, tokenizer: Any, config: RecoveryConfig, state: TrainState, trained: dict[str, Any],
-            evaluation: EvalConfig | None, progress: Progress, out: Path | None, plan: PruningPlan | None,
-            data_hash: str, n_examples: int, started: float) -> RecoveryResult:
+def _finish(final: nn.Module, tokenizer: Any, config: RecoveryConfig, state: TrainState, total: int,
+            trained: dict[str, Any], evaluation: EvalConfig | None, progress: Progress, out: Path | None,
+            plan: PruningPlan | None, data_hash: str, n_examples: int, started: float) -> RecoveryResult:
     """Evaluate the trained model, record the run and save it (every method ends here); `started`: the
     `perf_counter` time the run would have started at without interruptions (wall time includes the evaluations)."""
-    total = trained.pop("total")
     summary = {"evaluation": evaluation.to_dict() if evaluation else None, **trained, "method": config.method,
                "trainable": config.trainable, "examples": n_examples, "fingerprint": data_hash}
     after = _evaluate(final, tokenizer, evaluation, progress, "(after)")
