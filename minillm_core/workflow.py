@@ -30,7 +30,14 @@ from minillm_core.evaluation.ab import (
 )
 from minillm_core.evaluation.compare import check_same_tokenizer
 from minillm_core.evaluation.llamacpp import LlamaCppConfig
-from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_to_original, evaluate
+from minillm_core.evaluation.suite import (
+    EvalConfig,
+    RunMetrics,
+    agreement_metrics,
+    compare_to_original,
+    evaluate,
+    paired_perplexity,
+)
 from minillm_core.gguf_export import GGUFConfig, GGUFExport
 from minillm_core.loading import LoadConfig, LoadedModel, PlacementConfig, load_model
 from minillm_core.modeling import count_params, get_adapter, max_context
@@ -580,9 +587,9 @@ def prune_and_evaluate(
     details: dict[str, Any] = {}
     if original_metrics is not None:
         orig_m, details["original"] = dict(original_metrics[0]), original_metrics[1]  # the caller's stays as it was
-    elif evaluate_original:
-        orig_m, details["original"] = evaluate(original, tokenizer, config, original_dir,
-                                               progress=step(EVALUATE_ORIGINAL))
+    elif evaluate_original:  # its perplexity comes from the pass beside the pruned model's (below)
+        orig_m, details["original"] = evaluate(original, tokenizer, dataclasses.replace(config, perplexity=()),
+                                               original_dir, progress=step(EVALUATE_ORIGINAL))
     extra: dict[str, Any] = {}
     if pruned is None:
         if plan is None:
@@ -604,12 +611,21 @@ def prune_and_evaluate(
     if out_dir is not None:
         step(SAVE)
         model_dir = save(pruned, tokenizer, out_dir, plan, overwrite=True)
-    pr_m, details["pruned"] = evaluate(pruned, tokenizer, config, model_dir or pruned_dir,
-                                       progress=step(EVALUATE_PRUNED))
+    progress = step(EVALUATE_PRUNED)
+    pairs = {}
+    if orig_m and config.perplexity:  # one pass of both models: perplexities and KL / agreement from the same logits
+        scored_here = original_metrics is None
+        pairs = paired_perplexity(original, pruned, tokenizer, config, score_original=scored_here, progress=progress)
+        if scored_here:
+            for name, pair in pairs.items():
+                orig_m[f"ppl/{name}"] = pair.original.ppl
+                details["original"]["perplexity"][name] = pair.original.to_dict()
+    pr_m, details["pruned"] = evaluate(pruned, tokenizer, config, model_dir or pruned_dir, progress=progress,
+                                       perplexities={name: pair.pruned for name, pair in pairs.items()})
     comparison: dict[str, float] = {}
     if orig_m:
         comparison = compare_to_original(original, pruned, tokenizer, config, orig_m, pr_m, details,
-                                         progress=step(COMPARE))
+                                         progress=step(COMPARE), agreements=agreement_metrics(pairs) if pairs else None)
     run = RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
     return PruneOutcome(run, pruned, model_dir, time.time() - t0, extra)
 

@@ -16,11 +16,11 @@ from minillm_core.evaluation.compare import compare_models, kl_and_agreement_fro
 from minillm_core.evaluation.gates import Contract, ContractError
 from minillm_core.evaluation.generation import generate_ab
 from minillm_core.evaluation.speed import SpeedConfig, measure_speed
-from minillm_core.evaluation.suite import EvalConfig, RunMetrics, evaluate_pair
+from minillm_core.evaluation.suite import EvalConfig, RunMetrics, compare_metrics, evaluate, evaluate_pair
 from minillm_core.io import save_pruned
 from minillm_core.planning import PlanConfig
 from minillm_core.search import search
-from minillm_core.workflow import count_params, geometry_of, score
+from minillm_core.workflow import count_params, geometry_of, prune_and_evaluate, score
 from minillm_core.workflow import make_plan as plan
 from minillm_core.workflow import prune as apply_plan
 from tests.helpers import save_tiny, tiny_model, tiny_tokenizer
@@ -85,6 +85,23 @@ def test_run_metrics_schema_and_files(pair, tmp_path):
     assert data["retained"]["params"] == pytest.approx(count_params(pruned) / count_params(original))
     assert data["comparison"]["param_ratio"] == pytest.approx(count_params(original) / count_params(pruned))
     assert (tmp_path / "metrics.csv").read_text().startswith("metric,original,pruned,retained")
+
+
+def test_kl_and_perplexities_from_the_paired_pass_equal_separate_measurements(pair, data_dir):
+    original, _, p = pair
+    config = EvalConfig(perplexity=("wikitext2",), limit=3, compare_windows=2, batch_size=2, data_dir=str(data_dir))
+    tok = tiny_tokenizer()
+    outcome = prune_and_evaluate(original, tok, p, config)
+    run = outcome.run
+    assert run.original["ppl/wikitext2"] == pytest.approx(evaluate(original, tok, config)[0]["ppl/wikitext2"])
+    assert run.pruned["ppl/wikitext2"] == pytest.approx(evaluate(outcome.pruned, tok, config)[0]["ppl/wikitext2"])
+    assert run.details["original"]["perplexity"]["wikitext2"]["n_windows"] == 3
+    separate = compare_metrics(original, outcome.pruned, tok, config)
+    assert run.comparison["kl/wikitext2"] == pytest.approx(separate["kl/wikitext2"], rel=1e-6)
+    assert run.comparison["agreement/wikitext2"] == separate["agreement/wikitext2"]
+    reused = prune_and_evaluate(original, tok, p, config, original_metrics=(run.original, run.details["original"]))
+    assert reused.run.comparison["kl/wikitext2"] == pytest.approx(separate["kl/wikitext2"], rel=1e-6)
+    assert reused.run.original == run.original
 
 
 def test_eval_config_round_trips_through_json():

@@ -14,11 +14,13 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from minillm_core.data import perplexity_text
+from minillm_core.evaluation.compare import compare_models
 from minillm_core.errors import DataError
 from minillm_core.evaluation.perplexity import (
     PerplexityResult,
     perplexity,
     perplexity_on,
+    perplexity_pair,
     token_windows,
     tokenize_prefix,
 )
@@ -150,3 +152,53 @@ def test_a_limited_evaluation_tokenizes_a_prefix_with_the_same_ids(tokenizer, da
     assert torch.equal(tokenize_prefix(tokenizer, text, None), whole)
     assert torch.equal(tokenize_prefix(tokenizer, "a short text", 4), tokenizer("a short text", return_tensors="pt")
                        .input_ids[0])
+
+
+class _Counting(torch.nn.Module):
+    """A model wrapper that records how many windows each forward pass scored."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.rows = inner, []
+
+    def forward(self, **kwargs):
+        self.rows.append(kwargs["input_ids"].shape[0])
+        return self.inner(**kwargs)
+
+    def parameters(self, recurse=True):
+        return self.inner.parameters(recurse)
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+
+@pytest.fixture(scope="module")
+def other_model() -> LlamaForCausalLM:
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_a_paired_pass_equals_separate_perplexities_and_kl(model, other_model, tokenizer):
+    pair = perplexity_pair(model, other_model, tokenizer, TEXT, seq_len=32, batch_size=3, compare_windows=5)
+    assert pair.original == perplexity(model, tokenizer, TEXT, seq_len=32, batch_size=3)
+    assert pair.pruned == perplexity(other_model, tokenizer, TEXT, seq_len=32, batch_size=3)
+    windows = token_windows(torch.tensor(tokenizer(TEXT)["input_ids"]), 32, 5)
+    separate = compare_models(model, other_model, windows, batch_size=2)
+    assert pair.agreement.n_tokens == separate.n_tokens == 5 * 32
+    assert math.isclose(pair.agreement.kl, separate.kl, rel_tol=1e-6)
+    assert pair.agreement.agreement == separate.agreement
+
+
+def test_a_paired_pass_runs_each_model_once_per_window(model, other_model, tokenizer):
+    original, pruned = _Counting(model), _Counting(other_model)
+    perplexity_pair(original, pruned, tokenizer, TEXT, seq_len=32, batch_size=3, compare_windows=5)
+    assert original.rows == pruned.rows == [3, 3, 2]
+    original.rows, pruned.rows = [], []  # the original's perplexity known: it runs on the compared windows only
+    pair = perplexity_pair(original, pruned, tokenizer, TEXT, seq_len=32, batch_size=3, compare_windows=5,
+                           score_original=False)
+    assert pair.original is None and pair.agreement.n_tokens == 5 * 32
+    assert pruned.rows == [3, 3, 2] and original.rows == [3, 2]
+    with pytest.raises(DataError, match="compare_windows"):
+        perplexity_pair(model, other_model, tokenizer, TEXT, seq_len=32, compare_windows=0)

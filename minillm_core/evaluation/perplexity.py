@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from minillm_core.data import perplexity_text
 from minillm_core.devices import input_device
 from minillm_core.errors import DataError
+from minillm_core.evaluation.compare import Agreement, kl_and_agreement_from_logits
 from minillm_core.progress import Progress, no_progress
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,13 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 def _batch_nll(model: Any, batch: torch.Tensor) -> float:
     """Summed next-token NLL of `[b, seq_len]` windows; each window predicts its tokens 1..seq_len-1."""
-    logits = model(input_ids=batch, use_cache=False).logits  # [b, seq_len, vocab]
+    return _nll(model(input_ids=batch, use_cache=False).logits, batch)
+
+
+def _nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
+    """Summed next-token NLL of `[b, seq_len, vocab]` logits of the windows `batch`."""
     total = 0.0
+    batch = batch.to(logits.device)
     for row_logits, row_ids in zip(logits, batch, strict=True):  # upcast one window at a time to bound memory
         total += F.cross_entropy(row_logits[:-1].float(), row_ids[1:], reduction="sum").item()
     return total
@@ -145,6 +151,66 @@ def perplexity(
             nll_sum += _batch_nll(model, windows[start : start + batch_size].to(device))
             progress(min(start + batch_size, n_windows), n_windows, "perplexity")
     return PerplexityResult.from_nll(nll_sum, n_windows, seq_len)
+
+
+@dataclass(frozen=True)
+class PairedPerplexity:
+    """One pass of two models over the same windows: both perplexities (`original` None when only the pruned model
+    was scored) and KL / top-1 agreement of the pruned model against the original on the first windows."""
+
+    original: PerplexityResult | None
+    pruned: PerplexityResult
+    agreement: Agreement
+
+
+@torch.inference_mode()
+def perplexity_pair(
+    original: Any,
+    pruned: Any,
+    tokenizer: Any,
+    text: str,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    limit: int | None = None,
+    compare_windows: int = 16,
+    score_original: bool = True,
+    progress: Progress = no_progress,
+) -> PairedPerplexity:
+    """`perplexity` of both models and their KL / agreement (`compare.compare_models`) from the same forward passes.
+
+    Each batch of windows goes through both models once: their logits give both perplexities and, on the first
+    `compare_windows` windows, KL(original || pruned) and top-1 agreement, so nothing is run twice. With
+    `score_original=False` (its perplexity is already known) the original runs only on those first windows.
+    """
+    _check_args(seq_len, batch_size, limit)
+    if isinstance(compare_windows, bool) or not isinstance(compare_windows, int) or compare_windows < 1:
+        raise DataError(f"compare_windows must be an integer >= 1, got {compare_windows!r}")
+    ids = tokenize_prefix(tokenizer, text, None if limit is None else limit * seq_len)
+    windows = token_windows(ids, seq_len, limit)
+    n_windows = windows.shape[0]
+    nll = {"original": 0.0, "pruned": 0.0}
+    kl_sum, agree, n_compared = 0.0, 0, 0
+    with _eval_mode(original), _eval_mode(pruned):
+        for start in range(0, n_windows, batch_size):
+            batch = windows[start:start + batch_size]
+            cand = pruned(input_ids=batch.to(input_device(pruned)), use_cache=False).logits
+            nll["pruned"] += _nll(cand, batch)
+            compared = max(0, min(compare_windows - start, batch.shape[0]))
+            if score_original or compared:
+                rows = batch if score_original else batch[:compared]
+                ref = original(input_ids=rows.to(input_device(original)), use_cache=False).logits
+                if score_original:
+                    nll["original"] += _nll(ref, rows)
+                for i in range(compared):  # one window at a time: bounded memory at float64
+                    kl, same = kl_and_agreement_from_logits(ref[i].float().cpu(), cand[i].float().cpu())
+                    kl_sum += float(kl.sum())
+                    agree += int(same.sum())
+                    n_compared += same.numel()
+            progress(min(start + batch_size, n_windows), n_windows, "perplexity")
+    return PairedPerplexity(
+        original=PerplexityResult.from_nll(nll["original"], n_windows, seq_len) if score_original else None,
+        pruned=PerplexityResult.from_nll(nll["pruned"], n_windows, seq_len),
+        agreement=Agreement(kl=kl_sum / n_compared, agreement=agree / n_compared, n_tokens=n_compared))
 
 
 def perplexity_on(

@@ -17,7 +17,14 @@ from typing import Any
 from minillm_core.errors import MiniLLMError
 from minillm_core.evaluation.ab import ABConfig, run_ab
 from minillm_core.evaluation.compare import check_same_tokenizer, compare_models, retained
-from minillm_core.evaluation.perplexity import perplexity_on, token_windows, tokenize_prefix
+from minillm_core.evaluation.perplexity import (
+    PairedPerplexity,
+    PerplexityResult,
+    perplexity_on,
+    perplexity_pair,
+    token_windows,
+    tokenize_prefix,
+)
 from minillm_core.evaluation.speed import SpeedConfig, disk_mb, measure_speed
 from minillm_core.evaluation.tasks import ALL_TASKS, TASKS
 from minillm_core.evaluation.zeroshot import average_accuracy, evaluate_tasks, to_lm_eval_json
@@ -132,8 +139,11 @@ def _size_metrics(model: Any, model_dir: str | os.PathLike | None) -> dict[str, 
 
 
 def evaluate(model: Any, tokenizer: Any, config: EvalConfig, model_dir: str | os.PathLike | None = None,
-             progress: Progress = no_progress) -> tuple[dict[str, float], dict[str, Any]]:
-    """Measure one model. Returns (flat metrics, details: perplexity records and lm-eval JSON)."""
+             progress: Progress = no_progress, perplexities: dict[str, PerplexityResult] | None = None
+             ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Measure one model. Returns (flat metrics, details: perplexity records and lm-eval JSON).
+
+    `perplexities` are results already measured for some of the config's sets (a `paired_perplexity` pass)."""
     context = max_context(model)
     if config.perplexity and context is not None and config.seq_len > context:
         raise MiniLLMError(f"seq_len {config.seq_len} is longer than the model's context ({context} positions); "
@@ -141,9 +151,9 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, model_dir: str | os
     metrics = _size_metrics(model, model_dir)
     details: dict[str, Any] = {"perplexity": {}}
     for name in config.perplexity:
-        r = perplexity_on(model, tokenizer, name, seq_len=config.seq_len, batch_size=config.batch_size,
-                          limit=config.limit, progress=lambda d, t, _l, n=name: progress(d, t, f"perplexity {n}"),
-                          data_dir=config.data_dir)
+        r = (perplexities or {}).get(name) or perplexity_on(
+            model, tokenizer, name, seq_len=config.seq_len, batch_size=config.batch_size, limit=config.limit,
+            progress=lambda d, t, _l, n=name: progress(d, t, f"perplexity {n}"), data_dir=config.data_dir)
         metrics[f"ppl/{name}"] = r.ppl
         details["perplexity"][name] = r.to_dict()
     if config.tasks:
@@ -161,9 +171,36 @@ def evaluate(model: Any, tokenizer: Any, config: EvalConfig, model_dir: str | os
     return metrics, details
 
 
+def paired_perplexity(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig, score_original: bool = True,
+                      progress: Progress = no_progress) -> dict[str, PairedPerplexity]:
+    """Per perplexity set, one pass of both models (`perplexity_pair`): the pruned model's perplexity, the original's
+    (unless `score_original` is False) and KL / agreement on the first `compare_windows` windows."""
+    from minillm_core.data import perplexity_text
+
+    check_same_tokenizer(tokenizer, None, original, pruned)
+    out = {}
+    for name in config.perplexity:
+        label = f"perplexity {name} ({'both models' if score_original else 'and KL to the original'})"
+        out[name] = perplexity_pair(
+            original, pruned, tokenizer, perplexity_text(name, data_dir=config.data_dir), seq_len=config.seq_len,
+            batch_size=config.batch_size, limit=config.limit, compare_windows=config.compare_windows,
+            score_original=score_original, progress=lambda d, t, _l, lab=label: progress(d, t, lab))
+    return out
+
+
+def agreement_metrics(pairs: dict[str, PairedPerplexity]) -> dict[str, float]:
+    """`kl/<set>` and `agreement/<set>` of paired passes."""
+    out = {}
+    for name, pair in pairs.items():
+        out[f"kl/{name}"] = pair.agreement.kl
+        out[f"agreement/{name}"] = pair.agreement.agreement
+    return out
+
+
 def compare_metrics(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig,
                     progress: Progress = no_progress) -> dict[str, float]:
-    """KL / top-1 agreement of the pruned model vs the original on the first windows of each perplexity set."""
+    """KL / top-1 agreement of the pruned model vs the original on the first windows of each perplexity set (both
+    models run on those windows only; `paired_perplexity` gets them from the perplexity pass instead)."""
     from minillm_core.data import perplexity_text
 
     out = {}
@@ -178,13 +215,15 @@ def compare_metrics(original: Any, pruned: Any, tokenizer: Any, config: EvalConf
 
 
 def compare_to_original(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig, orig_m: dict[str, float],
-                        pr_m: dict[str, float], details: dict[str, Any], progress: Progress = no_progress
-                        ) -> dict[str, float]:
-    """Everything measured against the original: KL/agreement on the perplexity sets, the A/B prompt suite
-    (`config.ab`; its reference scores join `orig_m`/`pr_m`, its records `details["ab"]`) and the speed-ups."""
+                        pr_m: dict[str, float], details: dict[str, Any], progress: Progress = no_progress,
+                        agreements: dict[str, float] | None = None) -> dict[str, float]:
+    """Everything measured against the original: KL/agreement on the perplexity sets (`agreements` when a paired
+    pass measured them already), the A/B prompt suite (`config.ab`; its reference scores join `orig_m`/`pr_m`, its
+    records `details["ab"]`) and the speed-ups."""
     if config.perplexity or config.ab is not None:
         check_same_tokenizer(tokenizer, None, original, pruned)
-    comparison = compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {}
+    comparison = dict(agreements) if agreements is not None else (
+        compare_metrics(original, pruned, tokenizer, config, progress) if config.perplexity else {})
     if config.ab is not None:
         suite = load_suite(config.ab.prompts, config.ab.limit, config.data_dir)
         ab = run_ab(original, pruned, tokenizer, suite, config.ab, progress=progress)
@@ -277,9 +316,13 @@ def evaluate_pair(original: Any, pruned: Any, tokenizer: Any, config: EvalConfig
                   pruned_dir: str | os.PathLike | None = None, original_dir: str | os.PathLike | None = None,
                   progress: Progress = no_progress) -> RunMetrics:
     """Evaluate original and pruned model with the same config, plus KL/agreement and measured speed-ups."""
+    pairs = paired_perplexity(original, pruned, tokenizer, config, progress=progress)
     orig_m, orig_d = evaluate(original, tokenizer, config, original_dir,
-                              lambda d, t, label: progress(d, t, f"original: {label}"))
-    pr_m, pr_d = evaluate(pruned, tokenizer, config, pruned_dir, lambda d, t, label: progress(d, t, f"pruned: {label}"))
+                              lambda d, t, label: progress(d, t, f"original: {label}"),
+                              perplexities={n: p.original for n, p in pairs.items()})
+    pr_m, pr_d = evaluate(pruned, tokenizer, config, pruned_dir, lambda d, t, label: progress(d, t, f"pruned: {label}"),
+                          perplexities={n: p.pruned for n, p in pairs.items()})
     details = {"original": orig_d, "pruned": pr_d}
-    comparison = compare_to_original(original, pruned, tokenizer, config, orig_m, pr_m, details, progress)
+    comparison = compare_to_original(original, pruned, tokenizer, config, orig_m, pr_m, details, progress,
+                                     agreements=agreement_metrics(pairs))
     return RunMetrics(model_name, config, orig_m, pr_m, comparison, details)
