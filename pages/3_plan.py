@@ -8,7 +8,7 @@ import streamlit as st
 from minillm_core import workflow
 from minillm_core.workflow import PlanConfig, PruningPlan
 from ui import state
-from ui.figures import widths_figure
+from ui.figures import architecture_figure, widths_figure
 from ui.models import model_handle
 from ui.widgets import config_widgets, next_step
 
@@ -84,10 +84,17 @@ st.dataframe(sizes.round(1), key="sizes_table")
 if not s.loads_with_from_pretrained:
     st.caption("Layers end up with different widths: load the result with `minillm_core.load_pruned(dir)`.")
 clickable = uploaded is None
-st.plotly_chart(widths_figure(s.rows), key=_chart_key(), on_select=_toggle_clicked_layers if clickable else "ignore",
-                selection_mode="points")
-if clickable:
-    st.caption("Click a layer's bar to protect it, or to unprotect it.")
+widths_tab, architecture_tab = st.tabs(["Widths per layer", "Architecture before / after"])
+with widths_tab:
+    st.plotly_chart(widths_figure(s.rows), key=_chart_key(),
+                    on_select=_toggle_clicked_layers if clickable else "ignore", selection_mode="points")
+    if clickable:
+        st.caption("Click a layer's bar to protect it, or to unprotect it.")
+with architecture_tab:
+    st.plotly_chart(architecture_figure(s.rows, top=f"token embedding ({g.hidden_size:,} wide)"),
+                    key="architecture_chart")
+    st.caption("Each decoder layer as its two blocks, filled to the part the plan keeps. Grey-blue: untouched "
+               "(protected) layers; red: under a quarter kept.")
 st.dataframe(pd.DataFrame(s.rows).set_index("layer"), key="plan_table")
 st.download_button("Download plan JSON", plan.to_json(), file_name=f"plan-{plan.scorer}-{plan.config.ratio:.2f}.json",
                    mime="application/json")

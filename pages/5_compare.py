@@ -32,6 +32,11 @@ if comparison:  # KL / agreement against the original and measured speed-ups (A/
     for i, (key, value) in enumerate(sorted(comparison.items())):
         cols[i % len(cols)].metric(*runs.comparison_tile(key, value))
 st.plotly_chart(figures.comparison_figure(run), key="comparison_chart")
+layer_rows = (run.metrics.get("summary") or {}).get("rows")
+if layer_rows:
+    with st.expander("What was removed, layer by layer"):
+        st.plotly_chart(figures.architecture_figure(layer_rows, title=f"{run.name}: what each layer keeps"),
+                        key="architecture_chart")
 ab = runs.ab_results(run.id)
 if ab:
     st.markdown(f"**A/B test of the answers** ({ab[0].label}): {ab[0].headline()}.")

@@ -119,6 +119,8 @@ def test_plan_page_slider_updates_the_preview(app):
     goto(app, "3_plan.py")
     before = metric(app, "Parameters after")
     assert frame(app, "heads_after").shape[0] == 4
+    architecture = next(c for c in charts(app) if "what each layer keeps" in c.proto.spec)
+    assert all(f"layer {i}" in architecture.proto.spec for i in range(4))  # the tiny model's 4 layers as blocks
     app.slider(key="plan.ratio").set_value(0.4)
     ok(app.run())
     after = metric(app, "Parameters after")
@@ -217,7 +219,8 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert {"parameters", "perplexity wikitext2"} <= set(table["metric"])
     assert table.loc[table["metric"] == "parameters", "change"].iloc[0].endswith("better")  # fewer parameters
     assert any("smaller" in m.value and "perplexity (wikitext2)" in m.value for m in app.markdown)  # the headline
-    assert len(charts(app)) == 2
+    assert len(charts(app)) == 3  # original vs pruned, what each layer keeps, size vs quality
+    assert any("what each layer keeps" in c.proto.spec for c in charts(app))
     app.selectbox(key="gen_example").set_value("What is the capital of France?")
     ok(app.run())
     assert app.text_area(key="gen_prompt").value == "What is the capital of France?"  # an example fills the prompt

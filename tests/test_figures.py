@@ -70,3 +70,17 @@ def test_heads_heatmap_marks_the_heads_a_plan_removes():
     assert crosses.name == "removed by the plan"
     assert list(zip(crosses.x, crosses.y, strict=True)) == [(0, 0), (1, 1), (2, 1)]
     assert len(figures.heads_heatmap(scores).data) == 1
+
+
+def test_the_architecture_view_fills_each_block_to_the_part_kept():
+    rows = [{"layer": 0, "heads_before": 9, "heads_after": 9, "kv_heads_before": 3, "kv_heads_after": 3,
+             "channels_before": 1536, "channels_after": 1536},
+            {"layer": 1, "heads_before": 9, "heads_after": 6, "kv_heads_before": 3, "kv_heads_after": 3,
+             "channels_before": 1536, "channels_after": 256}]
+    fig = figures.architecture_figure(rows)
+    kept = [t for t in fig.data if t.hovertemplate]  # the filled bars (the grey originals and labels skip hover)
+    assert [list(t.x) for t in kept] == [[1.0, 6 / 9], [1.0, 256 / 1536]]
+    assert list(kept[0].y) == ["layer 0", "layer 1"] and fig.layout.yaxis.autorange == "reversed"  # layer 0 on top
+    labels = [list(t.text) for t in fig.data if t.text is not None]
+    assert labels == [["9/9 heads (3/3 kv)", "6/9 heads (3/3 kv)"], ["1,536/1,536", "256/1,536"]]
+    assert kept[1].marker.color[1] == "#d62728" and kept[0].marker.color[0] == "#9db4c8"  # under 1/4; untouched

@@ -14,8 +14,8 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from minillm_core.data import perplexity_text
-from minillm_core.evaluation.compare import compare_models
 from minillm_core.errors import DataError
+from minillm_core.evaluation.compare import compare_models
 from minillm_core.evaluation.perplexity import (
     PerplexityResult,
     perplexity,

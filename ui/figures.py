@@ -182,6 +182,51 @@ def widths_figure(rows: list[dict[str, int]], title: str = "Kept widths per laye
     return fig
 
 
+def architecture_figure(rows: list[dict[str, int]], title: str = "Architecture: what each layer keeps",
+                        top: str = "token embedding", bottom: str = "final norm and LM head") -> go.Figure:
+    """The decoder as a stack of blocks (Netron-like, compact): per layer an attention and an MLP block, each a grey
+    bar for its original width filled to the part kept, labelled "6/9 heads" / "1,152/1,536"; layer 0 at the top,
+    between the embedding and the LM head. Rows are `PlanSummary.rows`; untouched layers are drawn in grey-blue."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.07,
+                        subplot_titles=("self-attention (query heads)", "MLP (channels)"))
+    names = [f"layer {r['layer']}" for r in rows]
+    for col, key, unit, colour in ((1, "heads", "heads", "#1f77b4"), (2, "channels", "channels", "#ff7f0e")):
+        before = [r[f"{key}_before"] for r in rows]
+        after = [r[f"{key}_after"] for r in rows]
+        kept = [a / b if b else 0.0 for a, b in zip(after, before, strict=True)]
+        if key == "heads":
+            gqa = [r["kv_heads_before"] != r["heads_before"] for r in rows]
+            text = [f"{r['heads_after']}/{r['heads_before']} heads"
+                    + (f" ({r['kv_heads_after']}/{r['kv_heads_before']} kv)" if g else "")
+                    for r, g in zip(rows, gqa, strict=True)]
+        else:
+            text = [f"{a:,}/{b:,}" for a, b in zip(after, before, strict=True)]
+        colours = ["#9db4c8" if k >= 1.0 else "#d62728" if k < 0.25 else colour for k in kept]
+        fig.add_trace(go.Bar(y=names, x=[1.0] * len(rows), orientation="h", marker_color="#e8e8e8",
+                             hoverinfo="skip", showlegend=False), row=1, col=col)
+        fig.add_trace(go.Bar(y=names, x=kept, orientation="h", marker_color=colours, showlegend=False,
+                             customdata=list(zip(after, before, strict=True)),
+                             hovertemplate=f"%{{y}}: %{{customdata[0]:,}} of %{{customdata[1]:,}} {unit} kept"
+                                           "<extra></extra>"),
+                      row=1, col=col)
+        fig.add_trace(go.Bar(y=names, x=[1.0] * len(rows), orientation="h", marker_color="rgba(0,0,0,0)", text=text,
+                             textposition="inside", insidetextanchor="end", textfont={"size": 12, "color": "#333"},
+                             hoverinfo="skip", showlegend=False), row=1, col=col)  # labels on top, at the right
+        fig.update_xaxes(range=[0, 1], tickformat=".0%", title_text="kept", row=1, col=col)
+    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=names)
+    fig.update_layout(barmode="overlay", title=title, height=140 + 24 * len(rows), bargap=0.12,
+                      uniformtext={"minsize": 11, "mode": "show"},
+                      margin={"t": 100, "b": 80},
+                      annotations=[*fig.layout.annotations,
+                                   {"text": f"↓ {top}", "xref": "paper", "yref": "paper", "x": 0.5, "y": 1.0,
+                                    "yshift": 45, "showarrow": False, "font": {"size": 12, "color": "gray"}},
+                                   {"text": f"↓ {bottom}", "xref": "paper", "yref": "paper", "x": 0.5, "y": 0,
+                                    "yshift": -60, "showarrow": False, "font": {"size": 12, "color": "gray"}}])
+    return fig
+
+
 def comparison_figure(run: Run) -> go.Figure:
     """Grouped bars: original vs pruned, each metric as % of the original."""
     rows = [r for r in comparison_rows(run) if r["retained %"] is not None]
