@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--no-references", action="store_true", help="skip the dense and Wanda-sp rows")
     parser.add_argument("--pairs", nargs="+", metavar="VARIANT@RATIO", help="run just these (variant, ratio) pairs "
                         "instead of every variant at every ratio")
+    parser.add_argument("--evidence", action="store_true", help="also write the risk band of the Plan page's ratio "
+                        "slider, minillm_core/evidence/<model>.json, from the dense row and one variant per ratio")
     args = parser.parse_args()
     limit = args.limit or None
     if args.one:
@@ -268,6 +270,29 @@ def main() -> None:
             print(f"{label} @ {ratio}, {calib} rows: {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append(json.loads(part.read_text()))
     report(rows, args)
+    if args.evidence:
+        write_evidence(rows, args)
+
+
+def write_evidence(rows: list[dict], args: argparse.Namespace) -> None:
+    """The measured curve behind the Plan page's risk band (`minillm_core.runs.risk`): WikiText-2 perplexity of one
+    variant per ratio beside the dense model's, on the same windows, with what was run and where the table is."""
+    dense = next((r for r in rows if r["variant"] == "dense"), None)
+    points = sorted((r for r in rows if "removed_fraction" in r), key=lambda r: r["ratio"])
+    if dense is None or len({r["ratio"] for r in points}) != len(points):
+        raise SystemExit("--evidence needs the dense row (no --no-references) and one variant per ratio")
+    windows = "the full test split" if not args.limit else f"the first {args.limit} windows of the test split"
+    variants = sorted({r["variant"] for r in points}, key=list(VARIANTS).index)
+    stem = args.stem or ("quality" if args.limit else "quality_full")
+    data = {"model": MODEL, "metric": "ppl/wikitext2", "dense_ppl": dense["ppl/wikitext2"],
+            "about": f"measured on SmolLM2-135M: {' / '.join(variants)}, c4 calibration {args.calib} x 128 tokens, "
+                     f"WikiText-2 {windows} (128 tokens), no recovery; bench/results/{stem}.md",
+            "points": [{"ratio": r["ratio"], "removed": r["removed_fraction"], "ppl": r["ppl/wikitext2"],
+                        "variant": r["variant"]} for r in points]}
+    path = Path(__file__).resolve().parent.parent / "minillm_core" / "evidence" / f"{MODEL}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"risk band evidence: {path}")
 
 
 if __name__ == "__main__":

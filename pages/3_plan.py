@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from minillm_core import workflow
+from minillm_core import runs, workflow
 from minillm_core.workflow import PlanConfig, PruningPlan
 from ui import state
-from ui.figures import architecture_figure, widths_figure
+from ui.figures import architecture_figure, risk_figure, widths_figure
 from ui.models import model_handle
 from ui.widgets import config_widgets, next_step
 
@@ -53,6 +53,7 @@ with st.expander("Upload a plan JSON", expanded=uploaded is not None):
             st.session_state[state.UPLOADED_PLAN] = uploaded = None
 
 # --- or build one from the slider -------------------------------------------------------------------------------
+risk_band = st.container()  # filled once the plan is known: what its ratio is expected to cost
 if uploaded is not None:
     plan = uploaded
 elif scores is None:
@@ -69,6 +70,11 @@ else:
         plan = workflow.make_plan(handle.loaded, scores, PlanConfig(**values))
 st.session_state[state.PLAN] = plan
 state.sidebar_status()
+curve, your_runs = runs.ratio_risk(st.session_state[state.MODEL])
+if curve is not None:
+    with risk_band:
+        st.plotly_chart(risk_figure(curve, your_runs, plan.removed_fraction), key="risk_band")
+        st.caption(runs.risk.describe(curve, plan.removed_fraction))
 
 # --- preview ----------------------------------------------------------------------------------------------------
 s = workflow.summary_of(plan, g)

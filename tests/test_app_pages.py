@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from minillm_core import runs
-from tests.helpers import spec_for
+from tests.helpers import spec_for, tiny_plan
 from ui import state
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -138,6 +138,21 @@ def test_plan_page_slider_updates_the_preview(app):
     goto(app, "3_plan.py")  # the options survive a visit to another page
     assert app.slider(key="plan.ratio").value == 0.2 and app.multiselect(key="plan.protected_layers").value == [0, 1]
     assert app.session_state[state.PLAN].config.allocation == "global"
+
+
+def test_plan_page_draws_the_risk_band_from_this_models_runs(app, runs_dir, tiny_model_dir):
+    with_scores(app)
+    goto(app, "3_plan.py")
+    assert not [c for c in charts(app) if "perplexity x original" in c.proto.spec]  # nothing measured yet: no band
+    assert not any("expect perplexity" in c.value for c in app.caption)
+    done = [runs.submit(spec_for(tiny_model_dir, plan=tiny_plan(tiny_model_dir, r)), runs_dir) for r in (0.2, 0.4)]
+    assert all(wait_done(j, runs_dir).state == "done" for j in done)
+    ok(app.run())
+    band = next(c for c in charts(app) if "perplexity x original" in c.proto.spec)
+    assert "your runs" in band.proto.spec
+    sentence = next(c.value for c in app.caption if "expect perplexity" in c.value)
+    assert sentence.startswith("At 1") and "expect perplexity about x" in sentence  # the plan's ~20%
+    assert "from 2 finished run(s) of this model" in sentence
 
 
 def test_plan_page_reports_an_impossible_ratio(app):

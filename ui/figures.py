@@ -5,6 +5,8 @@ Score inputs are `GroupScores` (heads[i]: [num_heads], channels[i]: [intermediat
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,6 +19,7 @@ from minillm_core.runs import (
     dense_points,
     metric_label,
     pareto_front,
+    risk,
     size_quality_points,
 )
 from minillm_core.scoring import GroupScores
@@ -224,6 +227,41 @@ def architecture_figure(rows: list[dict[str, int]], title: str = "Architecture: 
                                     "yshift": 45, "showarrow": False, "font": {"size": 12, "color": "gray"}},
                                    {"text": f"↓ {bottom}", "xref": "paper", "yref": "paper", "x": 0.5, "y": 0,
                                     "yshift": -60, "showarrow": False, "font": {"size": 12, "color": "gray"}}])
+    return fig
+
+
+RISK_COLOURS = {"mild": "rgba(44,160,44,0.14)", "noticeable": "rgba(255,127,14,0.16)", "severe": "rgba(214,39,40,0.14)"}
+
+
+def risk_figure(curve: risk.RiskCurve, runs: list[risk.RiskPoint], removed: float) -> go.Figure:
+    """The ratio slider's risk band: perplexity ratio (pruned / original, log axis) against the fraction removed, over
+    mild / noticeable / severe bands, the measured curve, this model's finished runs as dots, and the current plan."""
+    right = max(0.6, removed + 0.05, *(p.removed + 0.05 for p in runs))
+    ys = [p.ratio for p in (*curve.points, *runs)]
+    top = max(10.0, *ys) * 1.5
+    fig = go.Figure()
+    low = 1.0
+    for bound, name in risk.LEVELS:
+        high = min(bound, top)
+        fig.add_hrect(y0=low, y1=high, fillcolor=RISK_COLOURS[name], line_width=0, layer="below",
+                      annotation_text=name, annotation_position="top left", annotation_font_color="gray")
+        low = high
+    fig.add_trace(go.Scatter(x=[0.0] + [p.removed for p in curve.points], y=[1.0] + [p.ratio for p in curve.points],
+                             mode="lines+markers", name="measured", line_color="#444",
+                             hovertemplate="%{x:.0%} removed: perplexity x%{y:.2f}<extra>measured</extra>"))
+    if runs:
+        fig.add_trace(go.Scatter(x=[p.removed for p in runs], y=[p.ratio for p in runs], mode="markers",
+                                 name="your runs", marker={"color": "#1f77b4", "size": 8},
+                                 text=[p.source for p in runs],
+                                 hovertemplate="%{text}: %{x:.0%} removed, perplexity x%{y:.2f}<extra></extra>"))
+    expected = risk.expected_ratio(curve, removed)
+    fig.add_vline(x=removed, line_color="#d62728", line_dash="dot",
+                  annotation_text=f"this plan: {removed:.0%}" + (f", ~x{expected:.1f}" if expected else ""),
+                  annotation_position="top right")
+    fig.update_xaxes(range=[0, right], tickformat=".0%", title_text="fraction of parameters removed")
+    fig.update_yaxes(type="log", range=[0, math.log10(top)], title_text="perplexity x original")
+    fig.update_layout(height=260, margin={"t": 30, "b": 40, "l": 60, "r": 20}, showlegend=bool(runs),
+                      legend={"orientation": "h", "y": 1.15, "x": 1, "xanchor": "right"})
     return fig
 
 

@@ -18,7 +18,7 @@ from minillm_core.evaluation.ab import ABConfig, ABResult, result_from_dict
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.reconstruction import ReconstructConfig
 from minillm_core.recovery import RecoveryConfig
-from minillm_core.runs import compare, process, store, sweep
+from minillm_core.runs import compare, process, risk, store, sweep
 from minillm_core.runs.compare import (
     comparison_rows,
     comparison_table,
@@ -77,9 +77,11 @@ __all__ = [
     "pareto_front",
     "protocol",
     "quality_of",
+    "ratio_risk",
     "read_metrics",
     "read_spec",
     "rename",
+    "risk",
     "runs_root",
     "save_ab",
     "side_by_side",
@@ -147,6 +149,13 @@ def typical_seconds(model: str, root: Root = None) -> tuple[float, float, float,
     if not seconds:
         return None
     return statistics.median(seconds), min(seconds), max(seconds), len(seconds)
+
+
+def ratio_risk(model: str, root: Root = None) -> tuple[risk.RiskCurve | None, list[risk.RiskPoint]]:
+    """What ratios cost for `model`: the curve a risk band is drawn from (the shipped benchmark for the bundled model,
+    else its finished runs) and the finished runs' own points, for the Plan page's ratio slider."""
+    finished = list(["done"], root)
+    return risk.risk_curve(model, finished), risk.run_points(finished, model)
 
 
 def rename(run_id: str, name: str, root: Root = None) -> Run:
