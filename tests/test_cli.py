@@ -110,6 +110,14 @@ def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):
                                    str(text), "--max-steps", "4", "--batch-size", "2", "--max-length", "32",
                                    "--limit", "2", "--method", "kd", "--json"]))  # teacher: the plan's model
     assert kd["steps"] == 4 and json.loads((tmp_path / "kd" / "recovery.json").read_text())["method"] == "kd"
+    cached = _json(runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "kd-top"), "--data",
+                                       str(text), "--max-steps", "4", "--batch-size", "2", "--max-length", "32",
+                                       "--limit", "2", "--method", "kd", "--kd-top-k", "8", "--json"]))
+    record = json.loads((tmp_path / "kd-top" / "recovery.json").read_text())
+    assert cached["steps"] == 4 and record["settings"]["kd_top_k"] == 8
+    refused = runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "sft-top"), "--data",
+                                  str(text), "--kd-top-k", "8"])
+    assert refused.exit_code == 2 and "error: kd_top_k caches the teacher's logits for --method kd" in refused.stderr
     unknown = runner.invoke(app, ["recover", "--model", str(model_dir), "--out", str(tmp_path / "kd2"), "--data",
                                   str(text), "--method", "kd"])  # an unpruned model names no original
     assert unknown.exit_code == 2 and "pass --teacher" in unknown.stderr

@@ -33,6 +33,7 @@ from minillm_core.recovery import (
     steps_per_epoch,
 )
 from minillm_core.recovery.local import pack_rows
+from minillm_core.recovery.train import TEACHER_DIR
 from minillm_core.workflow import make_plan as plan
 from minillm_core.workflow import prune as apply_plan
 from minillm_core.workflow import score
@@ -366,6 +367,58 @@ def test_kd_resume_continues_exactly(text_file, tmp_path):
         train(model, tok, config(text_file), out_dir=tmp_path / "run")
     second = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "run")
     torch.testing.assert_close(logits(second.model), logits(straight.model), atol=1e-6, rtol=1e-6)
+
+
+def test_top_k_kd_loss_is_the_kl_of_the_coarsened_distributions():
+    from minillm_core.recovery.distill import kd_loss
+    from minillm_core.recovery.teacher_cache import kd_loss_top_k, top_k_targets
+
+    gen = torch.Generator().manual_seed(0)
+    teacher, student = torch.randn(1, 3, 6, generator=gen), torch.randn(1, 3, 6, generator=gen)
+    mask = torch.tensor([[True, False, True]])
+    values, ids, tail = top_k_targets(teacher, 2, temperature=1.5)
+    p = torch.softmax(teacher / 1.5, -1)
+    assert torch.allclose(tail.exp(), 1 - p.topk(2, -1).values.sum(-1), atol=1e-6)  # the mass left to the rest
+    expected = []
+    for j in (0, 2):  # by hand: the two top tokens and one bucket for the other four
+        top = p[0, j].topk(2).indices
+        q = torch.softmax(student[0, j] / 1.5, -1)
+        pc = torch.cat([p[0, j, top], (1 - p[0, j, top].sum())[None]])
+        qc = torch.cat([q[top], (1 - q[top].sum())[None]])
+        expected.append(float((pc * (pc / qc).log()).sum()))
+    got = kd_loss_top_k(student, values, ids, tail, mask, temperature=1.5).item()
+    assert got == pytest.approx(2.25 * sum(expected) / 2, rel=1e-5)
+    labels = torch.tensor([[0, 7, IGNORE, 7]])  # kd_loss masks through labels[:, 1:]: positions 0 and 2 predict
+    full = kd_loss(torch.cat([student, student[:, :1]], 1), torch.cat([teacher, teacher[:, :1]], 1), labels, 1.5)
+    assert got <= full.item() + 1e-6  # coarsening never raises a KL
+    every = top_k_targets(teacher, 6, 1.5)  # k = vocabulary: the full KL, the tail empty
+    assert kd_loss_top_k(student, *every, mask, 1.5).item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_cached_top_k_kd_with_the_whole_vocabulary_trains_like_kd_without_the_teacher(text_file, tmp_path):
+    model, _ = pruned()
+    teacher = tiny_model("llama-gqa")
+    tok = tiny_tokenizer()
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    live = train(model, tok, config(text_file, method="kd", kd_temperature=2.0), teacher=teacher)
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return teacher
+
+    cfg = config(text_file, method="kd", kd_temperature=2.0, kd_top_k=vocab)
+    progress, stop = _stop_after(steps_per_epoch(16, cfg))
+    first = train(model, tok, cfg, teacher=loader, out_dir=tmp_path / "run", progress=progress, should_stop=stop)
+    assert first.stopped and calls == [1] and (tmp_path / "run" / TEACHER_DIR).is_dir()
+    second = train(model, tok, cfg, teacher=loader, out_dir=tmp_path / "run")  # resumes on the cache alone
+    assert calls == [1] and not (tmp_path / "run" / TEACHER_DIR).exists()  # the finished save drops the cache
+    torch.testing.assert_close(logits(second.model), logits(live.model), atol=1e-5, rtol=1e-5)
+    small = train(model, tok, config(text_file, method="kd", kd_top_k=4), teacher=teacher)  # in a temporary folder
+    losses = [r["loss"] for r in small.losses]
+    assert losses[-1] < losses[0]
+    with pytest.raises(MiniLLMError, match="kd_top_k caches the teacher's logits for --method kd"):
+        config(text_file, kd_top_k=8)
 
 
 # --- every weight trained (trainable full) -----------------------------------------------------------------------

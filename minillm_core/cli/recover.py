@@ -6,6 +6,7 @@ Options come from `RecoveryConfig` and `EvalConfig`; Ctrl-C stops after the curr
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,10 @@ def _render(out: Path, result: RecoveryResult) -> None:
          for k in result.before if k.startswith(("ppl/", "acc/")) and result.after]
         + [f"{result.steps} updates in {result.train_seconds:.0f} s (wall {result.wall_seconds:.0f} s); "
            f"saved to {out}"]))
+
+
+def _teacher(load_config: LoadConfig) -> Any:
+    return load(load_config).model
 
 
 @app.command("recover")
@@ -79,7 +84,8 @@ def recover_cmd(
             if not name:
                 raise MiniLLMError(f"--method {config.method} needs the original model: pass --teacher (this model "
                                    "carries no pruning plan naming it)")
-            original = load(dataclasses.replace(load_config, model=name)).model
+            # loaded when needed: with --kd-top-k only to compute its targets, not at all when a resumed run has them
+            original = functools.partial(_teacher, dataclasses.replace(load_config, model=name))
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
         try:

@@ -69,6 +69,11 @@ class RecoveryConfig:
                                    label="KD temperature")
     kd_alpha: float = option(1.0, "Weight of the distillation term; 1 - alpha goes to the next-token loss.",
                              min=0.0, max=1.0, label="KD weight")
+    kd_top_k: int | None = option(
+        None, "With --method kd: compute the teacher's top-k log-probs per token once, keep them on disk (safetensors "
+        "beside the checkpoint) and train without the teacher in memory; the loss is then the KL over those k tokens "
+        "plus one bucket for the rest (a lower bound of the full KL). Empty or 0: the full distribution, teacher in "
+        "memory.", min=0, label="KD top-k cache")
     trainable: str = option("lora", "What trains: lora (adapters on the linears, merged after; low memory) or full "
                             "(every remaining weight, embeddings included; AdamW keeps two more copies of the model, "
                             "Minitron's setting).", choices=TRAINABLE, label="trained weights")
@@ -97,6 +102,13 @@ class RecoveryConfig:
         if self.method == "local" and (self.trainable != "full" or self.max_steps is not None):
             raise MiniLLMError("method local trains each pruned layer's own weights for --epochs passes over the "
                                "rows: pass --trainable full, and no --max-steps")
+        if self.kd_top_k == 0:
+            object.__setattr__(self, "kd_top_k", None)
+        if self.kd_top_k is not None:
+            _check_int("kd_top_k", self.kd_top_k, 1)
+            if self.method != "kd":
+                raise MiniLLMError(f"kd_top_k caches the teacher's logits for --method kd, not {self.method}; "
+                                   "drop --kd-top-k or pass --method kd")
         if self.trainable not in TRAINABLE:
             raise MiniLLMError(f"unknown trainable {self.trainable!r}; allowed: {', '.join(TRAINABLE)}")
         if self.trainable == "full" and not self.merge:

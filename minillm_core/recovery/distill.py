@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from minillm_core.recovery.data import IGNORE
+from minillm_core.recovery.teacher_cache import kd_loss_top_k
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -30,18 +31,24 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 def training_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], method: str, temperature: float,
-                  alpha: float) -> torch.Tensor:
+                  alpha: float, cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                  ) -> torch.Tensor:
     """The loss of one micro-batch: the next-token loss (`sft`), or `alpha` x KD + (1 - alpha) x next-token loss
-    (`kd`; alpha 1 is pure distillation). The teacher runs without gradients on the student's batch. KD covers every
+    (`kd`; alpha 1 is pure distillation). The teacher runs without gradients on the student's batch, or its top-k
+    targets come from `cached` (`teacher_cache.TeacherCache.targets`, the top-k approximation). KD covers every
     real token of the example, prompt included (the teacher has a distribution at each position, as in Minitron's
     distillation on the whole sequence); the next-token loss keeps the labels' masking."""
     out = student(**batch, use_cache=False)
     if method == "sft":
         return out.loss
-    device = next(teacher.parameters()).device
-    with torch.no_grad():
-        target = teacher(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                         use_cache=False).logits.to(out.logits.device)
     every_token = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
-    kd = kd_loss(out.logits, target, every_token, temperature)
+    if cached is not None:
+        values, ids, tail = (t.to(out.logits.device) for t in cached)
+        kd = kd_loss_top_k(out.logits[:, :-1], values, ids, tail, every_token[:, 1:] != IGNORE, temperature)
+    else:
+        device = next(teacher.parameters()).device
+        with torch.no_grad():
+            target = teacher(input_ids=batch["input_ids"].to(device),
+                             attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+        kd = kd_loss(out.logits, target.to(out.logits.device), every_token, temperature)
     return kd if alpha >= 1.0 else alpha * kd + (1.0 - alpha) * out.loss

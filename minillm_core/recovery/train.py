@@ -6,11 +6,13 @@ full`); epochs, checkpoints, resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +32,7 @@ from minillm_core.progress import Progress, no_progress
 from minillm_core.recovery.config import DEFAULT_EVAL, RecoveryConfig, _jsonable, lr_at
 from minillm_core.recovery.data import collate, encode_examples, fingerprint, load_training_data
 from minillm_core.recovery.distill import training_loss
+from minillm_core.recovery.teacher_cache import TeacherCache
 from minillm_core.settings import user_path
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ LIVE_LOG = "live_losses.jsonl"
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+TEACHER_DIR = "teacher_topk"  # the teacher's cached top-k targets (kd_top_k), removed with the finished run's save
 FORMAT = 1
 @dataclass(frozen=True)
 class StepReport:
@@ -239,6 +243,9 @@ def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[st
     meta = read_checkpoint(out / CHECKPOINT_DIR)
     if meta is not None and resume and not config.overwrite:
         return meta
+    if resume and not config.overwrite and out.is_dir() and {p.name for p in out.iterdir()} <= {TEACHER_DIR,
+                                                                                                LIVE_LOG}:
+        return None  # stopped before its first checkpoint: the teacher's targets are kept and reused
     if out.is_dir() and any(out.iterdir()) and not config.overwrite:
         hint = "pass resume to continue its checkpoint or " if meta is not None else ""
         raise MiniLLMError(f"{out} exists and is not empty; {hint}choose another directory or pass overwrite")
@@ -268,6 +275,7 @@ class _Run:
     on_step: Callable[[StepReport], None]
     should_stop: Callable[[], bool]
     teacher: nn.Module | None = None  # the original model, for method "kd"
+    cache: TeacherCache | None = None  # or its top-k targets on disk (kd_top_k)
 
 
 def steps_per_epoch(n_examples: int, config: RecoveryConfig) -> int:
@@ -292,7 +300,8 @@ def _update(run: _Run, group: list[list[int]], lr: float) -> tuple[float, int]:
     for indices in group:
         batch = collate([run.examples[i] for i in indices], run.pad_id, run.device)
         cfg = run.config  # sft: mean NLL over the batch's unmasked labels; kd: KL to the teacher on those positions
-        loss = training_loss(run.model, run.teacher, batch, cfg.method, cfg.kd_temperature, cfg.kd_alpha)
+        cached = run.cache.targets(indices, batch["input_ids"].shape[1]) if run.cache is not None else None
+        loss = training_loss(run.model, run.teacher, batch, cfg.method, cfg.kd_temperature, cfg.kd_alpha, cached)
         (loss / len(group)).backward()
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
@@ -356,14 +365,17 @@ def recover(
     on_step: Callable[[StepReport], None] | None = None,
     inplace: bool = False,
     evaluation: EvalConfig | None = DEFAULT_EVAL,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Callable[[], nn.Module] | None = None,
 ) -> RecoveryResult:
     """Train a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
 
     `config.method`: `sft` trains on the data's next tokens; `kd` distils `teacher` (the unpruned original, same
     vocabulary; read only, never trained) on the same tokens (`recovery.distill`); `local` trains each pruned layer
     to reproduce `teacher`'s layer on its own inputs, one layer at a time (`recovery.local`; no checkpoints: a
-    stopped run starts over).
+    stopped run starts over). `teacher` may be a loader (called only when the model is needed). With
+    `config.kd_top_k`, the teacher's top-k targets are computed once into `out_dir/teacher_topk` (a temporary folder
+    without `out_dir`; reused on resume without loading the teacher) and training runs without it
+    (`recovery.teacher_cache`).
 
     With `out_dir`: a checkpoint after each epoch (and on stop) in `out_dir/checkpoint`, resumed when `resume`; at the
     end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`) or
@@ -371,15 +383,10 @@ def recover(
     `on_step` gets loss, learning rate, tokens/s and ETA. A stopped run returns `stopped=True` and the PEFT model.
     `evaluation` runs the evaluation suite before and after (None: skip; default `DEFAULT_EVAL`).
     """
-    from minillm_core.surgery import copy_model
-
     config = config or RecoveryConfig()
-    if config.method in ("kd", "local"):
-        if teacher is None:
-            raise MiniLLMError(f"method {config.method} distils the original model: pass teacher= (CLI: --teacher, by "
-                               "default the model the pruning plan was made from)")
-        check_same_tokenizer(tokenizer, None, teacher, model)
-        teacher.eval()
+    if config.method in ("kd", "local") and teacher is None:
+        raise MiniLLMError(f"method {config.method} distils the original model: pass teacher= (CLI: --teacher, by "
+                           "default the model the pruning plan was made from)")
     t_start = time.perf_counter()
     out = user_path(out_dir) if out_dir is not None else None
     meta = _prepare_out_dir(out, config, resume) if out is not None else None
@@ -387,6 +394,55 @@ def recover(
     data_hash = fingerprint(examples)
     if meta is not None:
         _check_resumable(meta, config, data_hash, out / CHECKPOINT_DIR)
+    with contextlib.ExitStack() as scratch:
+        cache = None
+        if config.kd_top_k:  # the teacher's targets once, on disk; the teacher itself is not kept
+            folder = out / TEACHER_DIR if out is not None else Path(scratch.enter_context(
+                tempfile.TemporaryDirectory(prefix="minillm-teacher-"))) / TEACHER_DIR
+            cache = _teacher_targets(teacher, tokenizer, model, examples, config, data_hash, folder, progress)
+            teacher = None
+        elif teacher is not None:
+            teacher = _materialize(teacher)
+            check_same_tokenizer(tokenizer, None, teacher, model)
+            teacher.eval()
+        return _recover(model, tokenizer, config, out, plan, progress, should_stop, on_step, inplace, evaluation,
+                        teacher, cache, meta, examples, data_hash, t_start)
+
+
+def _materialize(teacher: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """The teacher model: itself, or what its loader returns (so a run that needs only its cache never loads it)."""
+    return teacher if isinstance(teacher, nn.Module) else teacher()
+
+
+def _teacher_targets(teacher: nn.Module | Callable[[], nn.Module], tokenizer: Any, model: nn.Module,
+                     examples: list, config: RecoveryConfig, data_hash: str, folder: Path, progress: Progress
+                     ) -> TeacherCache:
+    """The teacher's top-k targets in `folder`: reused when made from the same data, k and T (and, when the teacher
+    is at hand as a model, the same teacher), else computed now."""
+    from minillm_core.recovery import teacher_cache
+
+    wanted = {"data_fingerprint": data_hash, "k": config.kd_top_k, "temperature": config.kd_temperature}
+    if isinstance(teacher, nn.Module):
+        check_same_tokenizer(tokenizer, None, teacher, model)
+        wanted = teacher_cache._identity(teacher, data_hash, config.kd_top_k, config.kd_temperature)
+    found = teacher_cache.TeacherCache.open(folder, wanted)
+    if found is not None:
+        logger.info("reusing the teacher's top-%d targets in %s", config.kd_top_k, folder)
+        return found
+    teacher = _materialize(teacher)
+    check_same_tokenizer(tokenizer, None, teacher, model)
+    identity = teacher_cache._identity(teacher, data_hash, config.kd_top_k, config.kd_temperature)
+    return teacher_cache.build(teacher, examples, config.kd_top_k, config.kd_temperature, folder, identity,
+                               batch_size=config.batch_size, progress=progress)
+
+
+def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path | None, plan: PruningPlan | None,
+             progress: Progress, should_stop: Callable[[], bool], on_step: Callable[[StepReport], None] | None,
+             inplace: bool, evaluation: EvalConfig | None, teacher: nn.Module | None, cache: TeacherCache | None,
+             meta: dict[str, Any] | None, examples: list, data_hash: str, t_start: float) -> RecoveryResult:
+    """`recover` once its inputs are ready (the examples, the teacher or its cached targets, the checkpoint)."""
+    from minillm_core.surgery import copy_model
+
     work = model if inplace else copy_model(model)
     targets = _resolve_targets(work, config.target_modules)
     device = next(work.parameters()).device
@@ -419,7 +475,7 @@ def recover(
                                 {"settings": config.training_settings(), "data_fingerprint": data_hash})
 
         run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
-                   progress, live, should_stop, teacher if config.method == "kd" else None)
+                   progress, live, should_stop, teacher if config.method == "kd" else None, cache)
         stopped = _train(run)
     peft_model.eval()
     trained = {"target_modules": list(targets) if config.trainable == "lora" else "all",
