@@ -33,7 +33,8 @@ def test_levels_and_the_sentence_under_the_slider():
     assert [risk.level(r) for r in (1.0, 1.5, 1.6, 3.0, 3.1)] == ["mild", "mild", "noticeable", "noticeable", "severe"]
     text = risk.describe(CURVE, 0.3)
     assert text.startswith("At 30% removed, expect perplexity about x4.0 the original's (severe)")
-    assert "noticeable from ~12%" in text and "severe from ~26%" in text  # 2^(x/.2)=1.5: 11.7%; 2*4^((x-.2)/.2)=3: 25.8%
+    assert "noticeable from ~12%" in text  # 2^(x / 0.2) = 1.5 at 11.7%
+    assert "severe from ~26%" in text  # 2 * 4^((x - 0.2) / 0.2) = 3 at 25.8%
     assert risk.describe(CURVE, 0.6).startswith("60% removed is beyond the measured range (up to 40%)")
 
 
@@ -55,7 +56,8 @@ def test_the_shipped_benchmark_curve_is_read_for_its_name_only(tmp_path, monkeyp
         "points": [{"ratio": 0.2, "removed": 0.2, "ppl": 100.0}, {"ratio": 0.1, "removed": 0.1, "ppl": 60.0}]}))
     monkeypatch.setattr(risk, "EVIDENCE_DIR", tmp_path)
     curve = risk.risk_curve("tiny", [_run("a", 0.3, 1.2, model="tiny"), _run("b", 0.5, 9.0, model="tiny")])
-    assert [(p.removed, p.ratio) for p in curve.points] == [(0.1, 1.2), (0.2, 2.0)] and curve.about == "measured on tiny"
+    assert [(p.removed, p.ratio) for p in curve.points] == [(0.1, 1.2), (0.2, 2.0)]
+    assert curve.about == "measured on tiny"
     assert risk.benchmark_curve(str(tmp_path / "tiny")) is None  # a folder named like a bundled model is not it
 
 
