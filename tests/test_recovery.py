@@ -421,6 +421,22 @@ def test_cached_top_k_kd_with_the_whole_vocabulary_trains_like_kd_without_the_te
         config(text_file, kd_top_k=8)
 
 
+def test_self_data_is_written_by_the_original_and_needs_it(tmp_path):
+    model, p = pruned()
+    teacher = tiny_model("llama-gqa")
+    tok = tiny_tokenizer()
+    cfg = RecoveryConfig(data="self", n_samples=6, max_length=12, batch_size=3, epochs=2, learning_rate=1e-2,
+                         warmup_steps=0, method="kd")
+    result = train(model, tok, cfg, teacher=teacher, out_dir=tmp_path / "self", plan=p)
+    record = json.loads((tmp_path / "self" / RECOVERY_FILE).read_text())
+    assert record["examples"] == 6 and record["tokens"] == 2 * 6 * 12  # 6 generated rows of 12 tokens, 2 epochs
+    again = train(model, tok, cfg, teacher=teacher)
+    assert again.record["fingerprint"] == record["fingerprint"]  # the same text for the same seed
+    assert result.losses[-1]["loss"] < result.losses[0]["loss"]
+    with pytest.raises(MiniLLMError, match="training data 'self' is written by the original model"):
+        train(model, tok, RecoveryConfig(data="self", n_samples=6))
+
+
 # --- every weight trained (trainable full) -----------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from minillm_core.cli.app import Bar, DataDirOpt, JsonOpt, app, emit, load, stde
 from minillm_core.cli.options import Only, config_command
 from minillm_core.errors import MiniLLMError
 from minillm_core.recovery import DEFAULT_EVAL, RecoveryConfig, RecoveryResult
+from minillm_core.recovery.config import SELF_DATA
 from minillm_core.workflow import EvalConfig, LoadConfig
 
 
@@ -48,9 +49,9 @@ def recover_cmd(
     config: RecoveryConfig,
     evaluation: Annotated[EvalConfig, Only("perplexity", "tasks", "limit")] = DEFAULT_EVAL,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue --out's checkpoint.")] = True,
-    teacher: Annotated[str | None, typer.Option(help="With --method kd or local: the unpruned model to distil (name, "
-                                                     "path or Hub id); default: the model the pruning plan was made "
-                                                     "from.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="With --method kd or local, or --data self: the unpruned model "
+                                                     "to distil or to write the training text (name, path or Hub id); "
+                                                     "default: the model the pruning plan was made from.")] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -79,11 +80,12 @@ def recover_cmd(
         source = Path(loaded.source)
         plan = load_plan(source) if source.is_dir() else None
         original = None
-        if config.method in ("kd", "local"):
+        if config.method in ("kd", "local") or config.data == SELF_DATA:
             name = teacher or (plan.model if plan is not None else None)
             if not name:
-                raise MiniLLMError(f"--method {config.method} needs the original model: pass --teacher (this model "
-                                   "carries no pruning plan naming it)")
+                needs = f"--method {config.method}" if config.method != "sft" else "--data self"
+                raise MiniLLMError(f"{needs} needs the original model: pass --teacher (this model carries no pruning "
+                                   "plan naming it)")
             # loaded when needed: with --kd-top-k only to compute its targets, not at all when a resumed run has them
             original = functools.partial(_teacher, dataclasses.replace(load_config, model=name))
         stop = threading.Event()

@@ -18,6 +18,8 @@ _RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite")
 TRAINABLE = ("lora", "full")
 #: sft: next-token loss; kd: logit distillation; local: block-local distillation, layer by layer.
 METHODS = ("sft", "kd", "local")
+#: Training data the original model writes itself (`data.self_examples`).
+SELF_DATA = "self"
 #: What `recover` measures before and after unless told otherwise: WikiText-2 perplexity on the first 40 windows.
 DEFAULT_EVAL = EvalConfig(perplexity=("wikitext2",), limit=40)
 
@@ -54,8 +56,9 @@ class RecoveryConfig:
     grad_accum: int = option(1, "Micro-batches per update.", min=1)
     max_length: int = option(256, "Tokens per record (LLM-Pruner cutoff_len).", min=2)
     data: str = option("alpaca", "alpaca (Alpaca-cleaned: data mirror, else the Hub), c4/ptb/wikitext2 (plain text, "
-                       "train split), or a .json/.jsonl file of Alpaca records (instruction, input, output) or a .txt "
-                       "file.", label="training data")
+                       "train split), self (the original model writes the text, sampled from its BOS token: no data "
+                       "at all; needs the teacher), or a .json/.jsonl file of Alpaca records (instruction, input, "
+                       "output) or a .txt file.", label="training data")
     n_samples: int | None = option(200, "Seeded subset of records (plain text: max-length blocks); 0 or empty = all.",
                                    min=0, label="records")
     train_on_inputs: bool = option(False, "Also train on the prompt tokens (LLM-Pruner: off).")

@@ -144,6 +144,18 @@ def encode_examples(data: list[tuple[str, str]] | str, tokenizer: Any, config: R
     return examples
 
 
+def self_examples(teacher: Any, tokenizer: Any, config: RecoveryConfig) -> list[tuple[list[int], list[int]]]:
+    """Data-free training text: `n_samples` rows of `max_length` tokens the original model samples from its BOS
+    token (`calibration.self_generated`, seeded by `config.seed`), every token trained on."""
+    from minillm_core.calibration import CalibrationConfig, self_generated
+
+    if config.n_samples is None:
+        raise DataError("training data 'self' is generated: set how many records (n_samples), e.g. 200")
+    rows = self_generated(teacher, tokenizer, CalibrationConfig(source="self", n_samples=config.n_samples,
+                                                                seq_len=config.max_length, seed=config.seed))
+    return [(row.tolist(), row.tolist()) for row in rows]
+
+
 def _encode_pair(tokenizer: Any, prompt: str, response: str, config: RecoveryConfig) -> tuple[list[int], list[int]]:
     ids = tokenizer(prompt + response, truncation=True, max_length=config.max_length).input_ids
     eos = tokenizer.eos_token_id

@@ -29,8 +29,8 @@ from minillm_core.evaluation.suite import evaluate as evaluate_model
 from minillm_core.modeling import get_adapter
 from minillm_core.planning import PruningPlan
 from minillm_core.progress import Progress, no_progress
-from minillm_core.recovery.config import DEFAULT_EVAL, RecoveryConfig, _jsonable, lr_at
-from minillm_core.recovery.data import collate, encode_examples, fingerprint, load_training_data
+from minillm_core.recovery.config import DEFAULT_EVAL, SELF_DATA, RecoveryConfig, _jsonable, lr_at
+from minillm_core.recovery.data import collate, encode_examples, fingerprint, load_training_data, self_examples
 from minillm_core.recovery.distill import training_loss
 from minillm_core.recovery.teacher_cache import TeacherCache
 from minillm_core.settings import user_path
@@ -387,10 +387,18 @@ def recover(
     if config.method in ("kd", "local") and teacher is None:
         raise MiniLLMError(f"method {config.method} distils the original model: pass teacher= (CLI: --teacher, by "
                            "default the model the pruning plan was made from)")
+    if config.data == SELF_DATA and teacher is None:
+        raise MiniLLMError("training data 'self' is written by the original model: pass teacher= (CLI: --teacher, "
+                           "by default the model the pruning plan was made from)")
     t_start = time.perf_counter()
     out = user_path(out_dir) if out_dir is not None else None
     meta = _prepare_out_dir(out, config, resume) if out is not None else None
-    examples = encode_examples(load_training_data(config.data, config.data_dir), tokenizer, config)
+    if config.data == SELF_DATA:
+        teacher = _materialize(teacher)
+        check_same_tokenizer(tokenizer, None, teacher, model)
+        examples = self_examples(teacher, tokenizer, config)
+    else:
+        examples = encode_examples(load_training_data(config.data, config.data_dir), tokenizer, config)
     data_hash = fingerprint(examples)
     if meta is not None:
         _check_resumable(meta, config, data_hash, out / CHECKPOINT_DIR)
