@@ -16,7 +16,7 @@ from ui import state
 from ui.widgets import config_widgets
 
 LORA_OPTIONS = ("method", "trainable", "data", "n_samples", "epochs", "learning_rate", "rank", "kd_temperature",
-                "kd_alpha", "merge")
+                "kd_alpha", "eval_every", "merge")
 RECON_OPTIONS = ("enabled", "select", "target", "damping")
 
 
@@ -127,6 +127,11 @@ def done_panel(run: runs.Run) -> None:
             col.metric(f"{key} after LoRA", f"{after[key]:.4g}", f"{after[key] - before.get(key, 0):+.4g}",
                        delta_color="inverse" if key.startswith("ppl/") else "normal")
         loss_chart(run.id)
+        curve = pd.DataFrame((run.metrics.get("recovery") or {}).get("curve") or [])
+        measured = [c for c in curve.columns if c.startswith("ppl/")]
+        if len(curve) > 2 and measured:
+            st.markdown("**Perplexity against training tokens**")
+            st.line_chart(curve, x="tokens", y=measured, height=240)
     st.page_link("pages/5_compare.py", label="Compare original and pruned", icon=":material/compare_arrows:")
 
 

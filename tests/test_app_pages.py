@@ -261,6 +261,26 @@ def test_full_path_run_compare_runs(app, runs_dir, tiny_model_dir):
     assert "No runs recorded yet" in app.info[0].value
 
 
+def test_a_run_with_recovery_draws_perplexity_against_training_tokens(app, runs_dir):
+    with_scores(app)
+    goto(app, "3_plan.py")
+    goto(app, "4_run.py")
+    app.number_input[0].set_value(2)  # windows
+    app.number_input[1].set_value(16)  # window length
+    next(c for c in app.checkbox if c.label.startswith("Recover with LoRA")).check()
+    app.number_input(key="run.lora.n_samples").set_value(24)
+    app.number_input(key="run.lora.eval_every").set_value(2)
+    ok(app.get("form_submit_button")[0].click().run())
+    job_id = app.query_params["job"]
+    assert wait_done(job_id, runs_dir).state == "done"
+    ok(app.run())
+    assert any("after LoRA" in m.label for m in app.metric)
+    assert "**Perplexity against training tokens**" in [m.value for m in app.markdown]
+    recovery = runs.get(job_id, runs_dir).metrics["recovery"]
+    steps = [c["step"] for c in recovery["curve"]]  # as pruned, every 2 updates, recovered
+    assert steps == [0, *range(2, recovery["steps"], 2), recovery["steps"]] and len(steps) >= 3
+
+
 def test_compare_puts_two_runs_side_by_side_with_the_settings_that_differ(app, runs_dir, tiny_model_dir):
     first = runs.submit(spec_for(tiny_model_dir, name="a"), runs_dir)
     second = runs.submit(spec_for(tiny_model_dir, name="b", seq_len=8), runs_dir)

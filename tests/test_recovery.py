@@ -437,6 +437,22 @@ def test_self_data_is_written_by_the_original_and_needs_it(tmp_path):
         train(model, tok, RecoveryConfig(data="self", n_samples=6))
 
 
+def test_eval_every_records_perplexity_against_training_tokens(text_file, tmp_path, data_dir):
+    model, _ = pruned()
+    tok = tiny_tokenizer()
+    evaluation = EvalConfig(perplexity=("wikitext2",), limit=2, seq_len=16)
+    cfg = config(text_file, eval_every=2, epochs=1)  # 4 updates: measured before, after 2, after 4
+    plain = train(model, tok, config(text_file, epochs=1))
+    result = train(model, tok, cfg, evaluation=evaluation, out_dir=tmp_path / "r")
+    curve = result.record["curve"]
+    assert [c["step"] for c in curve] == [0, 2, 4] and [c["tokens"] for c in curve] == [0, 128, 256]  # 4 x 16 a step
+    assert curve[0]["ppl/wikitext2"] == result.before["ppl/wikitext2"]
+    assert curve[-1]["ppl/wikitext2"] == result.after["ppl/wikitext2"]
+    torch.testing.assert_close(logits(result.model), logits(plain.model))  # measuring changes nothing
+    with pytest.raises(MiniLLMError, match="eval_every measures the model between updates"):
+        config(text_file, method="local", trainable="full", eval_every=2)
+
+
 # --- every weight trained (trainable full) -----------------------------------------------------------------------
 
 

@@ -102,7 +102,8 @@ def test_id_validation(runs_dir):
 def test_run_with_lora_recovery_records_before_and_after(tiny_model_dir, runs_dir, tmp_path):
     text = tmp_path / "train.txt"
     text.write_text("\n\n".join(" ".join(f"w{(i * 5 + j) % 90}" for j in range(30)) for i in range(12)))
-    recovery = RecoveryConfig(data=str(text), max_steps=3, batch_size=2, max_length=32, rank=4, alpha=8.0)
+    recovery = RecoveryConfig(data=str(text), max_steps=3, batch_size=2, max_length=32, rank=4, alpha=8.0,
+                              eval_every=2)
     run_id = runs.submit(spec_for(tiny_model_dir, recovery=recovery, measure_speed=False), runs_dir)
     st = wait_for(run_id, runs_dir)
     assert st.state == "done", (st.error, log_of(runs_dir, run_id))
@@ -113,6 +114,10 @@ def test_run_with_lora_recovery_records_before_and_after(tiny_model_dir, runs_di
     assert metrics["recovered"]["ppl/wikitext2"] > 1
     assert (runs_dir / run_id / "recovered" / "recovery.json").is_file()
     assert [r["step"] for r in runs.loss_curve(run_id, runs_dir)] == [1, 2, 3]
+    curve = metrics["recovery"]["curve"]  # perplexity against tokens: as pruned, after update 2, recovered
+    assert [c["step"] for c in curve] == [0, 2, 3] and curve[0]["ppl/wikitext2"] == metrics["pruned"]["ppl/wikitext2"]
+    assert curve[-1]["ppl/wikitext2"] == metrics["recovered"]["ppl/wikitext2"]
+    assert 0 < curve[1]["tokens"] < curve[2]["tokens"] == metrics["recovery"]["tokens"]
 
 
 def test_run_with_reconstruction_records_perplexity_before_and_after_the_refit(tiny_model_dir, runs_dir):

@@ -13,7 +13,7 @@ from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.options import option
 
 # Settings that may change when a run resumes: everything else must match the checkpoint.
-_RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite")
+_RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite", "eval_every")
 #: lora: PEFT adapters on the linears; full: every parameter of the pruned model.
 TRAINABLE = ("lora", "full")
 #: sft: next-token loss; kd: logit distillation; local: block-local distillation, layer by layer.
@@ -80,6 +80,10 @@ class RecoveryConfig:
     trainable: str = option("lora", "What trains: lora (adapters on the linears, merged after; low memory) or full "
                             "(every remaining weight, embeddings included; AdamW keeps two more copies of the model, "
                             "Minitron's setting).", choices=TRAINABLE, label="trained weights")
+    eval_every: int | None = option(
+        None, "Also measure perplexity every N updates while training (the curve of perplexity against training "
+        "tokens, in recovery.json and on the Run page); each costs one evaluation. Empty or 0: before and after only.",
+        min=0, label="perplexity every N updates")
     merge: bool = option(True, "Merge LoRA into the pruned weights, or save the PEFT adapter on its own.",
                          cli="merge/--keep-adapter", label="merge adapters into the weights")
     data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
@@ -105,6 +109,13 @@ class RecoveryConfig:
         if self.method == "local" and (self.trainable != "full" or self.max_steps is not None):
             raise MiniLLMError("method local trains each pruned layer's own weights for --epochs passes over the "
                                "rows: pass --trainable full, and no --max-steps")
+        if self.eval_every == 0:
+            object.__setattr__(self, "eval_every", None)
+        if self.eval_every is not None:
+            _check_int("eval_every", self.eval_every, 1)
+            if self.method == "local":
+                raise MiniLLMError("eval_every measures the model between updates; method local trains one layer at a "
+                                   "time (the model is whole only at the end): drop --eval-every")
         if self.kd_top_k == 0:
             object.__setattr__(self, "kd_top_k", None)
         if self.kd_top_k is not None:

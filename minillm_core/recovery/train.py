@@ -7,6 +7,7 @@ full`); epochs, checkpoints, resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -144,6 +145,7 @@ class TrainState:
     wall_seconds: float = 0.0
     losses: list[dict[str, float]] = field(default_factory=list)
     before: dict[str, float] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)  # perplexity against training tokens (eval_every)
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -276,6 +278,7 @@ class _Run:
     should_stop: Callable[[], bool]
     teacher: nn.Module | None = None  # the original model, for method "kd"
     cache: TeacherCache | None = None  # or its top-k targets on disk (kd_top_k)
+    measure: Callable[[], dict[str, float]] | None = None  # perplexity now (eval_every)
 
 
 def steps_per_epoch(n_examples: int, config: RecoveryConfig) -> int:
@@ -328,6 +331,10 @@ def _train(run: _Run) -> bool:
             s.step, s.micro_in_epoch, s.tokens = s.step + 1, s.micro_in_epoch + len(group), s.tokens + tokens
             elapsed = time.perf_counter() - t0
             s.losses.append({"step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr})
+            if run.measure is not None and cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < run.total:
+                measuring = time.perf_counter()
+                s.curve.append({"step": s.step, "tokens": s.tokens, **run.measure()})
+                t0 += time.perf_counter() - measuring  # evaluations are not training time
             run.progress(s.step, run.total, "recover")
             run.on_step(StepReport(s.step, run.total, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed,
                                    elapsed / (s.step - step0) * (run.total - s.step)))
@@ -366,6 +373,7 @@ def recover(
     inplace: bool = False,
     evaluation: EvalConfig | None = DEFAULT_EVAL,
     teacher: nn.Module | Callable[[], nn.Module] | None = None,
+    curve: EvalConfig | None = None,
 ) -> RecoveryResult:
     """Train a copy of `model` (the caller's model is untouched unless `inplace`), evaluate before and after.
 
@@ -381,7 +389,9 @@ def recover(
     end `out_dir` becomes the merged pruned model (`io.save_pruned`, carrying `plan`) or
     the PEFT adapter (`merge=False`), plus `recovery.json`. `progress(step, total, "recover")` after each update;
     `on_step` gets loss, learning rate, tokens/s and ETA. A stopped run returns `stopped=True` and the PEFT model.
-    `evaluation` runs the evaluation suite before and after (None: skip; default `DEFAULT_EVAL`).
+    `evaluation` runs the evaluation suite before and after (None: skip; default `DEFAULT_EVAL`). With
+    `config.eval_every`, the perplexity sets of `curve` (default: `evaluation`, else `DEFAULT_EVAL`) are measured every
+    that many updates: `record["curve"]`, perplexity against training tokens (with the before/after points).
     """
     config = config or RecoveryConfig()
     if config.method in ("kd", "local") and teacher is None:
@@ -413,8 +423,9 @@ def recover(
             teacher = _materialize(teacher)
             check_same_tokenizer(tokenizer, None, teacher, model)
             teacher.eval()
-        return _recover(model, tokenizer, config, out, plan, progress, should_stop, on_step, inplace, evaluation,
-                        teacher, cache, meta, examples, data_hash, t_start)
+        curve = curve or evaluation or dataclasses.replace(DEFAULT_EVAL, data_dir=config.data_dir)
+        return _recover(model, tokenizer, config, out, plan, progress, should_stop, on_step, inplace,
+                        (evaluation, curve), teacher, cache, meta, examples, data_hash, t_start)
 
 
 def _materialize(teacher: nn.Module | Callable[[], nn.Module]) -> nn.Module:
@@ -446,15 +457,20 @@ def _teacher_targets(teacher: nn.Module | Callable[[], nn.Module], tokenizer: An
 
 def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path | None, plan: PruningPlan | None,
              progress: Progress, should_stop: Callable[[], bool], on_step: Callable[[StepReport], None] | None,
-             inplace: bool, evaluation: EvalConfig | None, teacher: nn.Module | None, cache: TeacherCache | None,
-             meta: dict[str, Any] | None, examples: list, data_hash: str, t_start: float) -> RecoveryResult:
-    """`recover` once its inputs are ready (the examples, the teacher or its cached targets, the checkpoint)."""
+             inplace: bool, evaluations: tuple[EvalConfig | None, EvalConfig], teacher: nn.Module | None,
+             cache: TeacherCache | None, meta: dict[str, Any] | None, examples: list, data_hash: str, t_start: float
+             ) -> RecoveryResult:
+    """`recover` once its inputs are ready (the examples, the teacher or its cached targets, the checkpoint);
+    `evaluations`: (before/after suite or None, the perplexity sets of the curve)."""
     from minillm_core.surgery import copy_model
+
+    evaluation, curve = evaluations
 
     work = model if inplace else copy_model(model)
     targets = _resolve_targets(work, config.target_modules)
     device = next(work.parameters()).device
-    state = TrainState(**{f.name: meta[f.name] for f in fields(TrainState)}) if meta else TrainState()
+    # a checkpoint written before a counter existed starts it empty
+    state = TrainState(**{f.name: meta[f.name] for f in fields(TrainState) if f.name in meta}) if meta else TrainState()
     if meta is None:
         state.before = _evaluate(work, tokenizer, evaluation, progress, "(before)")
     wall0 = state.wall_seconds
@@ -482,8 +498,19 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
                 save_checkpoint(out / CHECKPOINT_DIR, peft_model, optimizer, state,
                                 {"settings": config.training_settings(), "data_fingerprint": data_hash})
 
+        def measure() -> dict[str, float]:
+            from minillm_core.evaluation.perplexity import perplexity_on
+
+            peft_model.eval()
+            out = {f"ppl/{name}": perplexity_on(peft_model, tokenizer, name, seq_len=curve.seq_len,
+                                                batch_size=curve.batch_size, limit=curve.limit,
+                                                data_dir=curve.data_dir).ppl for name in curve.perplexity}
+            peft_model.train()
+            return out
+
         run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
-                   progress, live, should_stop, teacher if config.method == "kd" else None, cache)
+                   progress, live, should_stop, teacher if config.method == "kd" else None, cache,
+                   measure if config.eval_every else None)
         stopped = _train(run)
     peft_model.eval()
     trained = {"target_modules": list(targets) if config.trainable == "lora" else "all",
@@ -582,9 +609,18 @@ def _record(config: RecoveryConfig, state: TrainState, total: int, after: dict[s
         "epochs_done": state.epoch, "tokens": state.tokens, "train_seconds": round(state.train_seconds, 2),
         "wall_seconds": round(state.wall_seconds, 2),
         "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
-        "losses": state.losses, "before": state.before, "after": after,
+        "losses": state.losses, "before": state.before, "after": after, "curve": _curve(state, after),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
     }
+
+
+def _curve(state: TrainState, after: dict[str, Any]) -> list[dict[str, float]]:
+    """Perplexity against training tokens: before (0 tokens), every `eval_every` updates, after (all tokens)."""
+    def point(step: int, tokens: int, metrics: dict[str, Any]) -> list[dict[str, float]]:
+        ppl = {k: v for k, v in (metrics or {}).items() if k.startswith("ppl/")}
+        return [{"step": step, "tokens": tokens, **ppl}] if ppl else []
+
+    return point(0, 0, state.before) + state.curve + point(state.step, state.tokens, after)
 
 
 def _result(model: nn.Module, state: TrainState, total: int, stopped: bool, after: dict[str, Any] | None,

@@ -107,7 +107,8 @@ def execute(spec: RunSpec, folder: Path, rep: Reporter) -> tuple[dict[str, Any],
     if spec.llamacpp:
         _llamacpp(spec, folder, out, rep.begin(LLAMACPP_STEP))
     if spec.recovery is not None:
-        out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep, teacher=loaded.model)
+        out |= _recover(spec, folder, loaded.tokenizer, outcome.pruned, rep, teacher=loaded.model,
+                        before=outcome.run.pruned)
     out["seconds"] = time.time() - t0
     return out, outcome.run.side_files()
 
@@ -135,20 +136,25 @@ def _llamacpp(spec: RunSpec, folder: Path, out: dict[str, Any], progress: Progre
             for k, v in results["pruned"].items() if k.startswith("llamacpp/decode_tps/")})
 
 
-def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Reporter, teacher: Any = None
-             ) -> dict[str, Any]:
-    """LoRA-tune the pruned model (the pruned metrics are its "before"; `teacher`, the loaded original, for
-    distillation), save it, and evaluate it the same way."""
+def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Reporter, teacher: Any = None,
+             before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """LoRA-tune the pruned model (the pruned metrics are its `before`; `teacher`, the loaded original, for
+    distillation), save it, and evaluate it the same way; the perplexity curve runs from `before` to the recovered
+    model through the points measured every `eval_every` updates."""
     from minillm_core.recovery import recover
 
     out_dir = folder / files.RECOVERED_SUBDIR
     result = recover(pruned, tokenizer, spec.recovery, out_dir=out_dir, plan=spec.plan,
-                     progress=rep.begin(RECOVER_STEP), evaluation=None, teacher=teacher)
+                     progress=rep.begin(RECOVER_STEP), evaluation=None, teacher=teacher, curve=spec.evaluation)
     recovered, _ = workflow.evaluate(result.model, tokenizer, spec.evaluation,
                                      out_dir if spec.recovery.merge else None, progress=rep.begin(EVALUATE_RECOVERED))
+    tokens = result.record.get("tokens", 0)
+    curve = [{"step": 0, "tokens": 0, **{k: v for k, v in before.items() if k.startswith("ppl/")}},
+             *result.record.get("curve", []),
+             {"step": result.steps, "tokens": tokens, **{k: v for k, v in recovered.items() if k.startswith("ppl/")}}]
     return {"recovered": recovered, "recovered_dir": str(out_dir),
             "recovery": {"steps": result.steps, "train_seconds": result.train_seconds, "losses": result.losses,
-                         "settings": asdict(spec.recovery)}}
+                         "tokens": tokens, "curve": curve, "settings": asdict(spec.recovery)}}
 
 
 def main(argv: list[str] | None = None) -> int:
