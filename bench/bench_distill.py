@@ -15,6 +15,7 @@ import argparse
 import json
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +32,46 @@ from minillm_core.io import load_plan
 from minillm_core.recovery import RecoveryConfig, recover
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: name -> (loss, trained weights)
-METHODS = {"sft": ("sft", "lora"), "kd": ("kd", "lora"), "sft-full": ("sft", "full"), "kd-full": ("kd", "full"),
-           "local": ("local", "full")}
+#: name -> (loss, trained weights, other RecoveryConfig settings)
+METHODS = {"sft": ("sft", "lora", {}), "kd": ("kd", "lora", {}), "sft-full": ("sft", "full", {}),
+           "kd-full": ("kd", "full", {}), "local": ("local", "full", {}),
+           "kd-topk": ("kd", "lora", {"kd_top_k": 64}), "kd-self": ("kd", "lora", {"data": "self"})}
+
+
+def run_one(method: str, args: argparse.Namespace) -> dict:
+    """One method in this process (its peak RSS is its own): recover the pruned model, return its row."""
+    loss, trainable, extra = METHODS[method]
+    path, _ = pruned_dir(args.ratio)
+    pruned = workflow.load(str(path), device="cpu")
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def teacher():
+        return workflow.load(MODEL, device="cpu").model
+
+    lr = args.local_learning_rate if loss == "local" else args.full_learning_rate if trainable == "full" \
+        else args.learning_rate
+    budget = {"epochs": args.local_epochs, "batch_size": 8} if loss == "local" else {
+        "max_steps": args.updates, "eval_every": args.eval_every or None}
+    config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
+                            learning_rate=lr, **budget, **extra)
+    evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)
+    needs_teacher = loss != "sft" or extra.get("data") == "self"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        # the top-k cache gets the loader (the teacher is freed once its targets are written); the others the model
+        given = (teacher if "kd_top_k" in extra else teacher()) if needs_teacher else None
+        result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
+                         plan=load_plan(path), teacher=given)
+    wall = time.perf_counter() - t0
+    rec = result.record
+    losses = rec["losses"]
+    return {"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"], **extra,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "rss_after_load_mb": round(rss_loaded), "ppl_before": result.before["ppl/wikitext2"],
+            "ppl_after": result.after["ppl/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
+            "train_seconds": rec["train_seconds"], "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"],
+            "last_loss": losses[-1]["loss"], "curve": rec.get("curve", []),
+            "losses": losses[:: max(1, len(losses) // 40)]}  # at most ~40 points of the loss curve
 
 
 def main() -> None:
@@ -43,56 +81,60 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=120)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--eval-every", type=int, default=0, help="perplexity every N updates (0: before/after)")
     parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=list(METHODS))
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA methods")
     parser.add_argument("--full-learning-rate", type=float, default=1e-4, help="methods that train every weight")
     parser.add_argument("--local-learning-rate", type=float, default=1e-3, help="block-local distillation")
     parser.add_argument("--local-epochs", type=int, default=4, help="block-local: passes over the rows per layer")
     parser.add_argument("--stem", default="distill", help="output name under bench/results/")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    path, _ = pruned_dir(args.ratio)
-    pruned = workflow.load(str(path), device="cpu")
-    teacher = workflow.load(MODEL, device="cpu").model
-    evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    pruned_dir(args.ratio)  # built once, before the methods' processes
     rows = []
-    for method in args.methods:
-        loss, trainable = METHODS[method]
-        lr = args.local_learning_rate if loss == "local" else args.full_learning_rate if trainable == "full" \
-            else args.learning_rate
-        budget = {"epochs": args.local_epochs, "batch_size": 8} if loss == "local" else {"max_steps": args.updates}
-        config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
-                                learning_rate=lr, **budget)
-        with tempfile.TemporaryDirectory() as tmp:
-            result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
-                             plan=load_plan(path), teacher=teacher if loss != "sft" else None)
-        rec = result.record
-        rows.append({"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"],
-                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                     "ppl_before": result.before["ppl/wikitext2"],
-                     "ppl_after": result.after["ppl/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
-                     "train_seconds": rec["train_seconds"], "first_loss": rec["losses"][0]["loss"],
-                     "last_loss": rec["losses"][-1]["loss"], "losses": rec["losses"]})
-        print({k: v for k, v in rows[-1].items() if k != "losses"}, file=sys.stderr, flush=True)
+    for method in args.methods:  # each in its own process: its peak memory is its own
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", method], check=True,
+                             capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
                 f"rank 8 / alpha 16 / lr {args.learning_rate:g} (`-full`: every weight, AdamW lr "
                 f"{args.full_learning_rate:g}) / warmup 5 / batch 4, {args.updates} updates on "
                 f"{args.records} seeded "
                 f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
-                f"model at T=1 at every token (prompt included). WikiText-2 test, first {args.limit} windows of 128 "
-                f"tokens. local = block-local distillation of every pruned layer (its weights, AdamW lr "
+                f"model at T=1 at every token (prompt included); kd-topk = the same from the teacher's top-64 "
+                f"log-probs + tail mass cached on disk (the teacher freed before training); kd-self = kd on "
+                f"{args.records} rows of {args.max_length} tokens the unpruned model sampled itself (no data set). "
+                f"WikiText-2 test, first {args.limit} windows of 128 "
+                f"tokens" + (f", measured every {args.eval_every} updates" if args.eval_every else "") + ". "
+                f"local = block-local distillation of every pruned layer (its weights, AdamW lr "
                 f"{args.local_learning_rate:g}, {args.local_epochs} passes per layer over the same records packed "
                 f"into rows of {args.max_length} tokens, batch 8; tokens counted per layer pass). "
-                f"Peak RSS: the process's maximum after the method (monotone: run LoRA methods first). "
-                f"CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}.")
+                f"Each method in its own process; peak RSS = that process's maximum (pruned model, teacher if held, "
+                f"training). CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}. Reproduce: "
+                f"`MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py "
+                f"{' '.join(sys.argv[1:])}`.")
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     lines = ["# Recovery: SFT vs KD, LoRA vs every weight, at equal tokens (issue 15)", "", protocol, "",
              "| method | trained params | WikiText-2 before | after | updates | tokens | train loss first -> last | "
-             "train s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "train s | wall s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['trainable_params']:,} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} | "
               f"{r['updates']} | {r['tokens']:,} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
-              f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |" for r in rows]
+              f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} |" for r in rows]
+    curves = [r for r in rows if len(r["curve"]) > 2]
+    if curves:
+        steps = sorted({c["step"] for r in curves for c in r["curve"]})
+        lines += ["", "Perplexity against training (WikiText-2, same windows; cell: perplexity (tokens seen)):", "",
+                  "| method | " + " | ".join(f"update {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+        for r in curves:
+            at = {c["step"]: c for c in r["curve"]}
+            lines.append(f"| {r['method']} | " + " | ".join(
+                f"{at[s]['ppl/wikitext2']:.1f} ({at[s]['tokens']:,})" if s in at else "-" for s in steps) + " |")
     lines += ["", "The train losses are not comparable across methods (next-token NLL vs KL to the teacher)."]
     (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -27,6 +27,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = RESULTS / "quality_parts"
 MODEL = "smollm2-135m"
+BOTH = {"target": "both"}  # heads and channels in every layer (LLM-Pruner's rule): the default before target auto
 VARIANTS = {  # label -> (scorer, options, allocation, re-fit (target, select[, damping]) or None, calibration source[,
     # PlanConfig overrides])
     "flap": ("flap", {}, "uniform", None, "c4"),
@@ -34,14 +35,16 @@ VARIANTS = {  # label -> (scorer, options, allocation, re-fit (target, select[, 
     "flap + reconstruct, schedule": ("flap", {}, "schedule", ("local", "plan"), "c4"),
     "obs + reconstruct": ("obs", {}, "uniform", ("local", "plan"), "c4"),
     "obs + reconstruct, dense target": ("obs", {}, "uniform", ("dense", "plan"), "c4"),
-    "default: flap + reconstruct, OBS re-selection": ("flap", {}, "uniform", ("local", "obs"), "c4"),
+    # "default..." rows: the default pipeline before target auto (target both; the label kept with its results)
+    "default: flap + reconstruct, OBS re-selection": ("flap", {}, "uniform", ("local", "obs"), "c4", BOTH),
+    "default (auto: channels first below 30%)": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "auto"}),
     "obs sequential + reconstruct, global": ("obs", {}, "global", ("local", "obs"), "c4"),
     "obs sequential + reconstruct, searched": ("obs", {}, "search", ("local", "obs"), "c4"),
     "fms exact-layerwise + reconstruct": ("minillm", {"estimator": "exact-layerwise"}, "uniform", ("local", "plan"),
                                           "c4"),
-    "default, self calibration": ("flap", {}, "uniform", ("local", "obs"), "self"),
-    "default, dense target (every layer re-fitted)": ("flap", {}, "uniform", ("dense", "obs"), "c4"),
-    "default, residual target (every layer re-fitted)": ("flap", {}, "uniform", ("residual", "obs"), "c4"),
+    "default, self calibration": ("flap", {}, "uniform", ("local", "obs"), "self", BOTH),
+    "default, dense target (every layer re-fitted)": ("flap", {}, "uniform", ("dense", "obs"), "c4", BOTH),
+    "default, residual target (every layer re-fitted)": ("flap", {}, "uniform", ("residual", "obs"), "c4", BOTH),
     "default, MLP channels only": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels"}),
     "obs global, MLP channels only": ("obs", {}, "global", ("local", "obs"), "c4", {"target": "channels"}),
     "default, channels first": ("flap", {}, "uniform", ("local", "obs"), "c4", {"target": "channels-first"}),
@@ -114,7 +117,8 @@ def run_one(label: str, ratio: float, calib_rows: int, limit: int | None) -> dic
     scores = workflow.score(loaded.model, ScoreConfig(scorer, options), calib)
     t_score = time.perf_counter()
     base = workflow.plan_defaults(loaded.model)
-    overrides = {"protected_layers": base.protected_layers, **(more[0] if more else {})}
+    # target both unless the variant says otherwise: what every variant before target auto measured
+    overrides = {"protected_layers": base.protected_layers, **BOTH, **(more[0] if more else {})}
     recon = ReconstructConfig(target=refit[0], select=refit[1], damping=refit[2] if len(refit) > 2 else 0.01) \
         if refit else ReconstructConfig(enabled=False)
     try:

@@ -58,7 +58,7 @@ def round_channels(keep: float, shape: LayerShape, round_to: int) -> int:
 def _too_far(config: PlanConfig, geometry: ModelGeometry, protected: tuple[int, ...], max_removed: int) -> PlanError:
     top = max_removed / geometry.total_params
     return PlanError(
-        f"cannot remove {config.ratio:.1%} of parameters: with target {config.target!r}, protected layers "
+        f"cannot remove {config.ratio:.1%} of parameters: with target {config.resolved_target!r}, protected layers "
         f"{list(protected)} and at least one head and {config.round_to} channels per layer, at most {top:.1%} can go "
         f"without removing a whole layer; allowed ratio range: (0, {top:.3f}]"
     )
@@ -75,7 +75,7 @@ def _layer_cut(shape: LayerShape, geometry: ModelGeometry, config: PlanConfig, u
         return LayerCut(k, unit.granularity, shape.intermediate)
     min_keep = min_channels(shape, config.round_to)
     frac = target / geometry.layer_params(shape)
-    k = min(max_units, round(frac * unit.total)) if use_heads and config.target != "channels-first" else 0
+    k = min(max_units, round(frac * unit.total)) if use_heads and config.resolved_target != "channels-first" else 0
     while True:
         keep_exact = shape.intermediate - (target - k * unit.cost) / geometry.cost_channel
         if keep_exact >= min_keep - config.round_to / 2 or k >= max_units:

@@ -34,7 +34,7 @@ def test_default_protection_scales_llm_pruner_rule():
         ({"ratio": 0.0}, "ratio must be a fraction of parameters in (0, 1)"),
         ({"ratio": 1.2}, "ratio must be a fraction of parameters in (0, 1)"),
         ({"allocation": "greedy"}, "unknown allocation 'greedy'; allowed: uniform, global"),
-        ({"target": "layers"}, "unknown target 'layers'; allowed: heads, channels, both"),
+        ({"target": "layers"}, "unknown target 'layers'; allowed: auto, heads, channels, both, channels-first"),
         ({"head_granularity": "x"}, "unknown head granularity 'x'; allowed: q-heads, kv-groups"),
         ({"round_to": 0}, "round_to must be a positive integer"),
     ],
@@ -258,3 +258,6 @@ def test_channels_first_takes_heads_only_where_channels_cannot_give_the_cut(tiny
     heavy, removed = shapes(0.55, "channels-first")
     assert any(s.num_heads < 6 for s in heavy) and all(s.intermediate <= 24 for s in heavy)  # channels first
     assert abs(removed - 0.55) < 0.05
+    assert shapes(0.15, "auto") == shapes(0.15, "channels-first")  # auto: channels first below 30%,
+    assert shapes(0.35, "auto") == shapes(0.35, "both")  # both from 30% on
+    assert PlanConfig().target == "auto" and PlanConfig(ratio=0.3).resolved_target == "both"
