@@ -77,6 +77,9 @@ if curve is not None:
         st.caption(runs.risk.describe(curve, plan.removed_fraction))
 
 # --- preview ----------------------------------------------------------------------------------------------------
+if plan.config.target == "auto":
+    st.caption(f"Target **auto** at {plan.config.ratio:.0%}: **{plan.config.resolved_target}** (MLP channels first "
+               "below 30%, heads and channels in every layer from 30%: what measured best on SmolLM2).")
 s = workflow.summary_of(plan, g)
 m1, m2, m3 = st.columns(3)
 m1.metric("Parameters after", f"{s.params_after:,}", f"-{s.removed_fraction:.1%}", delta_color="off")

@@ -148,6 +148,12 @@ def test_headline_and_table_state_the_trade_off_with_directions(root):
     assert runs.comparison_tile("agreement/wikitext2", 0.8) == ("next tokens unchanged (wikitext2)", "80.0%")
     assert runs.comparison_tile("speedup/llamacpp_decode_tps/t1", 1.234) == (
         "decode speed-up in llama.cpp, 1 thread(s)", "x1.23")
+    run.metrics["recovered"] = {"params": 750, "ppl/wikitext2": 15.0}  # a run with recovery: shown beside
+    assert runs.headline(run).startswith("25% smaller (4.0 -> 3.0 MB); perplexity (wikitext2) 10.0 -> 29.4, x2.94 "
+                                         "worse; after recovery 15.0, x1.50;")
+    table = {r["metric"]: r for r in runs.comparison_table(run)}
+    assert table["perplexity wikitext2"]["after recovery"] == "15.00"
+    assert table["perplexity wikitext2"]["change after recovery"] == "↑ x1.50 worse"
 
 
 def test_size_quality_figure_has_the_original_on_a_log_axis(root):

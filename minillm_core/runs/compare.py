@@ -82,11 +82,19 @@ def change_of(key: str, original: Any, pruned: Any) -> str:
 
 
 def comparison_table(run: Run) -> list[dict[str, str]]:
-    """Original vs pruned per metric for people: formatted values with units and the change with its direction."""
+    """Original vs pruned per metric for people: formatted values with units and the change with its direction; a run
+    with recovery adds the recovered model beside them (its change against the original too)."""
     orig, pruned = run.metrics.get("original") or {}, run.metrics.get("pruned") or {}
-    return [{"metric": metric_label(k), "original": format_value(k, orig.get(k)),
-             "pruned": format_value(k, pruned.get(k)), "change": change_of(k, orig.get(k), pruned.get(k))}
-            for k in dict.fromkeys([*orig, *pruned])]
+    recovered = run.metrics.get("recovered") or {}
+    rows = []
+    for k in dict.fromkeys([*orig, *pruned]):
+        row = {"metric": metric_label(k), "original": format_value(k, orig.get(k)),
+               "pruned": format_value(k, pruned.get(k)), "change": change_of(k, orig.get(k), pruned.get(k))}
+        if recovered:
+            row |= {"after recovery": format_value(k, recovered.get(k)),
+                    "change after recovery": change_of(k, orig.get(k), recovered.get(k))}
+        rows.append(row)
+    return rows
 
 
 def headline(run: Run) -> str:
@@ -102,6 +110,9 @@ def headline(run: Run) -> str:
         x = p[ppl] / o[ppl]
         verdict = "about the same" if abs(x - 1) < 0.005 else f"x{x:.2f} {'worse' if x > 1 else 'better'}"
         parts.append(f"perplexity ({ppl.removeprefix('ppl/')}) {o[ppl]:,.1f} -> {p[ppl]:,.1f}, {verdict}")
+    r = run.metrics.get("recovered") or {}
+    if ppl and r.get(ppl):
+        parts.append(f"after recovery {r[ppl]:,.1f}, x{r[ppl] / o[ppl]:.2f}")
     if o.get("acc/average") and p.get("acc/average"):
         parts.append(f"zero-shot accuracy {o['acc/average']:.1%} -> {p['acc/average']:.1%}")
     agree = next((v for k, v in c.items() if k.startswith("agreement/")), None)
