@@ -414,6 +414,10 @@ def test_cached_top_k_kd_with_the_whole_vocabulary_trains_like_kd_without_the_te
     second = train(model, tok, cfg, teacher=loader, out_dir=tmp_path / "run")  # resumes on the cache alone
     assert calls == [1] and not (tmp_path / "run" / TEACHER_DIR).exists()  # the finished save drops the cache
     torch.testing.assert_close(logits(second.model), logits(live.model), atol=1e-5, rtol=1e-5)
+    killed = tmp_path / "killed"  # a run killed while writing its teacher's targets: the next one starts cleanly
+    (killed / ".teacher_topk.partial-999999999-x").mkdir(parents=True)
+    assert not train(model, tok, cfg, teacher=teacher, out_dir=killed).stopped
+    assert not any(p.name.startswith(".teacher_topk") for p in killed.iterdir())
     small = train(model, tok, config(text_file, method="kd", kd_top_k=4), teacher=teacher)  # in a temporary folder
     losses = [r["loss"] for r in small.losses]
     assert losses[-1] < losses[0]

@@ -240,8 +240,9 @@ def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[st
 
     if out.exists() and not out.is_dir():
         raise MiniLLMError(f"{out} exists and is a file, not a directory")
-    if out.is_dir():
-        clean_leftovers(out / CHECKPOINT_DIR)  # a run killed while writing its checkpoint
+    if out.is_dir():  # a run killed while writing its checkpoint or the teacher's targets
+        clean_leftovers(out / CHECKPOINT_DIR)
+        clean_leftovers(out / TEACHER_DIR)
     meta = read_checkpoint(out / CHECKPOINT_DIR)
     if meta is not None and resume and not config.overwrite:
         return meta
