@@ -196,6 +196,7 @@ def perplexity_pair(
             cand = pruned(input_ids=batch.to(input_device(pruned)), use_cache=False).logits
             nll["pruned"] += _nll(cand, batch)
             compared = max(0, min(compare_windows - start, batch.shape[0]))
+            cand = cand[:compared].clone() if compared < batch.shape[0] else cand  # only what the KL reads stays
             if score_original or compared:
                 rows = batch if score_original else batch[:compared]
                 ref = original(input_ids=rows.to(input_device(original)), use_cache=False).logits
