@@ -239,6 +239,8 @@ def main() -> None:
                         "instead of every variant at every ratio")
     parser.add_argument("--evidence", action="store_true", help="also write the risk band of the Plan page's ratio "
                         "slider, minillm_core/evidence/<model>.json, from the dense row and one variant per ratio")
+    parser.add_argument("--evidence-label", default="default pipeline (FLAP widths, re-fit with OBS re-selection, "
+                        "target auto)", help="what the evidence's variants are, in the words the Plan page shows")
     args = parser.parse_args()
     limit = args.limit or None
     if args.one:
@@ -286,10 +288,9 @@ def write_evidence(rows: list[dict], args: argparse.Namespace) -> None:
     if dense is None or len({r["ratio"] for r in points}) != len(points):
         raise SystemExit("--evidence needs the dense row (no --no-references) and one variant per ratio")
     windows = "the full test split" if not args.limit else f"the first {args.limit} windows of the test split"
-    variants = sorted({r["variant"] for r in points}, key=list(VARIANTS).index)
     stem = args.stem or ("quality" if args.limit else "quality_full")
     data = {"model": MODEL, "metric": "ppl/wikitext2", "dense_ppl": dense["ppl/wikitext2"],
-            "about": f"measured on SmolLM2-135M: {' / '.join(variants)}, c4 calibration {args.calib} x 128 tokens, "
+            "about": f"measured on SmolLM2-135M, {args.evidence_label}, c4 calibration {args.calib} x 128 tokens, "
                      f"WikiText-2 {windows} (128 tokens), no recovery; bench/results/{stem}.md",
             "points": [{"ratio": r["ratio"], "removed": r["removed_fraction"], "ppl": r["ppl/wikitext2"],
                         "variant": r["variant"]} for r in points]}
