@@ -243,8 +243,9 @@ def risk_figure(curve: risk.RiskCurve, runs: list[risk.RiskPoint], removed: floa
     low = 1.0
     for bound, name in risk.LEVELS:
         high = min(bound, top)
-        fig.add_hrect(y0=low, y1=high, fillcolor=RISK_COLOURS[name], line_width=0, layer="below",
-                      annotation_text=name, annotation_position="top left", annotation_font_color="gray")
+        fig.add_hrect(y0=low, y1=high, fillcolor=RISK_COLOURS[name], line_width=0, layer="below")
+        fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=math.log10(math.sqrt(low * high)), yref="y",
+                           text=name, showarrow=False, font={"color": "gray"})  # a log axis places text by log10
         low = high
     fig.add_trace(go.Scatter(x=[0.0] + [p.removed for p in curve.points], y=[1.0] + [p.ratio for p in curve.points],
                              mode="lines+markers", name="measured", line_color="#444",
