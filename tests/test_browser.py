@@ -191,7 +191,7 @@ def test_explore_score_plan_run_compare_report(page, server, tiny_model_dir, tmp
     expect(table_row(page, "perplexity wikitext2")).to_have_count(4)  # metric, original, pruned, change
     expect(table_row(page, "parameters")).to_have_count(4)
     expect(page.get_by_text(re.compile(r"% smaller .*; perplexity \(wikitext2\) .* (worse|better)"))).to_be_visible()
-    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(3)  # original vs pruned, per-layer blocks, scatter
     scatter = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
         .map(g => ({y: g.layout.yaxis.type, names: g.data.map(t => t.name), types: g.data.map(t => t.type)}))
         .find(g => g.types.includes('scatter') && g.names.includes('original'))""")

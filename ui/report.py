@@ -50,9 +50,10 @@ def report_html(runs: Sequence[Run], offline: bool = True) -> str:
 
 
 def _run_section(run: Run) -> str:
-    rows = "".join(f"<tr><th>{html.escape(r['metric'])}</th><td>{html.escape(r['original'])}</td>"
-                   f"<td>{html.escape(r['pruned'])}</td><td>{html.escape(r['change'])}</td></tr>"
-                   for r in comparison_table(run))
+    table = comparison_table(run)
+    columns = list(table[0]) if table else ["metric", "original", "pruned", "change"]  # + recovered, with recovery
+    rows = "".join("<tr>" + "".join(f"<{'th' if c == 'metric' else 'td'}>{html.escape(r[c])}"
+                                    f"</{'th' if c == 'metric' else 'td'}>" for c in columns) + "</tr>" for r in table)
     summary = (f"<p><b>{html.escape(headline(run))}</b><br>{html.escape(protocol(run))}</p>"
                if run.state == "done" else "")
     error = f"<p>Error: {html.escape(run.error)}</p>" if run.error else ""
@@ -60,7 +61,7 @@ def _run_section(run: Run) -> str:
     return (f"<h2>{html.escape(run.name)} <small>({html.escape(run.id)})</small></h2>"
             f"<p>model {html.escape(run.model)}, scorer {html.escape(run.scorer)}, ratio {run.ratio:.1%}, "
             f"state {html.escape(run.state)}; pruned model: {html.escape(run.model_dir or '-')}</p>{error}{summary}"
-            f"<table><tr><th>metric</th><th>original</th><th>pruned</th><th>change</th></tr>{rows}</table>{ab}")
+            f"<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in columns)}</tr>{rows}</table>{ab}")
 
 
 def _ab_of(run: Run) -> list[ABResult]:
