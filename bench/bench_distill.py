@@ -63,12 +63,20 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
                          plan=load_plan(path), teacher=given)
     wall = time.perf_counter() - t0
+    peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the KL check loads the original
     rec = result.record
+    from minillm_core.evaluation.suite import compare_metrics  # how close to the original each method gets
+
+    reference = teacher()
+    before = compare_metrics(reference, pruned.model, pruned.tokenizer, evaluation)
+    after = compare_metrics(reference, result.model, pruned.tokenizer, evaluation)
     losses = rec["losses"]
     return {"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"], **extra,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "peak_rss_mb": peak,
             "rss_after_load_mb": round(rss_loaded), "ppl_before": result.before["ppl/wikitext2"],
-            "ppl_after": result.after["ppl/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
+            "ppl_after": result.after["ppl/wikitext2"], "kl_before": before["kl/wikitext2"],
+            "kl_after": after["kl/wikitext2"], "agreement_before": before["agreement/wikitext2"],
+            "agreement_after": after["agreement/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
             "train_seconds": rec["train_seconds"], "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"],
             "last_loss": losses[-1]["loss"], "curve": rec.get("curve", []),
             "losses": losses[:: max(1, len(losses) // 40)]}  # at most ~40 points of the loss curve
@@ -109,7 +117,9 @@ def main() -> None:
                 f"log-probs + tail mass cached on disk (the teacher freed before training); kd-self = kd on "
                 f"{args.records} rows of {args.max_length} tokens the unpruned model sampled itself (no data set). "
                 f"WikiText-2 test, first {args.limit} windows of 128 "
-                f"tokens" + (f", measured every {args.eval_every} updates" if args.eval_every else "") + ". "
+                f"tokens" + (f", measured every {args.eval_every} updates" if args.eval_every else "") + "; KL to "
+                f"the original and next tokens unchanged on the first 16 of them (after training, peak RSS is read "
+                f"before). "
                 f"local = block-local distillation of every pruned layer (its weights, AdamW lr "
                 f"{args.local_learning_rate:g}, {args.local_epochs} passes per layer over the same records packed "
                 f"into rows of {args.max_length} tokens, batch 8; tokens counted per layer pass). "
@@ -121,11 +131,14 @@ def main() -> None:
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     lines = ["# Recovery: SFT vs KD, LoRA vs every weight, at equal tokens (issue 15)", "", protocol, "",
-             "| method | trained params | WikiText-2 before | after | updates | tokens | train loss first -> last | "
-             "train s | wall s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | trained params | WikiText-2 before | after | KL to original before -> after | next tokens "
+             "unchanged before -> after | updates | tokens | train loss first -> last | train s | wall s | "
+             "peak RSS MB |", "|---" * 12 + "|"]
     lines += [f"| {r['method']} | {r['trainable_params']:,} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} | "
-              f"{r['updates']} | {r['tokens']:,} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
-              f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} |" for r in rows]
+              f"{r['kl_before']:.3f} -> {r['kl_after']:.3f} | {r['agreement_before']:.1%} -> "
+              f"{r['agreement_after']:.1%} | {r['updates']} | {r['tokens']:,} | {r['first_loss']:.3f} -> "
+              f"{r['last_loss']:.3f} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} |"
+              for r in rows]
     curves = [r for r in rows if len(r["curve"]) > 2]
     if curves:
         steps = sorted({c["step"] for r in curves for c in r["curve"]})
