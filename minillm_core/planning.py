@@ -381,10 +381,10 @@ def summarize(plan: PruningPlan, geometry: ModelGeometry) -> PlanSummary:
     )
 
 
-#: What the benchmarks measured at heavy cuts (bench/results/quality_full.md: SmolLM2-135M, default pipeline with
-#: the re-fit, WikiText-2 full split): the reference a risk warning quotes.
+#: What the benchmarks measured (SmolLM2-135M, the default pipeline with the re-fit, WikiText-2 full split:
+#: bench/results/quality_full.md at 50%, quality_full_auto.md at 20%): the reference a risk warning quotes.
 HEAVY_CUT_EVIDENCE = ("on SmolLM2-135M, removing 50% of the parameters took WikiText-2 perplexity from 56 to 442 "
-                      "even with the re-fit, and 20% to 111")
+                      "even with the re-fit, and 20% to 100")
 
 
 def plan_risks(summary: PlanSummary) -> list[str]:
