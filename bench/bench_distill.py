@@ -82,6 +82,17 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
             "losses": losses[:: max(1, len(losses) // 40)]}  # at most ~40 points of the loss curve
 
 
+def _argv() -> list[str]:
+    """This command's arguments without `--rerun` and its methods (the command that measures every row)."""
+    out, skipping = [], False
+    for a in sys.argv[1:]:
+        if a.startswith("--"):
+            skipping = a == "--rerun"
+        if not skipping:
+            out.append(a)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ratio", type=float, default=0.2)
@@ -96,6 +107,8 @@ def main() -> None:
     parser.add_argument("--local-learning-rate", type=float, default=1e-3, help="block-local distillation")
     parser.add_argument("--local-epochs", type=int, default=4, help="block-local: passes over the rows per layer")
     parser.add_argument("--stem", default="distill", help="output name under bench/results/")
+    parser.add_argument("--rerun", nargs="+", choices=list(METHODS), help="re-measure only these methods; the other "
+                        "rows of --methods come from the existing <stem>.json (same settings)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -103,8 +116,14 @@ def main() -> None:
         return
     pruned_dir(args.ratio)  # built once, before the methods' processes
     rows = []
+    kept = {}
+    if args.rerun:
+        kept = {r["method"]: r for r in json.loads((RESULTS / f"{args.stem}.json").read_text())["rows"]}
     for method in args.methods:  # each in its own process: its peak memory is its own
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", method], check=True,
+        if args.rerun and method not in args.rerun:
+            rows.append(kept[method])
+            continue
+        out = subprocess.run([sys.executable, __file__, *_argv(), "--one", method], check=True,
                              capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
@@ -126,7 +145,7 @@ def main() -> None:
                 f"Each method in its own process; peak RSS = that process's maximum (pruned model, teacher if held, "
                 f"training). CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}. Reproduce: "
                 f"`MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py "
-                f"{' '.join(sys.argv[1:])}`.")
+                f"{' '.join(_argv())}`.")
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")

@@ -2,7 +2,7 @@
 
 For every training example and every position that predicts a real token, the teacher's k most likely next tokens
 (ids and log-probs at temperature T) and the log of the probability mass left to all other tokens (the tail) are
-written to safetensors shards (`SHARD` examples per file, read back per batch: memory stays bounded).
+written to safetensors shards (`SHARD` examples per file, read back as slices per batch: memory stays bounded).
 
 The approximation: the loss is KL(P_t || P_s) between the two distributions coarsened to the teacher's top-k
 tokens plus one bucket for the rest (the student's bucket is its mass outside those k tokens). Merging outcomes can
@@ -12,6 +12,7 @@ only lower a KL (log-sum inequality), so this is a lower bound of the full KL, e
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 from collections.abc import Sequence
@@ -60,14 +61,15 @@ def _identity(teacher: Any, fingerprint: str, k: int, temperature: float) -> dic
     h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
     with torch.no_grad():
         for p in teacher.parameters():
-            h.update(f"{float(p.double().sum()):.10e}".encode())
+            h.update(f"{float(p.sum(dtype=torch.float64)):.10e}".encode())
     return {"format": FORMAT, "data_fingerprint": fingerprint, "k": k, "temperature": temperature,
             "teacher": h.hexdigest()[:16]}
 
 
 @dataclass
 class TeacherCache:
-    """A folder of shards: per example `values` / `ids` [n - 1, k] and `tail` [n - 1] (n: the example's tokens)."""
+    """A folder of shards, each `SHARD` examples: `values` / `ids` [rows, k] and `tail` [rows] of all its examples'
+    positions one after the other (n - 1 rows for an example of n tokens), and `offsets` [examples + 1] into them."""
 
     folder: Path
     k: int
@@ -86,7 +88,8 @@ class TeacherCache:
         return cls(folder, int(meta["k"]), [int(n) for n in meta["lengths"]])
 
     def targets(self, indices: Sequence[int], width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded (values, ids, tail) of the examples `indices`, `[b, width - 1, ...]` like a collated batch."""
+        """Right-padded (values, ids, tail) of the examples `indices`, `[b, width - 1, ...]` like a collated batch
+        (read as slices of the shards: only these examples' rows come into memory)."""
         from safetensors import safe_open
 
         values = torch.zeros(len(indices), width - 1, self.k)
@@ -95,17 +98,20 @@ class TeacherCache:
         for row, i in enumerate(indices):
             shard, within = divmod(i, SHARD)
             with safe_open(str(self.folder / f"shard-{shard:05d}.safetensors"), framework="pt") as f:
-                n = self.lengths[i] - 1
-                values[row, :n] = f.get_tensor(f"{within}.values").float()
-                ids[row, :n] = f.get_tensor(f"{within}.ids")
-                tail[row, :n] = f.get_tensor(f"{within}.tail")
+                start, end = (int(x) for x in f.get_slice("offsets")[within:within + 2])
+                values[row, :end - start] = f.get_slice("values")[start:end]
+                ids[row, :end - start] = f.get_slice("ids")[start:end]
+                tail[row, :end - start] = f.get_slice("tail")[start:end]
         return values, ids, tail
 
 
 @torch.inference_mode()
 def build(teacher: Any, examples: Sequence[tuple[list[int], list[int]]], k: int, temperature: float, folder: Path,
           identity: dict[str, Any], batch_size: int = 4, progress: Progress = no_progress) -> TeacherCache:
-    """Run `teacher` over every example once and write its top-k targets to `folder` (replaced atomically)."""
+    """Run `teacher` over every example once and write its top-k targets to `folder` (replaced atomically).
+
+    Each shard's rows go into tensors allocated once for the shard (small per-example tensors kept beside the large
+    temporaries of the top-k fragment the heap: RSS grew by ~60 MB an example)."""
     from safetensors.torch import save_file
 
     from minillm_core.devices import input_device
@@ -113,32 +119,38 @@ def build(teacher: Any, examples: Sequence[tuple[list[int], list[int]]], k: int,
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(folder)
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    k = min(k, vocab)
+    lengths = [len(x) for x, _ in examples]
     try:
         device = input_device(teacher)
         teacher.eval()
-        shard: dict[str, torch.Tensor] = {}
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            width = max(len(x) for x, _ in chunk)
-            batch = torch.zeros(len(chunk), width, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, (x, _) in enumerate(chunk):
-                batch[row, :len(x)], mask[row, :len(x)] = torch.tensor(x), 1
-            logits = teacher(input_ids=batch.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            for row, (x, _) in enumerate(chunk):
-                values, ids, tail = top_k_targets(logits[row, :len(x) - 1].cpu(), k, temperature)
-                i = start + row
-                shard |= {f"{i % SHARD}.values": values.contiguous(), f"{i % SHARD}.ids": ids.contiguous(),
-                          f"{i % SHARD}.tail": tail.contiguous()}
-                if (i + 1) % SHARD == 0 or i + 1 == len(examples):
-                    save_file(shard, str(tmp / f"shard-{i // SHARD:05d}.safetensors"))
-                    shard = {}
-            progress(min(start + batch_size, len(examples)), len(examples), "teacher top-k")
-        lengths = [len(x) for x, _ in examples]
+        for first in range(0, len(examples), SHARD):
+            part = examples[first:first + SHARD]
+            offsets = torch.tensor([0, *itertools.accumulate(len(x) - 1 for x, _ in part)], dtype=torch.int64)
+            values = torch.empty(int(offsets[-1]), k)
+            ids = torch.empty(int(offsets[-1]), k, dtype=torch.int32)
+            tail = torch.empty(int(offsets[-1]))
+            for start in range(0, len(part), batch_size):
+                chunk = part[start:start + batch_size]
+                width = max(len(x) for x, _ in chunk)
+                batch = torch.zeros(len(chunk), width, dtype=torch.long)
+                mask = torch.zeros(len(chunk), width, dtype=torch.long)
+                for row, (x, _) in enumerate(chunk):
+                    batch[row, :len(x)], mask[row, :len(x)] = torch.tensor(x), 1
+                logits = teacher(input_ids=batch.to(device), attention_mask=mask.to(device), use_cache=False).logits
+                v, i, t = top_k_targets(logits[:, :-1].cpu(), k, temperature)  # the whole batch at once
+                del logits
+                for row, (x, _) in enumerate(chunk):
+                    a, b = int(offsets[start + row]), int(offsets[start + row + 1])
+                    values[a:b], ids[a:b], tail[a:b] = v[row, :len(x) - 1], i[row, :len(x) - 1], t[row, :len(x) - 1]
+                progress(min(first + start + batch_size, len(examples)), len(examples), "teacher top-k")
+            save_file({"values": values, "ids": ids, "tail": tail, "offsets": offsets},
+                      str(tmp / f"shard-{first // SHARD:05d}.safetensors"))
         (tmp / META).write_text(json.dumps({**identity, "lengths": lengths}), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return TeacherCache(folder, min(k, logits.shape[-1]), lengths)
+    return TeacherCache(folder, k, lengths)
