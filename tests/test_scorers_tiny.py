@@ -308,7 +308,8 @@ def test_flap_bias_compensation_on_opt_updates_out_projection_biases():
 
 def test_flap_bias_compensation_needs_consent_where_no_bias_exists():
     model, cal = tiny_model("llama-gqa"), _calibration()
-    p = plan(model, score(model, "flap", cal), PLAN)
+    both = PlanConfig(ratio=0.2, protected_layers=(), target="both")  # heads go too: the attention gets a bias
+    p = plan(model, score(model, "flap", cal), both)
     pruned = apply_plan(model, p)
     with pytest.raises(PlanError, match="allow_new_bias"):
         compensate(model, pruned, p, calibration=cal)
