@@ -149,7 +149,7 @@ def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Repo
     recovered, _ = workflow.evaluate(result.model, tokenizer, spec.evaluation,
                                      out_dir if spec.recovery.merge else None, progress=rep.begin(EVALUATE_RECOVERED))
     tokens = result.record.get("tokens", 0)
-    curve = [{"step": 0, "tokens": 0, **{k: v for k, v in before.items() if k.startswith("ppl/")}},
+    curve = [{"step": 0, "tokens": 0, **{k: v for k, v in (before or {}).items() if k.startswith("ppl/")}},
              *result.record.get("curve", []),
              {"step": result.steps, "tokens": tokens, **{k: v for k, v in recovered.items() if k.startswith("ppl/")}}]
     return {"recovered": recovered, "recovered_dir": str(out_dir),
