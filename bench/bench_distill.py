@@ -67,7 +67,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     rec = result.record
     from minillm_core.evaluation.suite import compare_metrics  # how close to the original each method gets
 
-    reference = teacher()
+    reference = given if isinstance(given, torch.nn.Module) else teacher()  # loaded once per process
     before = compare_metrics(reference, pruned.model, pruned.tokenizer, evaluation)
     after = compare_metrics(reference, result.model, pruned.tokenizer, evaluation)
     losses = rec["losses"]

@@ -56,7 +56,7 @@ def kd_loss_top_k(student_logits: torch.Tensor, values: torch.Tensor, ids: torch
     return (head + rest).mean() * temperature**2
 
 
-def _identity(teacher: Any, fingerprint: str, k: int, temperature: float) -> dict[str, Any]:
+def identity(teacher: Any, fingerprint: str, k: int, temperature: float) -> dict[str, Any]:
     """What a cache was made from: the data, k, T and the teacher (its config and a checksum of its weights)."""
     h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
     with torch.no_grad():

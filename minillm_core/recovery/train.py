@@ -441,17 +441,18 @@ def _teacher_targets(teacher: nn.Module | Callable[[], nn.Module], tokenizer: An
     is at hand as a model, the same teacher), else computed now."""
     from minillm_core.recovery import teacher_cache
 
-    wanted = {"data_fingerprint": data_hash, "k": config.kd_top_k, "temperature": config.kd_temperature}
-    if isinstance(teacher, nn.Module):
-        check_same_tokenizer(tokenizer, None, teacher, model)
-        wanted = teacher_cache._identity(teacher, data_hash, config.kd_top_k, config.kd_temperature)
+    def identity_of(module: nn.Module) -> dict[str, Any]:  # checked and checksummed once per model
+        check_same_tokenizer(tokenizer, None, module, model)
+        return teacher_cache.identity(module, data_hash, config.kd_top_k, config.kd_temperature)
+
+    identity = identity_of(teacher) if isinstance(teacher, nn.Module) else None
+    wanted = identity or {"data_fingerprint": data_hash, "k": config.kd_top_k, "temperature": config.kd_temperature}
     found = teacher_cache.TeacherCache.open(folder, wanted)
     if found is not None:
         logger.info("reusing the teacher's top-%d targets in %s", config.kd_top_k, folder)
         return found
     teacher = _materialize(teacher)
-    check_same_tokenizer(tokenizer, None, teacher, model)
-    identity = teacher_cache._identity(teacher, data_hash, config.kd_top_k, config.kd_temperature)
+    identity = identity or identity_of(teacher)
     return teacher_cache.build(teacher, examples, config.kd_top_k, config.kd_temperature, folder, identity,
                                batch_size=config.batch_size, progress=progress)
 
