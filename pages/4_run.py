@@ -15,8 +15,8 @@ from minillm_core.errors import MiniLLMError
 from ui import state
 from ui.widgets import config_widgets
 
-LORA_OPTIONS = ("method", "trainable", "data", "n_samples", "epochs", "learning_rate", "rank", "kd_temperature",
-                "kd_alpha", "eval_every", "merge")
+LORA_OPTIONS = ("method", "trainable", "data", "n_samples", "epochs", "max_tokens", "max_minutes", "learning_rate",
+                "rank", "kd_temperature", "kd_alpha", "eval_every", "merge")
 RECON_OPTIONS = ("enabled", "select", "target", "damping")
 
 
@@ -126,13 +126,23 @@ def done_panel(run: runs.Run) -> None:
         for col, key in zip(st.columns(max(1, len(keys))), keys, strict=False):
             col.metric(f"{key} after LoRA", f"{after[key]:.4g}", f"{after[key] - before.get(key, 0):+.4g}",
                        delta_color="inverse" if key.startswith("ppl/") else "normal")
+        trained = run.metrics.get("recovery") or {}
+        st.caption(training_summary(trained))
         loss_chart(run.id)
-        curve = pd.DataFrame((run.metrics.get("recovery") or {}).get("curve") or [])
+        curve = pd.DataFrame(trained.get("curve") or [])
         measured = [c for c in curve.columns if c.startswith("ppl/")]
         if len(curve) > 2 and measured:
             st.markdown("**Perplexity against training tokens**")
             st.line_chart(curve, x="tokens", y=measured, height=240)
     st.page_link("pages/5_compare.py", label="Compare original and pruned", icon=":material/compare_arrows:")
+
+
+def training_summary(trained: dict) -> str:
+    """How much training the recovery had: updates, tokens, minutes, and whether its time budget ended it."""
+    total = trained.get("total_steps")
+    line = (f"Recovery: {trained.get('steps', 0)}{f' of {total}' if total else ''} updates, "
+            f"{trained.get('tokens', 0):,} training tokens, {trained.get('train_seconds', 0) / 60:.1f} min of training")
+    return line + (" (stopped by its time budget)." if trained.get("time_budget_spent") else ".")
 
 
 def reconstruction_metrics(metrics: dict) -> None:

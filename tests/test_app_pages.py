@@ -271,13 +271,18 @@ def test_a_run_with_recovery_draws_perplexity_against_training_tokens(app, runs_
     next(c for c in app.checkbox if c.label.startswith("Recover with LoRA")).check()
     app.number_input(key="run.lora.n_samples").set_value(24)
     app.number_input(key="run.lora.eval_every").set_value(2)
+    app.number_input(key="run.lora.max_tokens").set_value(3000)  # the budget: about half a pass of 24 records
     ok(app.get("form_submit_button")[0].click().run())
     job_id = app.query_params["job"]
     assert wait_done(job_id, runs_dir).state == "done"
     ok(app.run())
     assert any("after LoRA" in m.label for m in app.metric)
-    assert "**Perplexity against training tokens**" in [m.value for m in app.markdown]
     recovery = runs.get(job_id, runs_dir).metrics["recovery"]
+    assert "**Perplexity against training tokens**" in [m.value for m in app.markdown]
+    assert recovery["settings"]["max_tokens"] == 3000 and recovery["tokens"] >= 3000
+    assert recovery["steps"] == recovery["total_steps"] < 24 // 4  # the budget, not the pass, set the updates
+    assert (f"Recovery: {recovery['steps']} of {recovery['steps']} updates, {recovery['tokens']:,} training tokens"
+            in " ".join(c.value for c in app.caption))
     steps = [c["step"] for c in recovery["curve"]]  # as pruned, every 2 updates, recovered
     assert steps == [0, *range(2, recovery["steps"], 2), recovery["steps"]] and len(steps) >= 3
 

@@ -33,7 +33,7 @@ from minillm_core.recovery import (
     steps_per_epoch,
 )
 from minillm_core.recovery.local import pack_rows
-from minillm_core.recovery.train import TEACHER_DIR
+from minillm_core.recovery.train import TEACHER_DIR, _epoch_groups, steps_for_tokens
 from minillm_core.workflow import make_plan as plan
 from minillm_core.workflow import prune as apply_plan
 from minillm_core.workflow import score
@@ -119,6 +119,54 @@ def test_default_targets_come_from_the_adapter():
 def test_learning_rate_warms_up_then_decays_linearly():
     assert [round(lr_at(s, 10, 4, 1.0), 3) for s in range(10)] == [
         0.2, 0.4, 0.6, 0.8, 1.0, 0.833, 0.667, 0.5, 0.333, 0.167]
+
+
+def test_learning_rate_follows_whichever_budget_is_closer_to_its_end():
+    assert lr_at(5, 10, 0, 1.0, time_left=0.2) == pytest.approx(0.2)  # the time budget is nearly spent
+    assert lr_at(5, 10, 0, 1.0, time_left=0.9) == pytest.approx(0.5)  # the updates are
+    assert lr_at(1, 10, 4, 1.0, time_left=0.1) == pytest.approx(0.4)  # warmup is by updates
+    assert lr_at(5, 10, 0, 1.0, time_left=-0.1) == 0.0
+
+
+@pytest.mark.parametrize("budget", [1, 63, 64, 65, 200, 371, 372, 1000])
+def test_token_budget_is_the_first_update_that_reaches_it(budget):
+    examples = [([1] * n, [1] * n) for n in (3, 17, 5, 9, 30, 2, 11)]  # 77 tokens a pass, uneven batches
+    cfg = RecoveryConfig(batch_size=2, grad_accum=1, seed=3)
+    seen, steps, epoch = 0, 0, 0
+    while seen < budget:  # the run's own order, update by update
+        for group in _epoch_groups(len(examples), cfg, epoch):
+            if seen >= budget:
+                break
+            seen, steps = seen + sum(len(examples[i][0]) for batch in group for i in batch), steps + 1
+        epoch += 1
+    assert steps_for_tokens(examples, cfg, budget) == steps
+
+
+def test_a_token_budget_sets_the_updates_and_the_decay(text_file):
+    model, _ = pruned()
+    cfg = config(text_file, epochs=1, max_tokens=600)  # 16 blocks of 16 tokens = 256 a pass, 64 an update
+    result = train(model, tiny_tokenizer(), cfg)
+    assert result.steps == result.total_steps == 10  # ceil(600 / 64): two passes and two updates of the third
+    assert result.record["tokens"] == 640 and not result.record["time_budget_spent"]
+    assert result.losses[-1]["lr"] == pytest.approx(lr_at(9, 10, 0, cfg.learning_rate))
+    with pytest.raises(MiniLLMError, match="max_tokens and max_steps both set the number of updates"):
+        config(text_file, max_tokens=600, max_steps=3)
+    assert config(text_file, max_tokens=0, max_minutes=0).max_tokens is None
+
+
+def test_a_time_budget_ends_training_and_still_saves_the_model(text_file, tmp_path):
+    import time
+
+    model, _ = pruned()
+    cfg = config(text_file, epochs=50, max_minutes=0.3 / 60)  # 0.3 s; each update takes at least 0.05 s below
+    result = train(model, tiny_tokenizer(), cfg, out_dir=tmp_path / "run", on_step=lambda r: time.sleep(0.05))
+    assert not result.stopped and 1 <= result.steps < result.total_steps
+    assert result.record["time_budget_spent"] and result.train_seconds >= 0.3
+    lrs = [row["lr"] for row in result.losses]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.9 * cfg.learning_rate  # decayed with the clock
+    assert load_pruned(tmp_path / "run")[0] is not None  # evaluated and saved as a finished run
+    with pytest.raises(MiniLLMError, match=r"max_minutes must be a number > 0"):
+        config(text_file, max_minutes=-1)
 
 
 # --- merge and save ---------------------------------------------------------------------------------------------

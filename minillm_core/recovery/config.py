@@ -5,6 +5,7 @@ Validated on construction (errors name the allowed values); the CLI and the dash
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -13,7 +14,8 @@ from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.options import option
 
 # Settings that may change when a run resumes: everything else must match the checkpoint.
-_RESUMABLE_CHANGES = ("epochs", "max_steps", "merge", "data_dir", "overwrite", "eval_every")
+_RESUMABLE_CHANGES = ("epochs", "max_steps", "max_tokens", "max_minutes", "merge", "data_dir", "overwrite",
+                      "eval_every")
 #: lora: PEFT adapters on the linears; full: every parameter of the pruned model.
 TRAINABLE = ("lora", "full")
 #: sft: next-token loss; kd: logit distillation; local: block-local distillation, layer by layer.
@@ -52,6 +54,15 @@ class RecoveryConfig:
     epochs: int = option(1, "Passes over the records.", min=1, max=100)
     max_steps: int | None = option(None, "Stop after this many updates (overrides --epochs; the data is cycled).",
                                    min=1)
+    max_tokens: int | None = option(
+        None, "Training budget in tokens: the updates it takes are counted from the data before training (so the "
+        "learning rate decays to 0 there), overriding --epochs; the data is cycled. Empty or 0: --epochs / "
+        "--max-steps decide.", min=0, label="budget: training tokens")
+    max_minutes: float | None = option(
+        None, "Training budget in minutes (evaluations not counted): training stops when it is spent, then the model "
+        "is evaluated and saved as usual; the learning rate decays over whichever budget runs out first, updates or "
+        "minutes. Depends on the machine's speed, so two runs may differ. Empty or 0: no time limit.", min=0.0,
+        label="budget: minutes")
     batch_size: int = option(4, "Records per forward pass (micro-batch).", min=1)
     grad_accum: int = option(1, "Micro-batches per update.", min=1)
     max_length: int = option(256, "Tokens per record (LLM-Pruner cutoff_len).", min=2)
@@ -109,8 +120,19 @@ class RecoveryConfig:
         if self.method == "local" and (self.trainable != "full" or self.max_steps is not None):
             raise MiniLLMError("method local trains each pruned layer's own weights for --epochs passes over the "
                                "rows: pass --trainable full, and no --max-steps")
-        if self.eval_every == 0:
-            object.__setattr__(self, "eval_every", None)
+        for name in ("max_tokens", "max_minutes", "eval_every"):  # 0 = none, as on the command line
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, None)
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, 1)
+            if self.max_steps is not None:
+                raise MiniLLMError("max_tokens and max_steps both set the number of updates: pass one of them")
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(
+                self.max_minutes, (int, float)) or not 0 < self.max_minutes < math.inf):
+            raise MiniLLMError(f"max_minutes must be a number > 0, got {self.max_minutes!r}")
+        if self.method == "local" and (self.max_tokens is not None or self.max_minutes is not None):
+            raise MiniLLMError("method local trains each pruned layer for --epochs passes over the rows: drop "
+                               "--max-tokens and --max-minutes")
         if self.eval_every is not None:
             _check_int("eval_every", self.eval_every, 1)
             if self.method == "local":
@@ -151,8 +173,11 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Learning rate of update `step` (0-based): linear warmup to `peak`, then linear decay (HF Trainer's default)."""
+def lr_at(step: int, total: int, warmup: int, peak: float, time_left: float = 1.0) -> float:
+    """Learning rate of update `step` (0-based): linear warmup to `peak`, then linear decay (HF Trainer's default).
+
+    `time_left`: the fraction of a time budget not yet spent; the decay follows whichever budget is closer to its
+    end, so a time-boxed run also ends near 0 (budgeted training, Li et al. 2020)."""
     if step < warmup:
         return peak * (step + 1) / (warmup + 1)
-    return peak * max(total - step, 0) / max(total - warmup, 1)
+    return peak * max(min(max(total - step, 0) / max(total - warmup, 1), time_left), 0.0)

@@ -146,6 +146,7 @@ class TrainState:
     losses: list[dict[str, float]] = field(default_factory=list)
     before: dict[str, float] = field(default_factory=dict)
     curve: list[dict[str, float]] = field(default_factory=list)  # perplexity against training tokens (eval_every)
+    out_of_time: bool = False  # the max_minutes budget ended training
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -313,21 +314,38 @@ def _update(run: _Run, group: list[list[int]], lr: float) -> tuple[float, int]:
     return loss_sum / len(group), tokens
 
 
+def steps_for_tokens(examples: list[tuple[list[int], list[int]]], config: RecoveryConfig, budget: int) -> int:
+    """Updates until `budget` training tokens have been seen, in the run's own order (the data cycled): whole
+    passes at once, then the groups of the last pass one by one."""
+    per_pass = sum(len(ids) for ids, _ in examples)
+    passes, left = divmod(budget, per_pass)
+    steps = passes * steps_per_epoch(len(examples), config)
+    for group in _epoch_groups(len(examples), config, passes) if left else ():
+        steps, left = steps + 1, left - sum(len(examples[i][0]) for indices in group for i in indices)
+        if left <= 0:
+            break
+    return steps
+
+
 def _train(run: _Run) -> bool:
-    """Update until `run.total`; True when `should_stop` ended it early (a checkpoint is written first)."""
+    """Update until `run.total` or the time budget; True when `should_stop` ended it early (a checkpoint is written
+    first)."""
     s, cfg = run.state, run.config
     t0, step0, tokens0, base = time.perf_counter(), s.step, s.tokens, s.train_seconds
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     run.model.train()
-    while s.step < run.total:
+    while s.step < run.total and not s.out_of_time:
         groups = _epoch_groups(len(run.examples), cfg, s.epoch)
         for group in groups[math.ceil(s.micro_in_epoch / cfg.grad_accum):]:
-            if s.step >= run.total:
+            spent = base + time.perf_counter() - t0
+            if s.step >= run.total or spent >= budget:
+                s.out_of_time = spent >= budget
                 break
             if run.should_stop():
-                s.train_seconds = base + time.perf_counter() - t0
+                s.train_seconds = spent
                 run.checkpoint()
                 return True
-            lr = lr_at(s.step, run.total, cfg.warmup_steps, cfg.learning_rate)
+            lr = lr_at(s.step, run.total, cfg.warmup_steps, cfg.learning_rate, 1.0 - spent / budget)
             loss, tokens = _update(run, group, lr)
             s.step, s.micro_in_epoch, s.tokens = s.step + 1, s.micro_in_epoch + len(group), s.tokens + tokens
             elapsed = time.perf_counter() - t0
@@ -337,8 +355,8 @@ def _train(run: _Run) -> bool:
                 s.curve.append({"step": s.step, "tokens": s.tokens, **run.measure()})
                 t0 += time.perf_counter() - measuring  # evaluations are not training time
             run.progress(s.step, run.total, "recover")
-            run.on_step(StepReport(s.step, run.total, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed,
-                                   elapsed / (s.step - step0) * (run.total - s.step)))
+            eta = min(elapsed / (s.step - step0) * (run.total - s.step), max(budget - base - elapsed, 0.0))
+            run.on_step(StepReport(s.step, run.total, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed, eta))
         if s.micro_in_epoch >= len(run.examples) / cfg.batch_size:  # the pass is complete
             s.epoch, s.micro_in_epoch = s.epoch + 1, 0
             s.train_seconds = base + time.perf_counter() - t0
@@ -476,7 +494,8 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
     if meta is None:
         state.before = _evaluate(work, tokenizer, evaluation, progress, "(before)")
     wall0 = state.wall_seconds
-    total = config.max_steps or config.epochs * steps_per_epoch(len(examples), config)
+    total = config.max_steps or (steps_for_tokens(examples, config, config.max_tokens) if config.max_tokens
+                                 else config.epochs * steps_per_epoch(len(examples), config))
     live = _live_logger(out, state.losses, on_step)
     if config.method == "local":
         trained = _recover_local(work, teacher, examples, config, state, device, progress, live)
@@ -608,7 +627,8 @@ def _record(config: RecoveryConfig, state: TrainState, total: int, after: dict[s
     return {
         "format": FORMAT, "settings": {f.name: _jsonable(getattr(config, f.name)) for f in fields(config)},
         **summary, "output": "merged" if config.merge else "adapter", "steps": state.step, "total_steps": total,
-        "epochs_done": state.epoch, "tokens": state.tokens, "train_seconds": round(state.train_seconds, 2),
+        "epochs_done": state.epoch, "tokens": state.tokens, "time_budget_spent": state.out_of_time,
+        "train_seconds": round(state.train_seconds, 2),
         "wall_seconds": round(state.wall_seconds, 2),
         "tokens_per_second": round(state.tokens / state.train_seconds, 1) if state.train_seconds else None,
         "losses": state.losses, "before": state.before, "after": after, "curve": _curve(state, after),

@@ -153,8 +153,10 @@ def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Repo
              *result.record.get("curve", []),
              {"step": result.steps, "tokens": tokens, **{k: v for k, v in recovered.items() if k.startswith("ppl/")}}]
     return {"recovered": recovered, "recovered_dir": str(out_dir),
-            "recovery": {"steps": result.steps, "train_seconds": result.train_seconds, "losses": result.losses,
-                         "tokens": tokens, "curve": curve, "settings": asdict(spec.recovery)}}
+            "recovery": {"steps": result.steps, "total_steps": result.total_steps, "tokens": tokens,
+                         "train_seconds": result.train_seconds, "losses": result.losses, "curve": curve,
+                         "settings": asdict(spec.recovery),
+                         "time_budget_spent": bool(result.record.get("time_budget_spent"))}}
 
 
 def main(argv: list[str] | None = None) -> int:
