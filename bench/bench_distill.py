@@ -52,16 +52,20 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         else args.learning_rate
     budget = {"epochs": args.local_epochs, "batch_size": 8} if loss == "local" else {
         "max_steps": args.updates, "eval_every": args.eval_every or None}
+    if args.minutes and loss != "local":  # a time box: the data cycled until the minutes are spent
+        budget |= {"max_steps": None, "epochs": 100, "max_minutes": args.minutes}
     config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
                             learning_rate=lr, **budget, **extra)
-    evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)
+    evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)  # the curve and the KL check
+    final = evaluation if args.final_limit is None else EvalConfig(perplexity=("wikitext2",),
+                                                                   limit=args.final_limit or None)
     needs_teacher = loss != "sft" or extra.get("data") == "self"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         # the top-k cache gets the loader (the teacher is freed once its targets are written); the others the model
         given = (teacher if "kd_top_k" in extra else teacher()) if needs_teacher else None
-        result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
-                         plan=load_plan(path), teacher=given)
+        result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=final,
+                         plan=load_plan(path), teacher=given, curve=evaluation)
     wall = time.perf_counter() - t0
     peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the KL check loads the original
     rec = result.record
@@ -77,7 +81,8 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
             "ppl_after": result.after["ppl/wikitext2"], "kl_before": before["kl/wikitext2"],
             "kl_after": after["kl/wikitext2"], "agreement_before": before["agreement/wikitext2"],
             "agreement_after": after["agreement/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
-            "train_seconds": rec["train_seconds"], "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"],
+            "train_seconds": rec["train_seconds"], "time_budget_spent": rec.get("time_budget_spent", False),
+            "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"],
             "last_loss": losses[-1]["loss"], "curve": rec.get("curve", []),
             "losses": losses[:: max(1, len(losses) // 40)]}  # at most ~40 points of the loss curve
 
@@ -101,6 +106,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--eval-every", type=int, default=0, help="perplexity every N updates (0: before/after)")
+    parser.add_argument("--final-limit", type=int, help="windows of the before/after perplexity (0: the full split; "
+                        "default: --limit); the curve and the KL check stay on --limit")
+    parser.add_argument("--minutes", type=float, default=0.0, help="train each method (not local) for this many "
+                        "minutes (--max-minutes; the data cycled) instead of --updates")
     parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=list(METHODS))
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA methods")
     parser.add_argument("--full-learning-rate", type=float, default=1e-4, help="methods that train every weight")
@@ -127,16 +136,21 @@ def main() -> None:
                              capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
+    final_windows = "the full split" if args.final_limit == 0 else f"the first {args.final_limit} windows"
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
                 f"rank 8 / alpha 16 / lr {args.learning_rate:g} (`-full`: every weight, AdamW lr "
-                f"{args.full_learning_rate:g}) / warmup 5 / batch 4, {args.updates} updates on "
+                f"{args.full_learning_rate:g}) / warmup 5 / batch 4, "
+                + (f"{args.minutes:g} minutes of training each (`--max-minutes`, the LR decaying over them, the "
+                   f"records cycled)" if args.minutes else f"{args.updates} updates") + " on "
                 f"{args.records} seeded "
                 f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
                 f"model at T=1 at every token (prompt included); kd-topk = the same from the teacher's top-64 "
                 f"log-probs + tail mass cached on disk (the teacher freed before training); kd-self = kd on "
                 f"{args.records} rows of {args.max_length} tokens the unpruned model sampled itself (no data set). "
-                f"WikiText-2 test, first {args.limit} windows of 128 "
-                f"tokens" + (f", measured every {args.eval_every} updates" if args.eval_every else "") + "; KL to "
+                "WikiText-2 test, " + (f"before/after on {final_windows} of 128 tokens, during training and for the "
+                                       f"KL check on the first {args.limit}"
+                                       if args.final_limit is not None else f"first {args.limit} windows of 128 tokens")
+                + (f", measured every {args.eval_every} updates" if args.eval_every else "") + "; KL to "
                 f"the original and next tokens unchanged on the first 16 of them (after training, peak RSS is read "
                 f"before). "
                 f"local = block-local distillation of every pruned layer (its weights, AdamW lr "

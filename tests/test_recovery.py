@@ -505,6 +505,23 @@ def test_eval_every_records_perplexity_against_training_tokens(text_file, tmp_pa
         config(text_file, method="local", trainable="full", eval_every=2)
 
 
+def test_a_curve_on_other_windows_than_before_and_after_measures_its_own_ends(text_file, data_dir):
+    from minillm_core.evaluation.perplexity import perplexity_on
+
+    model, _ = pruned()
+    tok = tiny_tokenizer()
+    curve_on = EvalConfig(perplexity=("wikitext2",), limit=1, seq_len=16)
+    full = EvalConfig(perplexity=("wikitext2",), limit=None, seq_len=16)  # the headline points on the whole split
+    result = train(model, tok, config(text_file, eval_every=2, epochs=1), evaluation=full, curve=curve_on)
+    curve = result.record["curve"]
+    assert [c["step"] for c in curve] == [0, 2, 4]
+    assert curve[0]["ppl/wikitext2"] == pytest.approx(perplexity_on(model, tok, "wikitext2", seq_len=16, limit=1).ppl)
+    assert curve[-1]["ppl/wikitext2"] == pytest.approx(
+        perplexity_on(result.model, tok, "wikitext2", seq_len=16, limit=1).ppl, rel=1e-5)
+    bare = train(model, tok, config(text_file, eval_every=2, epochs=1), curve=curve_on)  # no before/after at all
+    assert [c["step"] for c in bare.record["curve"]] == [0, 2, 4] and bare.before == {}
+
+
 # --- every weight trained (trainable full) -----------------------------------------------------------------------
 
 

@@ -147,6 +147,7 @@ class TrainState:
     before: dict[str, float] = field(default_factory=dict)
     curve: list[dict[str, float]] = field(default_factory=list)  # perplexity against training tokens (eval_every)
     out_of_time: bool = False  # the max_minutes budget ended training
+    curve_ends: bool = False  # the curve measured its own first and last points (its windows differ from `before`'s)
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -512,6 +513,8 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
         if meta is not None:
             _restore(out / CHECKPOINT_DIR, peft_model, optimizer)
             logger.info("resuming %s at update %d/%d (epoch %d)", out, state.step, total, state.epoch + 1)
+        elif config.eval_every and not _same_perplexity(evaluation, curve):  # the curve starts on its own windows
+            state.curve_ends = True
 
         def checkpoint() -> None:
             state.wall_seconds = wall0 + time.perf_counter() - t_start
@@ -529,10 +532,14 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
             peft_model.train()
             return out
 
+        if state.curve_ends and not state.curve:
+            state.curve.append({"step": 0, "tokens": 0, **measure()})
         run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
                    progress, live, should_stop, teacher if config.method == "kd" else None, cache,
                    measure if config.eval_every else None)
         stopped = _train(run)
+        if state.curve_ends and not stopped and state.curve[-1]["step"] != state.step:
+            state.curve.append({"step": state.step, "tokens": state.tokens, **measure()})
     peft_model.eval()
     trained = {"target_modules": list(targets) if config.trainable == "lora" else "all",
                "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
@@ -637,12 +644,21 @@ def _record(config: RecoveryConfig, state: TrainState, total: int, after: dict[s
 
 
 def _curve(state: TrainState, after: dict[str, Any]) -> list[dict[str, float]]:
-    """Perplexity against training tokens: before (0 tokens), every `eval_every` updates, after (all tokens)."""
+    """Perplexity against training tokens: before (0 tokens), every `eval_every` updates, after (all tokens); the
+    first and last points are the before/after evaluation's unless the curve measured them on its own windows."""
     def point(step: int, tokens: int, metrics: dict[str, Any]) -> list[dict[str, float]]:
         ppl = {k: v for k, v in (metrics or {}).items() if k.startswith("ppl/")}
         return [{"step": step, "tokens": tokens, **ppl}] if ppl else []
 
+    if state.curve_ends:
+        return state.curve
     return point(0, 0, state.before) + state.curve + point(state.step, state.tokens, after)
+
+
+def _same_perplexity(a: EvalConfig | None, b: EvalConfig) -> bool:
+    """Whether `a` measures perplexity on the same sets and windows as `b` (then the curve reuses its numbers)."""
+    keys = ("perplexity", "limit", "seq_len", "batch_size", "data_dir")
+    return a is not None and all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
 def _result(model: nn.Module, state: TrainState, total: int, stopped: bool, after: dict[str, Any] | None,
