@@ -118,6 +118,13 @@ def test_recover_trains_saves_and_reports(model_dir, tmp_path, data_dir):
     refused = runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "sft-top"), "--data",
                                   str(text), "--kd-top-k", "8"])
     assert refused.exit_code == 2 and "error: kd_top_k caches the teacher's logits for --method kd" in refused.stderr
+    budget = _json(runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "tokens"), "--data",
+                                       str(text), "--max-tokens", "200", "--batch-size", "2", "--max-length", "32",
+                                       "--limit", "2", "--json"]))
+    assert (budget["steps"], budget["tokens"], budget["time_budget_spent"]) == (4, 256, False)  # 64 tokens an update
+    both = runner.invoke(app, ["recover", "--model", str(pruned), "--out", str(tmp_path / "both"), "--data",
+                               str(text), "--max-tokens", "200", "--max-steps", "3"])
+    assert both.exit_code == 2 and "error: max_tokens and max_steps both set the number of updates" in both.stderr
     unknown = runner.invoke(app, ["recover", "--model", str(model_dir), "--out", str(tmp_path / "kd2"), "--data",
                                   str(text), "--method", "kd"])  # an unpruned model names no original
     assert unknown.exit_code == 2 and "pass --teacher" in unknown.stderr

@@ -25,15 +25,17 @@ def _payload(out: Path, result: RecoveryResult) -> dict[str, Any]:
             "before": result.before, "after": result.after,
             "first_loss": result.losses[0]["loss"] if result.losses else None,
             "last_loss": result.losses[-1]["loss"] if result.losses else None,
-            "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(result.wall_seconds, 1)}
+            "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(result.wall_seconds, 1),
+            "tokens": result.record.get("tokens"), "time_budget_spent": result.record.get("time_budget_spent", False)}
 
 
 def _render(out: Path, result: RecoveryResult) -> None:
+    spent = ", stopped by --max-minutes" if result.record.get("time_budget_spent") else ""
     typer.echo("\n".join(
         [f"{k}: before {result.before[k]:.3f} -> after {result.after[k]:.3f}"
          for k in result.before if k.startswith(("ppl/", "acc/")) and result.after]
-        + [f"{result.steps} updates in {result.train_seconds:.0f} s (wall {result.wall_seconds:.0f} s); "
-           f"saved to {out}"]))
+        + [f"{result.steps} updates ({result.record.get('tokens', 0):,} tokens) in {result.train_seconds:.0f} s "
+           f"(wall {result.wall_seconds:.0f} s){spent}; saved to {out}"]))
 
 
 def _teacher(load_config: LoadConfig) -> Any:
