@@ -411,7 +411,8 @@ def recover(
     `on_step` gets loss, learning rate, tokens/s and ETA. A stopped run returns `stopped=True` and the PEFT model.
     `evaluation` runs the evaluation suite before and after (None: skip; default `DEFAULT_EVAL`). With
     `config.eval_every`, the perplexity sets of `curve` (default: `evaluation`, else `DEFAULT_EVAL`) are measured every
-    that many updates: `record["curve"]`, perplexity against training tokens (with the before/after points).
+    that many updates: `record["curve"]`, perplexity against training tokens, with the before/after points (measured
+    on the curve's own windows when they differ from `evaluation`'s; none without `evaluation`: the caller has them).
     """
     config = config or RecoveryConfig()
     if config.method in ("kd", "local") and teacher is None:
@@ -513,8 +514,8 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
         if meta is not None:
             _restore(out / CHECKPOINT_DIR, peft_model, optimizer)
             logger.info("resuming %s at update %d/%d (epoch %d)", out, state.step, total, state.epoch + 1)
-        elif config.eval_every and not _same_perplexity(evaluation, curve):  # the curve starts on its own windows
-            state.curve_ends = True
+        elif config.eval_every and evaluation is not None and not _same_perplexity(evaluation, curve):
+            state.curve_ends = True  # the curve starts and ends on its own windows
 
         def checkpoint() -> None:
             state.wall_seconds = wall0 + time.perf_counter() - t_start
@@ -655,10 +656,9 @@ def _curve(state: TrainState, after: dict[str, Any]) -> list[dict[str, float]]:
     return point(0, 0, state.before) + state.curve + point(state.step, state.tokens, after)
 
 
-def _same_perplexity(a: EvalConfig | None, b: EvalConfig) -> bool:
+def _same_perplexity(a: EvalConfig, b: EvalConfig) -> bool:
     """Whether `a` measures perplexity on the same sets and windows as `b` (then the curve reuses its numbers)."""
-    keys = ("perplexity", "limit", "seq_len", "batch_size", "data_dir")
-    return a is not None and all(getattr(a, k) == getattr(b, k) for k in keys)
+    return all(getattr(a, k) == getattr(b, k) for k in ("perplexity", "limit", "seq_len", "batch_size", "data_dir"))
 
 
 def _result(model: nn.Module, state: TrainState, total: int, stopped: bool, after: dict[str, Any] | None,
