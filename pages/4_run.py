@@ -104,6 +104,15 @@ def loss_chart(run_id: str) -> None:
         st.line_chart(pd.DataFrame(rows), x="step", y="loss", height=220)
 
 
+def perplexity_chart(points: list[dict], live: bool = False) -> None:
+    """Perplexity against training tokens: the points measured so far (live) or the whole curve (done)."""
+    curve = pd.DataFrame(points)
+    measured = [c for c in curve.columns if c.startswith("ppl/")]
+    if len(curve) >= (2 if live else 3) and measured:
+        st.markdown("**Perplexity against training tokens**" + (" (so far)" if live else ""))
+        st.line_chart(curve, x="tokens", y=measured, height=240)
+
+
 def progress_panel(run_id: str, status: runs.RunStatus) -> None:
     label = f"step {status.step_index}/{status.steps}: {status.step}" if status.step else status.state
     if status.total:
@@ -111,6 +120,7 @@ def progress_panel(run_id: str, status: runs.RunStatus) -> None:
     st.progress(status.fraction, text=label)
     if status.step == runs.RECOVER_STEP:
         loss_chart(run_id)
+        perplexity_chart(runs.perplexity_curve(run_id), live=True)
     if st.button("Cancel", key="cancel"):
         runs.cancel(run_id)
         st.rerun(scope="app")
@@ -129,11 +139,7 @@ def done_panel(run: runs.Run) -> None:
         trained = run.metrics.get("recovery") or {}
         st.caption(training_summary(trained))
         loss_chart(run.id)
-        curve = pd.DataFrame(trained.get("curve") or [])
-        measured = [c for c in curve.columns if c.startswith("ppl/")]
-        if len(curve) > 2 and measured:
-            st.markdown("**Perplexity against training tokens**")
-            st.line_chart(curve, x="tokens", y=measured, height=240)
+        perplexity_chart(trained.get("curve") or [])
     st.page_link("pages/5_compare.py", label="Compare original and pruned", icon=":material/compare_arrows:")
 
 

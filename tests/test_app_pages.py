@@ -285,6 +285,7 @@ def test_a_run_with_recovery_draws_perplexity_against_training_tokens(app, runs_
             in " ".join(c.value for c in app.caption))
     steps = [c["step"] for c in recovery["curve"]]  # as pruned, every 2 updates, recovered
     assert steps == [0, *range(2, recovery["steps"], 2), recovery["steps"]] and len(steps) >= 3
+    assert [c["step"] for c in runs.perplexity_curve(job_id, runs_dir)] == steps[1:-1]  # what the live chart read
 
 
 def test_compare_puts_two_runs_side_by_side_with_the_settings_that_differ(app, runs_dir, tiny_model_dir):

@@ -29,6 +29,7 @@ from minillm_core.recovery import (
     loss_curve,
     lr_at,
     merge_adapters,
+    perplexity_curve,
     recover,
     steps_per_epoch,
 )
@@ -501,6 +502,13 @@ def test_eval_every_records_perplexity_against_training_tokens(text_file, tmp_pa
     assert curve[0]["ppl/wikitext2"] == result.before["ppl/wikitext2"]
     assert curve[-1]["ppl/wikitext2"] == result.after["ppl/wikitext2"]
     torch.testing.assert_close(logits(result.model), logits(plain.model))  # measuring changes nothing
+    assert perplexity_curve(tmp_path / "r") == curve  # the finished run's, from recovery.json
+    progress, stop = _stop_after(3)  # live: the points so far, kept across a stop and a resume
+    stopped = train(model, tok, cfg, evaluation=evaluation, out_dir=tmp_path / "live", progress=progress,
+                    should_stop=stop)
+    assert stopped.stopped and [c["step"] for c in perplexity_curve(tmp_path / "live")] == [2]
+    resumed = train(model, tok, cfg, evaluation=evaluation, out_dir=tmp_path / "live")
+    assert [c["step"] for c in resumed.record["curve"]] == [0, 2, 4]
     with pytest.raises(MiniLLMError, match="eval_every measures the model between updates"):
         config(text_file, method="local", trainable="full", eval_every=2)
 

@@ -23,6 +23,7 @@ from minillm_core.recovery.train import (
     loss_curve,
     lr_at,
     merge_adapters,
+    perplexity_curve,
     read_checkpoint,
     recover,
     save_checkpoint,
@@ -32,6 +33,6 @@ from minillm_core.recovery.train import (
 __all__ = [
     "CHECKPOINT_DIR", "DEFAULT_EVAL", "FILE_KINDS", "IGNORE", "RECOVERY_FILE", "RESPONSE_MARKER", "RecoveryConfig",
     "RecoveryResult", "StepReport", "collate", "default_target_modules", "encode_examples", "fingerprint",
-    "load_adapter", "load_training_data", "loss_curve", "lr_at", "merge_adapters", "read_checkpoint", "recover",
-    "save_checkpoint", "steps_per_epoch",
+    "load_adapter", "load_training_data", "loss_curve", "lr_at", "merge_adapters", "perplexity_curve",
+    "read_checkpoint", "recover", "save_checkpoint", "steps_per_epoch",
 ]

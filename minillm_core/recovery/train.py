@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 RECOVERY_FILE = "recovery.json"
 CHECKPOINT_DIR = "checkpoint"
 LIVE_LOG = "live_losses.jsonl"
+LIVE_CURVE = "live_perplexity.jsonl"  # the perplexity points measured so far (eval_every), while training
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -281,7 +282,7 @@ class _Run:
     should_stop: Callable[[], bool]
     teacher: nn.Module | None = None  # the original model, for method "kd"
     cache: TeacherCache | None = None  # or its top-k targets on disk (kd_top_k)
-    measure: Callable[[], dict[str, float]] | None = None  # perplexity now (eval_every)
+    measure: Callable[[], None] | None = None  # perplexity now, onto the curve (eval_every)
 
 
 def steps_per_epoch(n_examples: int, config: RecoveryConfig) -> int:
@@ -353,7 +354,7 @@ def _train(run: _Run) -> bool:
             s.losses.append({"step": s.step, "epoch": s.epoch, "loss": loss, "lr": lr})
             if run.measure is not None and cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < run.total:
                 measuring = time.perf_counter()
-                s.curve.append({"step": s.step, "tokens": s.tokens, **run.measure()})
+                run.measure()
                 t0 += time.perf_counter() - measuring  # evaluations are not training time
             run.progress(s.step, run.total, "recover")
             eta = min(elapsed / (s.step - step0) * (run.total - s.step), max(budget - base - elapsed, 0.0))
@@ -523,24 +524,26 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
                 save_checkpoint(out / CHECKPOINT_DIR, peft_model, optimizer, state,
                                 {"settings": config.training_settings(), "data_fingerprint": data_hash})
 
-        def measure() -> dict[str, float]:
+        live_curve = _live_curve(out, state.curve)
+
+        def measure() -> None:  # perplexity now: a point of the curve, also in the live file
             from minillm_core.evaluation.perplexity import perplexity_on
 
             peft_model.eval()
-            out = {f"ppl/{name}": perplexity_on(peft_model, tokenizer, name, seq_len=curve.seq_len,
-                                                batch_size=curve.batch_size, limit=curve.limit,
-                                                data_dir=curve.data_dir).ppl for name in curve.perplexity}
+            live_curve({"step": state.step, "tokens": state.tokens, **{
+                f"ppl/{name}": perplexity_on(peft_model, tokenizer, name, seq_len=curve.seq_len,
+                                             batch_size=curve.batch_size, limit=curve.limit,
+                                             data_dir=curve.data_dir).ppl for name in curve.perplexity}})
             peft_model.train()
-            return out
 
         if state.curve_ends and not state.curve:
-            state.curve.append({"step": 0, "tokens": 0, **measure()})
+            measure()
         run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
                    progress, live, should_stop, teacher if config.method == "kd" else None, cache,
                    measure if config.eval_every else None)
         stopped = _train(run)
         if state.curve_ends and not stopped and state.curve[-1]["step"] != state.step:
-            state.curve.append({"step": state.step, "tokens": state.tokens, **measure()})
+            measure()
     peft_model.eval()
     trained = {"target_modules": list(targets) if config.trainable == "lora" else "all",
                "trainable_params": sum(p.numel() for _, p in _trainable(peft_model))}
@@ -617,14 +620,42 @@ def _live_logger(out: Path | None, history: list[dict[str, float]], on_step: Cal
     return report
 
 
+def _live_curve(out: Path | None, curve: list[dict[str, float]]) -> Callable[[dict[str, float]], None]:
+    """Append points to `curve` and to `out/live_perplexity.jsonl` (restarted from `curve`, as the live loss log)."""
+    log = out / LIVE_CURVE if out is not None else None
+    if log is not None:
+        log.write_text("".join(json.dumps(point) + "\n" for point in curve), encoding="utf-8")
+
+    def add(point: dict[str, float]) -> None:
+        curve.append(point)
+        if log is not None:
+            with log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(point) + "\n")
+
+    return add
+
+
+def perplexity_curve(out_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """Perplexity against training tokens of a run directory: final (`recovery.json`, with its before/after points)
+    or the points measured so far while it trains (`eval_every`); [] when none."""
+    out = Path(out_dir)
+    if (out / RECOVERY_FILE).is_file():
+        return json.loads((out / RECOVERY_FILE).read_text(encoding="utf-8")).get("curve", [])
+    return _jsonl(out / LIVE_CURVE)
+
+
+def _jsonl(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def loss_curve(out_dir: str | os.PathLike) -> list[dict[str, float]]:
     """The loss curve of a run directory: final (`recovery.json`) or live while it trains."""
     out = Path(out_dir)
     if (out / RECOVERY_FILE).is_file():
         return json.loads((out / RECOVERY_FILE).read_text(encoding="utf-8"))["losses"]
-    if not (out / LIVE_LOG).is_file():
-        return []
-    return [json.loads(line) for line in (out / LIVE_LOG).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _jsonl(out / LIVE_LOG)
 
 
 def _record(config: RecoveryConfig, state: TrainState, total: int, after: dict[str, Any], summary: dict[str, Any]
@@ -695,5 +726,5 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 __all__ = ["RecoveryConfig", "RecoveryResult", "StepReport", "default_target_modules", "encode_examples",
-           "load_adapter", "load_training_data", "loss_curve", "lr_at", "merge_adapters", "recover",
-           "steps_per_epoch"]
+           "load_adapter", "load_training_data", "loss_curve", "lr_at", "merge_adapters",
+           "perplexity_curve", "recover", "steps_for_tokens", "steps_per_epoch"]

@@ -75,6 +75,7 @@ __all__ = [
     "metrics_csv",
     "metrics_json",
     "pareto_front",
+    "perplexity_curve",
     "protocol",
     "quality_of",
     "ratio_risk",
@@ -196,6 +197,15 @@ def read_metrics(run_id: str, root: Root = None) -> dict[str, Any] | None:
 def loss_curve(run_id: str, root: Root = None) -> list[dict[str, float]]:
     """The LoRA loss curve of the run's recovery: live while it trains, final afterwards; [] without recovery."""
     from minillm_core.recovery import loss_curve as curve_of
+
+    return curve_of(store.run_dir(run_id, root) / RECOVERED_SUBDIR)
+
+
+def perplexity_curve(run_id: str, root: Root = None) -> list[dict[str, float]]:
+    """Perplexity against training tokens measured so far by the run's recovery (`eval_every`): live while it
+    trains; [] without recovery or before the first point. The finished curve, from the pruned model to the
+    recovered one, is in the run's metrics (`metrics["recovery"]["curve"]`)."""
+    from minillm_core.recovery import perplexity_curve as curve_of
 
     return curve_of(store.run_dir(run_id, root) / RECOVERED_SUBDIR)
 
