@@ -56,16 +56,14 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         budget |= {"max_steps": None, "epochs": 100, "max_minutes": args.minutes}
     config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
                             learning_rate=lr, **budget, **extra)
-    evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)  # the curve and the KL check
-    final = evaluation if args.final_limit is None else EvalConfig(perplexity=("wikitext2",),
-                                                                   limit=args.final_limit or None)
+    evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)
     needs_teacher = loss != "sft" or extra.get("data") == "self"
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         # the top-k cache gets the loader (the teacher is freed once its targets are written); the others the model
         given = (teacher if "kd_top_k" in extra else teacher()) if needs_teacher else None
-        result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=final,
-                         plan=load_plan(path), teacher=given, curve=evaluation)
+        result = recover(pruned.model, pruned.tokenizer, config, out_dir=Path(tmp) / "r", evaluation=evaluation,
+                         plan=load_plan(path), teacher=given)
     wall = time.perf_counter() - t0
     peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # before the KL check loads the original
     rec = result.record
@@ -75,7 +73,8 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     before = compare_metrics(reference, pruned.model, pruned.tokenizer, evaluation)
     after = compare_metrics(reference, result.model, pruned.tokenizer, evaluation)
     losses = rec["losses"]
-    return {"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"], **extra,
+    full = {"ppl_full_after": _full_split(result.model, pruned.tokenizer)} if args.full_split else {}
+    return full | {"method": method, "learning_rate": lr, "trainable_params": rec["trainable_params"], **extra,
             "peak_rss_mb": peak,
             "rss_after_load_mb": round(rss_loaded), "ppl_before": result.before["ppl/wikitext2"],
             "ppl_after": result.after["ppl/wikitext2"], "kl_before": before["kl/wikitext2"],
@@ -85,6 +84,23 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
             "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"],
             "last_loss": losses[-1]["loss"], "curve": rec.get("curve", []),
             "losses": losses[:: max(1, len(losses) // 40)]}  # at most ~40 points of the loss curve
+
+
+def _full_split(model, tokenizer) -> float:
+    """WikiText-2 perplexity on the whole test split (128-token windows): the headline points."""
+    from minillm_core.evaluation.perplexity import perplexity_on
+
+    return perplexity_on(model, tokenizer, "wikitext2", seq_len=128, limit=None).ppl
+
+
+def _pruned_full_split(ratio: float) -> float:
+    """The pruned model's full-split perplexity, measured once per pruned model (cached beside it)."""
+    path, _ = pruned_dir(ratio)
+    cache = path.parent / f"{path.name}.wikitext2_full.json"
+    if not cache.is_file():
+        pruned = workflow.load(str(path), device="cpu")
+        cache.write_text(json.dumps({"ppl": _full_split(pruned.model, pruned.tokenizer)}), encoding="utf-8")
+    return json.loads(cache.read_text(encoding="utf-8"))["ppl"]
 
 
 def _argv() -> list[str]:
@@ -106,8 +122,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--eval-every", type=int, default=0, help="perplexity every N updates (0: before/after)")
-    parser.add_argument("--final-limit", type=int, help="windows of the before/after perplexity (0: the full split; "
-                        "default: --limit); the curve and the KL check stay on --limit")
+    parser.add_argument("--full-split", action="store_true", help="also the whole WikiText-2 test split after "
+                        "training (and once for the pruned model): the headline points")
     parser.add_argument("--minutes", type=float, default=0.0, help="train each method (not local) for this many "
                         "minutes (--max-minutes; the data cycled) instead of --updates")
     parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=list(METHODS))
@@ -124,6 +140,7 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args)))
         return
     pruned_dir(args.ratio)  # built once, before the methods' processes
+    full_before = _pruned_full_split(args.ratio) if args.full_split else None
     rows = []
     kept = {}
     if args.rerun:
@@ -136,7 +153,6 @@ def main() -> None:
                              capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
-    final_windows = "the full split" if args.final_limit == 0 else f"the first {args.final_limit} windows"
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
                 f"rank 8 / alpha 16 / lr {args.learning_rate:g} (`-full`: every weight, AdamW lr "
                 f"{args.full_learning_rate:g}) / warmup 5 / batch 4, "
@@ -147,9 +163,9 @@ def main() -> None:
                 f"model at T=1 at every token (prompt included); kd-topk = the same from the teacher's top-64 "
                 f"log-probs + tail mass cached on disk (the teacher freed before training); kd-self = kd on "
                 f"{args.records} rows of {args.max_length} tokens the unpruned model sampled itself (no data set). "
-                "WikiText-2 test, " + (f"before/after on {final_windows} of 128 tokens, during training and for the "
-                                       f"KL check on the first {args.limit}"
-                                       if args.final_limit is not None else f"first {args.limit} windows of 128 tokens")
+                f"WikiText-2 test, first {args.limit} windows of 128 tokens"
+                + (" (and the whole test split, 2,382 windows, before and after: the `full split` columns)"
+                   if args.full_split else "")
                 + (f", measured every {args.eval_every} updates" if args.eval_every else "") + "; KL to "
                 f"the original and next tokens unchanged on the first 16 of them (after training, peak RSS is read "
                 f"before). "
@@ -160,14 +176,18 @@ def main() -> None:
                 f"training). CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}. Reproduce: "
                 f"`MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py "
                 f"{' '.join(_argv())}`.")
-    payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows,
+    payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows, "ppl_full_before": full_before,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    lines = ["# Recovery: SFT vs KD, LoRA vs every weight, at equal tokens (issue 15)", "", protocol, "",
+    budget = f"{args.minutes:g} minutes of training each" if args.minutes else "equal tokens"
+    lines = [f"# Recovery: SFT vs KD, LoRA vs every weight, at {budget} (issue 15)", "", protocol, "",
              "| method | trained params | WikiText-2 before | after | KL to original before -> after | next tokens "
              "unchanged before -> after | updates | tokens | train loss first -> last | train s | wall s | "
              "peak RSS MB |", "|---" * 12 + "|"]
-    lines += [f"| {r['method']} | {r['trainable_params']:,} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} | "
+    full = (lambda r: f" {full_before:.1f} -> {r['ppl_full_after']:.1f} |") if args.full_split else (lambda r: "")
+    if args.full_split:
+        lines[-2:] = [lines[-2].replace("| KL to", "| full split before -> after | KL to"), "|---" * 13 + "|"]
+    lines += [f"| {r['method']} | {r['trainable_params']:,} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} |{full(r)} "
               f"{r['kl_before']:.3f} -> {r['kl_after']:.3f} | {r['agreement_before']:.1%} -> "
               f"{r['agreement_after']:.1%} | {r['updates']} | {r['tokens']:,} | {r['first_loss']:.3f} -> "
               f"{r['last_loss']:.3f} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} |"
