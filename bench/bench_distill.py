@@ -81,9 +81,13 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
             "kl_after": after["kl/wikitext2"], "agreement_before": before["agreement/wikitext2"],
             "agreement_after": after["agreement/wikitext2"], "updates": rec["steps"], "tokens": rec["tokens"],
             "train_seconds": rec["train_seconds"], "time_budget_spent": rec.get("time_budget_spent", False),
-            "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"],
-            "last_loss": losses[-1]["loss"], "curve": rec.get("curve", []),
+            "wall_seconds": round(wall, 1), "first_loss": losses[0]["loss"] if losses else None,
+            "last_loss": losses[-1]["loss"] if losses else None, "curve": rec.get("curve", []),
             "losses": losses[:: max(1, len(losses) // 40)]}  # at most ~40 points of the loss curve
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _full_split(model, tokenizer) -> float:
@@ -179,7 +183,7 @@ def main() -> None:
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows, "ppl_full_before": full_before,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    budget = f"{args.minutes:g} minutes of training each" if args.minutes else "equal tokens"
+    budget = f"{args.minutes:g} minutes of training each (local: its passes)" if args.minutes else "equal tokens"
     lines = [f"# Recovery: SFT vs KD, LoRA vs every weight, at {budget} (issue 15)", "", protocol, "",
              "| method | trained params | WikiText-2 before | after | KL to original before -> after | next tokens "
              "unchanged before -> after | updates | tokens | train loss first -> last | train s | wall s | "
@@ -189,8 +193,8 @@ def main() -> None:
         lines[-2:] = [lines[-2].replace("| KL to", "| full split before -> after | KL to"), "|---" * 13 + "|"]
     lines += [f"| {r['method']} | {r['trainable_params']:,} | {r['ppl_before']:.1f} | {r['ppl_after']:.1f} |{full(r)} "
               f"{r['kl_before']:.3f} -> {r['kl_after']:.3f} | {r['agreement_before']:.1%} -> "
-              f"{r['agreement_after']:.1%} | {r['updates']} | {r['tokens']:,} | {r['first_loss']:.3f} -> "
-              f"{r['last_loss']:.3f} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} |"
+              f"{r['agreement_after']:.1%} | {r['updates']} | {r['tokens']:,} | {_loss(r['first_loss'])} -> "
+              f"{_loss(r['last_loss'])} | {r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['peak_rss_mb']:,} |"
               for r in rows]
     curves = [r for r in rows if len(r["curve"]) > 2]
     if curves:

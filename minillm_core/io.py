@@ -54,7 +54,7 @@ def _is_empty_dir(path: Path) -> bool:
 
 #: Files that mark a directory as minillm's own output: a pruned model (manifest), a LoRA adapter (plan beside
 #: it), a recovery run (its checkpoint folder, live loss log, record). `overwrite` replaces only such directories.
-OWN_MARKERS = (MANIFEST, PLAN_FILE, "checkpoint", "live_losses.jsonl", "recovery.json")
+OWN_MARKERS = (MANIFEST, PLAN_FILE, "checkpoint", "live_losses.jsonl", "live_perplexity.jsonl", "recovery.json")
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:

@@ -170,6 +170,30 @@ def test_a_time_budget_ends_training_and_still_saves_the_model(text_file, tmp_pa
         config(text_file, max_minutes=-1)
 
 
+def test_a_time_budget_spent_at_a_measured_update_ends_the_curve_once(text_file, data_dir):
+    import time
+
+    model, _ = pruned()
+    evaluation = EvalConfig(perplexity=("wikitext2",), limit=1, seq_len=16)
+    cfg = config(text_file, epochs=4, eval_every=2, max_minutes=0.45 / 60)  # 0.3 s an update: spent after the 2nd
+    result = train(model, tiny_tokenizer(), cfg, evaluation=evaluation, on_step=lambda r: time.sleep(0.3))
+    assert result.steps == 2 and result.record["time_budget_spent"]
+    assert [c["step"] for c in result.record["curve"]] == [0, 2]  # the end point once, from the after-evaluation
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_its_live_logs(text_file, tmp_path, data_dir):
+    from minillm_core.recovery.train import LIVE_CURVE, LIVE_LOG
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LIVE_LOG).write_text('{"step": 1, "epoch": 0, "loss": 3.0, "lr": 0.01}\n{"step": 2, "ep')  # cut mid-line
+    (out / LIVE_CURVE).write_text("")
+    assert loss_curve(out) == [{"step": 1, "epoch": 0, "loss": 3.0, "lr": 0.01}]  # the half line is left out
+    result = train(pruned()[0], tiny_tokenizer(), config(text_file, epochs=1, eval_every=2), out_dir=out,
+                   curve=EvalConfig(perplexity=("wikitext2",), limit=1, seq_len=16))
+    assert not result.stopped and result.steps == result.total_steps
+
+
 # --- merge and save ---------------------------------------------------------------------------------------------
 
 

@@ -59,10 +59,11 @@ class RecoveryConfig:
         "learning rate decays to 0 there), overriding --epochs; the data is cycled. Empty or 0: --epochs / "
         "--max-steps decide.", min=0, label="budget: training tokens")
     max_minutes: float | None = option(
-        None, "Training budget in minutes (evaluations not counted): training stops when it is spent, then the model "
-        "is evaluated and saved as usual; the learning rate decays over whichever budget runs out first, updates or "
-        "minutes. Depends on the machine's speed, so two runs may differ. Empty or 0: no time limit.", min=0.0,
-        label="budget: minutes")
+        None, "Training budget in minutes (evaluations and checkpoints not counted): training ends when they are "
+        "spent or when the updates --epochs / --max-steps / --max-tokens set are done, whichever comes first (raise "
+        "--epochs to fill the time with repeated passes), then the model is evaluated and saved as usual; after "
+        "warmup the learning rate decays over whichever budget is closer to its end. Depends on the machine's speed, "
+        "so two runs may differ. Empty or 0: no time limit.", min=0.0, label="budget: minutes")
     batch_size: int = option(4, "Records per forward pass (micro-batch).", min=1)
     grad_accum: int = option(1, "Micro-batches per update.", min=1)
     max_length: int = option(256, "Tokens per record (LLM-Pruner cutoff_len).", min=2)
@@ -176,8 +177,8 @@ def _jsonable(value: Any) -> Any:
 def lr_at(step: int, total: int, warmup: int, peak: float, time_left: float = 1.0) -> float:
     """Learning rate of update `step` (0-based): linear warmup to `peak`, then linear decay (HF Trainer's default).
 
-    `time_left`: the fraction of a time budget not yet spent; the decay follows whichever budget is closer to its
-    end, so a time-boxed run also ends near 0 (budgeted training, Li et al. 2020)."""
+    `time_left`: the fraction of a time budget not yet spent; after warmup the decay follows whichever budget is
+    closer to its end, so a time-boxed run also ends near 0 (budgeted training, Li et al. 2020)."""
     if step < warmup:
         return peak * (step + 1) / (warmup + 1)
     return peak * max(min(max(total - step, 0) / max(total - warmup, 1), time_left), 0.0)

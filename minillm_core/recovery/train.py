@@ -249,8 +249,8 @@ def _prepare_out_dir(out: Path, config: RecoveryConfig, resume: bool) -> dict[st
     meta = read_checkpoint(out / CHECKPOINT_DIR)
     if meta is not None and resume and not config.overwrite:
         return meta
-    if resume and not config.overwrite and out.is_dir() and {p.name for p in out.iterdir()} <= {TEACHER_DIR,
-                                                                                                LIVE_LOG}:
+    if resume and not config.overwrite and out.is_dir() and {p.name for p in out.iterdir()} <= {
+            TEACHER_DIR, LIVE_LOG, LIVE_CURVE}:
         return None  # stopped before its first checkpoint: the teacher's targets are kept and reused
     if out.is_dir() and any(out.iterdir()) and not config.overwrite:
         hint = "pass resume to continue its checkpoint or " if meta is not None else ""
@@ -361,8 +361,10 @@ def _train(run: _Run) -> bool:
             run.on_step(StepReport(s.step, run.total, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed, eta))
         if s.micro_in_epoch >= len(run.examples) / cfg.batch_size:  # the pass is complete
             s.epoch, s.micro_in_epoch = s.epoch + 1, 0
-            s.train_seconds = base + time.perf_counter() - t0
+            saving = time.perf_counter()
+            s.train_seconds = base + saving - t0
             run.checkpoint()
+            t0 += time.perf_counter() - saving  # nor are checkpoints
     s.train_seconds = base + time.perf_counter() - t0
     return False
 
@@ -515,8 +517,9 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
         if meta is not None:
             _restore(out / CHECKPOINT_DIR, peft_model, optimizer)
             logger.info("resuming %s at update %d/%d (epoch %d)", out, state.step, total, state.epoch + 1)
-        elif config.eval_every and evaluation is not None and not _same_perplexity(evaluation, curve):
-            state.curve_ends = True  # the curve starts and ends on its own windows
+        # the curve starts and ends on its own windows (a resumed run that turns this on has no start point)
+        state.curve_ends = state.curve_ends or bool(
+            config.eval_every and evaluation is not None and not _same_perplexity(evaluation, curve))
 
         def checkpoint() -> None:
             state.wall_seconds = wall0 + time.perf_counter() - t_start
@@ -524,7 +527,7 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
                 save_checkpoint(out / CHECKPOINT_DIR, peft_model, optimizer, state,
                                 {"settings": config.training_settings(), "data_fingerprint": data_hash})
 
-        live_curve = _live_curve(out, state.curve)
+        live_curve = _live_curve(out if config.eval_every else None, state.curve)
 
         def measure() -> None:  # perplexity now: a point of the curve, also in the live file
             from minillm_core.evaluation.perplexity import perplexity_on
@@ -536,7 +539,7 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
                                              data_dir=curve.data_dir).ppl for name in curve.perplexity}})
             peft_model.train()
 
-        if state.curve_ends and not state.curve:
+        if state.curve_ends and not state.curve and state.step == 0:
             measure()
         run = _Run(peft_model, optimizer, examples, config, state, total, _pad_id(tokenizer), device, checkpoint,
                    progress, live, should_stop, teacher if config.method == "kd" else None, cache,
@@ -636,8 +639,9 @@ def _live_curve(out: Path | None, curve: list[dict[str, float]]) -> Callable[[di
 
 
 def perplexity_curve(out_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """Perplexity against training tokens of a run directory: final (`recovery.json`, with its before/after points)
-    or the points measured so far while it trains (`eval_every`); [] when none."""
+    """Perplexity against training tokens of a run directory: final (`recovery.json`; with its before/after points
+    when the run evaluated before and after) or the points measured so far while it trains (`eval_every`); [] when
+    none."""
     out = Path(out_dir)
     if (out / RECOVERY_FILE).is_file():
         return json.loads((out / RECOVERY_FILE).read_text(encoding="utf-8")).get("curve", [])
@@ -645,9 +649,14 @@ def perplexity_curve(out_dir: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def _jsonl(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of a live log another process appends to (a last line caught half-written is left out)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else ():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def loss_curve(out_dir: str | os.PathLike) -> list[dict[str, float]]:
@@ -684,7 +693,9 @@ def _curve(state: TrainState, after: dict[str, Any]) -> list[dict[str, float]]:
 
     if state.curve_ends:
         return state.curve
-    return point(0, 0, state.before) + state.curve + point(state.step, state.tokens, after)
+    end = point(state.step, state.tokens, after)  # replaces a point measured at the last update (time budget)
+    middle = [c for c in state.curve if not (end and c["step"] == state.step)]
+    return point(0, 0, state.before) + middle + end
 
 
 def _same_perplexity(a: EvalConfig, b: EvalConfig) -> bool:

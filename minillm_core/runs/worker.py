@@ -149,8 +149,8 @@ def _recover(spec: RunSpec, folder: Path, tokenizer: Any, pruned: Any, rep: Repo
     recovered, _ = workflow.evaluate(result.model, tokenizer, spec.evaluation,
                                      out_dir if spec.recovery.merge else None, progress=rep.begin(EVALUATE_RECOVERED))
     tokens = result.record.get("tokens", 0)
-    curve = [{"step": 0, "tokens": 0, **{k: v for k, v in (before or {}).items() if k.startswith("ppl/")}},
-             *result.record.get("curve", []),
+    middle = [c for c in result.record.get("curve", []) if 0 < c["step"] < result.steps]  # the ends are below
+    curve = [{"step": 0, "tokens": 0, **{k: v for k, v in (before or {}).items() if k.startswith("ppl/")}}, *middle,
              {"step": result.steps, "tokens": tokens, **{k: v for k, v in recovered.items() if k.startswith("ppl/")}}]
     return {"recovered": recovered, "recovered_dir": str(out_dir),
             "recovery": {"steps": result.steps, "total_steps": result.total_steps, "tokens": tokens,
