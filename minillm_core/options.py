@@ -30,15 +30,17 @@ def option(
     multiple: bool = False,
     hidden: bool = False,
     default_factory: Callable[[], Any] | None = None,
+    unset: str = "all",
 ) -> Any:
     """A dataclass field that carries its user-facing description.
 
     `choices`: the allowed values (or a function returning them, for registries filled at import); `cli`: the flag
     name without dashes (default: the field name with `-`); `multiple`: a tuple of choices (a multiselect, a
-    repeatable flag); `hidden`: not offered in front ends (set by code, still recorded).
+    repeatable flag); `hidden`: not offered in front ends (set by code, still recorded); `unset`: what an optional
+    number left empty (0 in a number widget) means, in a word or two ("all", "no limit").
     """
     meta = {_KEY: {"help": help, "choices": choices, "cli": cli, "short": short, "label": label, "min": min,
-                   "max": max, "step": step, "multiple": multiple, "hidden": hidden}}
+                   "max": max, "step": step, "multiple": multiple, "hidden": hidden, "unset": unset}}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -61,6 +63,7 @@ class OptionSpec:
     min: float | None
     max: float | None
     step: float | None
+    unset: str = "all"  # what None (0 in a number widget) means
 
 
 def _base_type(hint: Any) -> tuple[Any, bool, bool]:
@@ -111,7 +114,7 @@ def describe(cls: type, defaults: Any | None = None) -> list[OptionSpec]:
             choices=tuple(choices) if choices is not None else None, optional=optional,
             multiple=meta["multiple"] or is_tuple, cli=meta["cli"] or f.name.replace("_", "-"), short=meta["short"],
             label=_sentence(meta["label"] or f.name.replace("_", " ")), min=meta["min"], max=meta["max"],
-            step=meta["step"]))
+            step=meta["step"], unset=meta.get("unset", "all")))
     return out
 
 

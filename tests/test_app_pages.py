@@ -271,6 +271,8 @@ def test_a_run_with_recovery_draws_perplexity_against_training_tokens(app, runs_
     next(c for c in app.checkbox if c.label.startswith("Recover with LoRA")).check()
     app.number_input(key="run.lora.n_samples").set_value(24)
     app.number_input(key="run.lora.eval_every").set_value(2)
+    assert app.number_input(key="run.lora.eval_every").label == "Perplexity every N updates (0 = before/after only)"
+    assert app.number_input(key="run.lora.max_minutes").label == "Budget: minutes (0 = no limit)"
     app.number_input(key="run.lora.max_tokens").set_value(3000)  # the budget: about half a pass of 24 records
     ok(app.get("form_submit_button")[0].click().run())
     job_id = app.query_params["job"]

@@ -27,9 +27,9 @@ def _seed(key: str, value: Any) -> None:
 def _number(spec: OptionSpec, where: Any, key: str, value: Any, slider: bool) -> Any:
     cast = int if spec.type is int else float
     fmt = {"step": 1} if cast is int else {"format": "%.6g"}
-    if spec.optional:  # None is shown as 0 ("all", "none")
+    if spec.optional:  # None is shown as 0 ("all", "no limit")
         _seed(key, cast(value or 0))
-        return cast(where.number_input(f"{spec.label} (0 = all)", min_value=cast(0), key=key, help=spec.help,
+        return cast(where.number_input(f"{spec.label} (0 = {spec.unset})", min_value=cast(0), key=key, help=spec.help,
                                        **fmt)) or None
     _seed(key, cast(value))
     bounds = {k: cast(v) for k, v in (("min_value", spec.min), ("max_value", spec.max)) if v is not None}

@@ -66,7 +66,7 @@ class EvalConfig:
     limit: int | None = option(None, "Quick runs: at most N perplexity windows and N items per task (0 or unset: all).",
                                min=1, label="windows per dataset / items per task")
     task_seed: int | None = option(None, "With --limit: a seeded random subset of items instead of the first N "
-                                   "(lm-eval's --limit takes the first N).")
+                                   "(lm-eval's --limit takes the first N).", unset="the first N")
     speed: bool = option(False, "Measure prefill latency and decode tokens/s at batch 1 and 8 (medians after "
                          "warm-up) and peak memory.", label="measure speed and memory")
     speed_config: SpeedConfig = field(default_factory=SpeedConfig)

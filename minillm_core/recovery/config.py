@@ -53,17 +53,18 @@ class RecoveryConfig:
     weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
     epochs: int = option(1, "Passes over the records.", min=1, max=100)
     max_steps: int | None = option(None, "Stop after this many updates (overrides --epochs; the data is cycled).",
-                                   min=1)
+                                   min=1, unset="by epochs")
     max_tokens: int | None = option(
         None, "Training budget in tokens: the updates it takes are counted from the data before training (so the "
         "learning rate decays to 0 there), overriding --epochs; the data is cycled. Empty or 0: --epochs / "
-        "--max-steps decide.", min=0, label="budget: training tokens")
+        "--max-steps decide.", min=0, label="budget: training tokens", unset="by epochs")
     max_minutes: float | None = option(
         None, "Training budget in minutes (evaluations and checkpoints not counted): training ends when they are "
         "spent or when the updates --epochs / --max-steps / --max-tokens set are done, whichever comes first (raise "
         "--epochs to fill the time with repeated passes), then the model is evaluated and saved as usual; after "
         "warmup the learning rate decays over whichever budget is closer to its end. Depends on the machine's speed, "
-        "so two runs may differ. Empty or 0: no time limit.", min=0.0, label="budget: minutes")
+        "so two runs may differ. Empty or 0: no time limit.", min=0.0, label="budget: minutes",
+        unset="no limit")
     batch_size: int = option(4, "Records per forward pass (micro-batch).", min=1)
     grad_accum: int = option(1, "Micro-batches per update.", min=1)
     max_length: int = option(256, "Tokens per record (LLM-Pruner cutoff_len).", min=2)
@@ -88,14 +89,14 @@ class RecoveryConfig:
         None, "With --method kd: compute the teacher's top-k log-probs per token once, keep them on disk (safetensors "
         "beside the checkpoint) and train without the teacher in memory; the loss is then the KL over those k tokens "
         "plus one bucket for the rest (a lower bound of the full KL). Empty or 0: the full distribution, teacher in "
-        "memory.", min=0, label="KD top-k cache")
+        "memory.", min=0, label="KD top-k cache", unset="off")
     trainable: str = option("lora", "What trains: lora (adapters on the linears, merged after; low memory) or full "
                             "(every remaining weight, embeddings included; AdamW keeps two more copies of the model, "
                             "Minitron's setting).", choices=TRAINABLE, label="trained weights")
     eval_every: int | None = option(
         None, "Also measure perplexity every N updates while training (the curve of perplexity against training "
         "tokens, in recovery.json and on the Run page); each costs one evaluation. Empty or 0: before and after only.",
-        min=0, label="perplexity every N updates")
+        min=0, label="perplexity every N updates", unset="before/after only")
     merge: bool = option(True, "Merge LoRA into the pruned weights, or save the PEFT adapter on its own.",
                          cli="merge/--keep-adapter", label="merge adapters into the weights")
     data_dir: str | None = None  # None: MINILLM_DATA_DIR, else the Hub
