@@ -55,6 +55,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     if args.minutes and loss != "local":  # a time box: the data cycled until the minutes are spent
         budget |= {"max_steps": None, "epochs": 100, "max_minutes": args.minutes}
     config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
+                            data=args.data,
                             learning_rate=lr, **budget, **extra)
     evaluation = EvalConfig(perplexity=("wikitext2",), limit=args.limit)
     needs_teacher = loss != "sft" or extra.get("data") == "self"
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=0, help="perplexity every N updates (0: before/after)")
     parser.add_argument("--full-split", action="store_true", help="also the whole WikiText-2 test split after "
                         "training (and once for the pruned model): the headline points")
+    parser.add_argument("--data", default="alpaca", help="training data of every method but kd-self (a "
+                        "RecoveryConfig data source: alpaca, c4, wikitext2, ptb or a file)")
     parser.add_argument("--minutes", type=float, default=0.0, help="train each method (not local) for this many "
                         "minutes (--max-minutes; the data cycled) instead of --updates")
     parser.add_argument("--methods", nargs="+", default=["sft", "kd"], choices=list(METHODS))
@@ -163,7 +166,8 @@ def main() -> None:
                 + (f"{args.minutes:g} minutes of training each (`--max-minutes`, the LR decaying over them, the "
                    f"records cycled)" if args.minutes else f"{args.updates} updates") + " on "
                 f"{args.records} seeded "
-                f"Alpaca records (prompt masked, {args.max_length} tokens), merged; kd = forward KL to the unpruned "
+                + ("Alpaca records (prompt masked, " if args.data == "alpaca" else f"{args.data} blocks (train split, ")
+                + f"{args.max_length} tokens), merged; kd = forward KL to the unpruned "
                 f"model at T=1 at every token (prompt included); kd-topk = the same from the teacher's top-64 "
                 f"log-probs + tail mass cached on disk (the teacher freed before training); kd-self = kd on "
                 f"{args.records} rows of {args.max_length} tokens the unpruned model sampled itself (no data set). "
