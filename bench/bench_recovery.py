@@ -101,7 +101,7 @@ def main() -> None:
     lines += ["", f"Dense {args.model}: wikitext2 ppl {dense:.2f}. Scorer {args.scorer}, uniform allocation, default "
                   f"protected layers. LoRA rank {config.rank}, alpha {config.alpha}, dropout {config.dropout}, lr "
                   f"{config.learning_rate}, warmup {config.warmup_steps}, batch {config.batch_size} x accum "
-                  f"{config.grad_accum}, max_length {config.max_length}, {config.epochs} epoch(s), prompt masked, "
+                  f"{config.grad_accum}, max_length {config.max_length}, {config.passes} epoch(s), prompt masked, "
                   f"merged. Protocol: {result['protocol']}; {result['date']}, {result['machine']['platform']}, CPU "
                   f"fp32, {torch.get_num_threads()} thread(s)."]
     (RESULTS / "recovery.md").write_text("# Recovery benchmark: LoRA after pruning SmolLM2-135M\n\n"

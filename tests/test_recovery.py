@@ -159,8 +159,9 @@ def test_a_time_budget_ends_training_and_still_saves_the_model(text_file, tmp_pa
     import time
 
     model, _ = pruned()
-    cfg = config(text_file, epochs=50, max_minutes=0.3 / 60)  # 0.3 s; each update takes at least 0.05 s below
+    cfg = config(text_file, epochs=None, max_minutes=0.3 / 60)  # 0.3 s; each update takes at least 0.05 s below
     result = train(model, tiny_tokenizer(), cfg, out_dir=tmp_path / "run", on_step=lambda r: time.sleep(0.05))
+    assert result.total_steps == 100 * steps_per_epoch(16, cfg)  # alone, the records repeat until the time is spent
     assert not result.stopped and 1 <= result.steps < result.total_steps
     assert result.record["time_budget_spent"] and result.train_seconds >= 0.3
     lrs = [row["lr"] for row in result.losses]
@@ -168,6 +169,10 @@ def test_a_time_budget_ends_training_and_still_saves_the_model(text_file, tmp_pa
     assert load_pruned(tmp_path / "run")[0] is not None  # evaluated and saved as a finished run
     with pytest.raises(MiniLLMError, match=r"max_minutes must be a number > 0"):
         config(text_file, max_minutes=-1)
+    assert (RecoveryConfig().passes, RecoveryConfig(epochs=3, max_minutes=1).passes) == (1, 3)
+    assert RecoveryConfig(max_minutes=1, max_tokens=10).passes == 1  # the tokens decide the updates
+    with pytest.raises(MiniLLMError, match=r"epochs must be at most 100, got 101"):
+        RecoveryConfig(epochs=101)
 
 
 def test_a_time_budget_spent_at_a_measured_update_ends_the_curve_once(text_file, data_dir):

@@ -20,6 +20,8 @@ _RESUMABLE_CHANGES = ("epochs", "max_steps", "max_tokens", "max_minutes", "merge
 TRAINABLE = ("lora", "full")
 #: sft: next-token loss; kd: logit distillation; local: block-local distillation, layer by layer.
 METHODS = ("sft", "kd", "local")
+#: The most passes over the records a run makes (`epochs`; a time-boxed run without another budget).
+MAX_EPOCHS = 100
 #: Training data the original model writes itself (`data.self_examples`).
 SELF_DATA = "self"
 #: What `recover` measures before and after unless told otherwise: WikiText-2 perplexity on the first 40 windows.
@@ -51,7 +53,9 @@ class RecoveryConfig:
     learning_rate: float = option(3e-4, "Peak AdamW learning rate.", min=0.0)
     warmup_steps: int = option(5, "Linear warmup updates, then linear decay to 0.", min=0)
     weight_decay: float = option(0.0, "AdamW weight decay.", min=0.0)
-    epochs: int = option(1, "Passes over the records.", min=1, max=100)
+    epochs: int | None = option(None, "Passes over the records. Empty or 0: one, or with --max-minutes (and no "
+                                "other budget) as many as the time allows, at most 100.", min=0, max=MAX_EPOCHS,
+                                unset="one, or as time allows")
     max_steps: int | None = option(None, "Stop after this many updates (overrides --epochs; the data is cycled).",
                                    min=1, unset="by epochs")
     max_tokens: int | None = option(
@@ -60,10 +64,10 @@ class RecoveryConfig:
         "--max-steps decide.", min=0, label="budget: training tokens", unset="by epochs")
     max_minutes: float | None = option(
         None, "Training budget in minutes (evaluations and checkpoints not counted): training ends when they are "
-        "spent or when the updates --epochs / --max-steps / --max-tokens set are done, whichever comes first (raise "
-        "--epochs to fill the time with repeated passes), then the model is evaluated and saved as usual; after "
-        "warmup the learning rate decays over whichever budget is closer to its end. Depends on the machine's speed, "
-        "so two runs may differ. Empty or 0: no time limit.", min=0.0, label="budget: minutes",
+        "spent or when the updates --epochs / --max-steps / --max-tokens set are done, whichever comes first "
+        "(alone, the records are repeated until the time is spent), then the model is evaluated and saved as usual; "
+        "after warmup the learning rate decays over whichever budget is closer to its end. Depends on the machine's "
+        "speed, so two runs may differ. Empty or 0: no time limit.", min=0.0, label="budget: minutes",
         unset="no limit")
     batch_size: int = option(4, "Records per forward pass (micro-batch).", min=1)
     grad_accum: int = option(1, "Micro-batches per update.", min=1)
@@ -103,8 +107,14 @@ class RecoveryConfig:
     overwrite: bool = option(False, "Replace a non-empty --out (its checkpoint included).")
 
     def __post_init__(self) -> None:
-        for name in ("rank", "epochs", "batch_size", "grad_accum", "max_length"):
+        if self.epochs == 0:
+            object.__setattr__(self, "epochs", None)
+        for name in ("rank", "batch_size", "grad_accum", "max_length"):
             _check_int(name, getattr(self, name), 1)
+        if self.epochs is not None:
+            _check_int("epochs", self.epochs, 1)
+            if self.epochs > MAX_EPOCHS:
+                raise MiniLLMError(f"epochs must be at most {MAX_EPOCHS}, got {self.epochs}")
         _check_int("warmup_steps", self.warmup_steps, 0)
         if self.n_samples == 0:  # 0 = every record, as on the command line
             object.__setattr__(self, "n_samples", None)
@@ -160,6 +170,13 @@ class RecoveryConfig:
             object.__setattr__(self, "target_modules", tuple(self.target_modules.split(",")))
         elif self.target_modules is not None:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @property
+    def passes(self) -> int:
+        """Passes over the records: `epochs`, else one, or as many as a time budget allows (`MAX_EPOCHS`)."""
+        if self.epochs is not None:
+            return self.epochs
+        return MAX_EPOCHS if self.max_minutes and not (self.max_steps or self.max_tokens) else 1
 
     def training_settings(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it."""

@@ -500,7 +500,7 @@ def _recover(model: nn.Module, tokenizer: Any, config: RecoveryConfig, out: Path
         state.before = _evaluate(work, tokenizer, evaluation, progress, "(before)")
     wall0 = state.wall_seconds
     total = config.max_steps or (steps_for_tokens(examples, config, config.max_tokens) if config.max_tokens
-                                 else config.epochs * steps_per_epoch(len(examples), config))
+                                 else config.passes * steps_per_epoch(len(examples), config))
     live = _live_logger(out, state.losses, on_step)
     if config.method == "local":
         trained = _recover_local(work, teacher, examples, config, state, device, progress, live)
@@ -574,11 +574,11 @@ def _recover_local(work: nn.Module, teacher: nn.Module, examples: list, config: 
 
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        local = distill_layers(work, teacher, rows, config.epochs, config.learning_rate, config.batch_size,
+        local = distill_layers(work, teacher, rows, config.passes, config.learning_rate, config.batch_size,
                                config.weight_decay, progress, report)
     state.step, state.tokens, state.losses, state.train_seconds = local.steps, local.tokens, local.losses, \
         local.seconds
-    state.epoch = config.epochs
+    state.epoch = config.passes
     return {"target_modules": "pruned layers", "layers": local.layers, "rows": rows.shape[0],
             "trainable_params": local.trainable_params}
 
