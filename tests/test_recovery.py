@@ -160,10 +160,14 @@ def test_a_time_budget_ends_training_and_still_saves_the_model(text_file, tmp_pa
 
     model, _ = pruned()
     cfg = config(text_file, epochs=None, max_minutes=0.3 / 60)  # 0.3 s; each update takes at least 0.05 s below
-    result = train(model, tiny_tokenizer(), cfg, out_dir=tmp_path / "run", on_step=lambda r: time.sleep(0.05))
+    seen = []
+    result = train(model, tiny_tokenizer(), cfg, out_dir=tmp_path / "run", on_step=lambda r: time.sleep(0.05),
+                   progress=lambda done, total, label: seen.append((done, total)))
+
     assert result.total_steps == 100 * steps_per_epoch(16, cfg)  # alone, the records repeat until the time is spent
     assert not result.stopped and 1 <= result.steps < result.total_steps
     assert result.record["time_budget_spent"] and result.train_seconds >= 0.3
+    assert seen[-1][1] <= result.steps + 3 < result.total_steps  # progress: the updates the time allows at this pace
     lrs = [row["lr"] for row in result.losses]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.9 * cfg.learning_rate  # decayed with the clock
     assert load_pruned(tmp_path / "run")[0] is not None  # evaluated and saved as a finished run

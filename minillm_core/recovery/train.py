@@ -356,9 +356,12 @@ def _train(run: _Run) -> bool:
                 measuring = time.perf_counter()
                 run.measure()
                 t0 += time.perf_counter() - measuring  # evaluations are not training time
-            run.progress(s.step, run.total, "recover")
+            # under a time budget the updates it will allow at this pace, when fewer than planned
+            expected = min(run.total, max(s.step, round(s.step * budget / (base + elapsed)))) if budget < math.inf \
+                else run.total
+            run.progress(s.step, expected, "recover")
             eta = min(elapsed / (s.step - step0) * (run.total - s.step), max(budget - base - elapsed, 0.0))
-            run.on_step(StepReport(s.step, run.total, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed, eta))
+            run.on_step(StepReport(s.step, expected, s.epoch, loss, lr, (s.tokens - tokens0) / elapsed, eta))
         if s.micro_in_epoch >= len(run.examples) / cfg.batch_size:  # the pass is complete
             s.epoch, s.micro_in_epoch = s.epoch + 1, 0
             saving = time.perf_counter()
