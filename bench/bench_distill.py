@@ -53,7 +53,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     budget = {"epochs": args.local_epochs, "batch_size": 8} if loss == "local" else {
         "max_steps": args.updates, "eval_every": args.eval_every or None}
     if args.minutes and loss != "local":  # a time box: the data cycled until the minutes are spent
-        budget |= {"max_steps": None, "epochs": 100, "max_minutes": args.minutes}
+        budget |= {"max_steps": None, "epochs": None, "max_minutes": args.minutes}
     config = RecoveryConfig(method=loss, trainable=trainable, n_samples=args.records, max_length=args.max_length,
                             data=args.data,
                             learning_rate=lr, **budget, **extra)
