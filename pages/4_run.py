@@ -113,10 +113,21 @@ def perplexity_chart(points: list[dict], live: bool = False) -> None:
         st.line_chart(curve, x="tokens", y=measured, height=240)
 
 
+def _time_boxed(run_id: str) -> bool:
+    """Whether the run's recovery has a time budget (its progress then counts to an estimate)."""
+    try:
+        recovery = runs.read_spec(run_id).recovery
+    except MiniLLMError:
+        return False
+    return bool(recovery and recovery.max_minutes)
+
+
 def progress_panel(run_id: str, status: runs.RunStatus) -> None:
     label = f"step {status.step_index}/{status.steps}: {status.step}" if status.step else status.state
     if status.total:
-        label += f" ({status.done}/{status.total})"
+        timed = status.step == runs.RECOVER_STEP and _time_boxed(run_id)
+        label += f" ({status.done}/{'~' if timed else ''}{status.total}" + (
+            ", the updates its time budget allows at this pace)" if timed else ")")
     st.progress(status.fraction, text=label)
     if status.step == runs.RECOVER_STEP:
         loss_chart(run_id)

@@ -290,6 +290,26 @@ def test_a_run_with_recovery_draws_perplexity_against_training_tokens(app, runs_
     assert [c["step"] for c in runs.perplexity_curve(job_id, runs_dir)] == steps[1:-1]  # what the live chart read
 
 
+@pytest.mark.parametrize("minutes", [0.0, 20.0])
+def test_recovery_progress_says_when_a_time_budget_sets_its_total(app, runs_dir, tiny_model_dir, minutes):
+    from minillm_core.recovery import RecoveryConfig
+    from minillm_core.runs import store
+
+    job_id = runs.submit(spec_for(tiny_model_dir, recovery=RecoveryConfig(max_minutes=minutes or None)), runs_dir,
+                         start=False)
+    folder = store.run_dir(job_id, runs_dir)
+    status = store.read_status(folder)  # queued (no worker yet) but already recovering: the panel reads only this
+    status.step, status.step_index, status.steps, status.done, status.total = runs.RECOVER_STEP, 3, 5, 12, 340
+    store.write_status(folder, status)
+    app.query_params["job"] = job_id
+    goto(app, "4_run.py")
+    text = app.get("progress")[0].proto.text
+    if minutes:
+        assert text.endswith("(12/~340, the updates its time budget allows at this pace)")
+    else:
+        assert text.endswith("(12/340)")
+
+
 def test_compare_puts_two_runs_side_by_side_with_the_settings_that_differ(app, runs_dir, tiny_model_dir):
     first = runs.submit(spec_for(tiny_model_dir, name="a"), runs_dir)
     second = runs.submit(spec_for(tiny_model_dir, name="b", seq_len=8), runs_dir)
