@@ -148,18 +148,6 @@ def main() -> None:
         return
     pruned_dir(args.ratio)  # built once, before the methods' processes
     full_before = _pruned_full_split(args.ratio) if args.full_split else None
-    rows = []
-    kept = {}
-    if args.rerun:
-        kept = {r["method"]: r for r in json.loads((RESULTS / f"{args.stem}.json").read_text())["rows"]}
-    for method in args.methods:  # each in its own process: its peak memory is its own
-        if args.rerun and method not in args.rerun:
-            rows.append(kept[method])
-            continue
-        out = subprocess.run([sys.executable, __file__, *_argv(), "--one", method], check=True,
-                             capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
     protocol = (f"SmolLM2-135M-Instruct, `minillm prune --ratio {args.ratio}` defaults (no recovery before), then LoRA "
                 f"rank 8 / alpha 16 / lr {args.learning_rate:g} (`-full`: every weight, AdamW lr "
                 f"{args.full_learning_rate:g}) / warmup 5 / batch 4, "
@@ -184,6 +172,24 @@ def main() -> None:
                 f"training). CPU float32, {torch.get_num_threads()} thread(s), {platform.machine()}. Reproduce: "
                 f"`MINILLM_DATA_DIR=../shared/data OMP_NUM_THREADS=2 python bench/bench_distill.py "
                 f"{' '.join(_argv())}`.")
+    rows = []
+    kept = {}
+    if args.rerun:
+        kept = {r["method"]: r for r in json.loads((RESULTS / f"{args.stem}.json").read_text())["rows"]}
+    for method in args.methods:  # each in its own process: its peak memory is its own
+        if args.rerun and method not in args.rerun:
+            rows.append(kept[method])
+            continue
+        out = subprocess.run([sys.executable, __file__, *_argv(), "--one", method], check=True,
+                             capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
+        write(rows, args, protocol, full_before)  # after every method: a stopped run keeps what it measured
+    write(rows, args, protocol, full_before)
+
+
+def write(rows: list[dict], args: argparse.Namespace, protocol: str, full_before: float | None) -> None:
+    """bench/results/<stem>.json and .md from the rows measured so far."""
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows, "ppl_full_before": full_before,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
