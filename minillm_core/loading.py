@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -212,6 +213,8 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
         if placement is not None and placement.spread:
             model = spread(AutoModelForCausalLM.from_pretrained, placement, pretrained_model_name_or_path=source,
                            dtype=dtype, trust_remote_code=trust_remote_code)
+        elif (weights := _local_weights(source, trust_remote_code)) is not None:
+            model = _from_weights(source, config, weights, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
     except MiniLLMError:
@@ -225,3 +228,32 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
     if len(tokenizer) < 2:  # transformers builds an empty tokenizer when the files are missing
         raise ModelLoadError(f"{where} has no usable tokenizer (no tokenizer files; vocabulary is empty)")
     return model, tokenizer
+
+
+def _local_weights(source: Path | str, trust_remote_code: bool) -> dict[str, torch.Tensor] | None:
+    """A local checkpoint's safetensors weights read into memory (`io.read_safetensors`: freed as pruning replaces
+    them), or None where transformers should read the checkpoint itself (Hub ids, .bin files, remote code)."""
+    from minillm_core.io import read_safetensors
+
+    if not isinstance(source, Path) or trust_remote_code:
+        return None
+    index = source / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({source / name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+    elif (source / "model.safetensors").is_file():
+        files = [source / "model.safetensors"]
+    else:
+        return None
+    return read_safetensors(files)
+
+
+def _from_weights(source: Path, config: object, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """`from_pretrained(source)` from weights already in memory (its key conversions, tying and dtype included)."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationConfig
+
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=weights,
+                                                                       dtype=dtype)
+    model.config._name_or_path = model.name_or_path = str(source)  # from_pretrained(None) wrote "None"
+    if (source / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    return model

@@ -172,12 +172,6 @@ def _fit_projection(dense: nn.Linear, pruned: nn.Linear, kept: torch.Tensor, sta
     return {"error_before": before, "error_after": after, "refit": used}
 
 
-def _energy(dense: nn.Linear, targets: list[torch.Tensor], extras: list[torch.Tensor] | None = None) -> float:
-    """||T W^T + b (+ R)||^2 summed over the recorded rows (for relative errors)."""
-    extras = extras or [0.0] * len(targets)
-    return float(sum((dense(t).double() + e).pow(2).sum() for t, e in zip(targets, extras, strict=True)))
-
-
 class _Layer:
     """One layer's dense original, pruned version and kept indices (the adapter's accessors work on either)."""
 
@@ -192,15 +186,20 @@ class _Layer:
         return unit_index(self.kept.channels, 1, device)
 
 
-def _stats_for(proj: nn.Linear, targets: list[torch.Tensor], sources: list[torch.Tensor], kept: torch.Tensor,
-               extras: list[torch.Tensor] | None = None) -> Gram:
-    bias = proj.bias is not None
-    n, k = proj.weight.shape[1] + bias, kept.numel() + bias
-    stats = Gram.empty(n, k, proj.weight.device)
-    for b, (t, s) in enumerate(zip(targets, sources, strict=True)):
-        s = s.index_select(1, kept)
-        stats.add(with_ones(t) if bias else t, with_ones(s) if bias else s, None if extras is None else extras[b])
-    return stats
+class _Fit:
+    """The re-fit statistics of one projection, accumulated batch by batch (no batch's activations are kept): the
+    Gram terms of its kept columns and the target's energy ||T W^T + b (+ R)||^2 (for relative errors)."""
+
+    def __init__(self, proj: nn.Linear, kept: torch.Tensor) -> None:
+        self.proj, self.kept, self.bias = proj, kept, proj.bias is not None
+        self.stats = Gram.empty(proj.weight.shape[1] + self.bias, kept.numel() + self.bias, proj.weight.device)
+        self.energy = 0.0
+
+    def add(self, target: torch.Tensor, source: torch.Tensor, extra: torch.Tensor | None = None) -> None:
+        s = source.index_select(1, self.kept)
+        self.stats.add(with_ones(target) if self.bias else target, with_ones(s) if self.bias else s, extra)
+        out = self.proj(target).double()
+        self.energy += float((out if extra is None else out + extra).pow(2).sum())
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -213,20 +212,17 @@ def _attention(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None,
     """Re-fit the attention output projection: kept heads' outputs are the original layer's, on the same input.
     `residual`: the target also carries the residual stream's drift, x_dense - x_pruned."""
     o_dense = layer.d_adapter.attention_out_proj(layer.dense)
-    sources, targets = [], []
-    with capture_input(o_dense) as cap:
-        for b, x in enumerate(xs):
+    fit = _Fit(o_dense, layer.head_columns(o_dense.weight.device))
+    for b, x in enumerate(xs):
+        with capture_input(o_dense) as cap:
             x.run(layer.dense)
-            sources.append(cap.take())
+            source = target = cap.take()
             if xd is not None:
                 xd[b].run(layer.dense)
-                targets.append(cap.take())
-    targets = targets or sources
-    extras = [_rows(d.hidden - x.hidden) for d, x in zip(xd, xs, strict=True)] if residual and xd else None
-    kept = layer.head_columns(o_dense.weight.device)
-    stats = _stats_for(o_dense, targets, sources, kept, extras)
+                target = cap.take()
+        fit.add(target, source, _rows(xd[b].hidden - x.hidden) if residual and xd else None)
     o_pruned = layer.p_adapter.attention_out_proj(layer.pruned)
-    return _fit_projection(o_dense, o_pruned, kept, stats, _energy(o_dense, targets, extras), damping)
+    return _fit_projection(o_dense, o_pruned, fit.kept, fit.stats, fit.energy, damping)
 
 
 @torch.no_grad()
@@ -238,7 +234,7 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
     down_dense = layer.d_adapter.mlp_out_proj(layer.dense)
     down_pruned = layer.p_adapter.mlp_out_proj(layer.pruned)
     first_in = layer.p_adapter.mlp_in_projs(layer.pruned)[0]
-    sources, targets, extras = [], [], []
+    fit = _Fit(down_dense, layer.channel_columns(down_dense.weight.device))
     for b, x in enumerate(xs):
         with capture_input(first_in) as mlp_in, capture_input(down_pruned) as zp:
             out_p = x.run(layer.pruned)
@@ -247,18 +243,17 @@ def _mlp(layer: _Layer, xs: list[LayerInput], xd: list[LayerInput] | None, dampi
         with replace_inputs(layer.d_adapter.mlp_in_projs(layer.dense), lambda u=u: u), \
                 capture_input(down_dense) as z:
             x.run(layer.dense)
-        sources.append(z.take())
+        source = target = z.take()
+        extra = None
         if xd is not None:
             with capture_input(down_dense) as zd:
                 out_d = xd[b].run(layer.dense)
-            targets.append(zd.take())
+            target = zd.take()
             if residual:  # mid-stream drift: (out_d - down(z_d)) - (out_p - down_p(z_p))
-                mid_d = _rows(out_d) - down_dense(targets[-1])
-                extras.append(mid_d - (_rows(out_p) - down_pruned(zp.take())))
-    targets = targets or sources
-    kept = layer.channel_columns(down_dense.weight.device)
-    stats = _stats_for(down_dense, targets, sources, kept, extras or None)
-    return _fit_projection(down_dense, down_pruned, kept, stats, _energy(down_dense, targets, extras or None), damping)
+                mid_d = _rows(out_d) - down_dense(target)
+                extra = mid_d - (_rows(out_p) - down_pruned(zp.take()))
+        fit.add(target, source, extra)
+    return _fit_projection(down_dense, down_pruned, fit.kept, fit.stats, fit.energy, damping)
 
 
 def refit_layer(adapter: ArchAdapter, shape: LayerShape, dense: nn.Module, pruned: nn.Module, kept: LayerPlanIndices,
