@@ -187,7 +187,7 @@ def load_model(
     if isinstance(source, Path) and (source / MANIFEST).is_file():
         model, tokenizer = load_pruned(source, dtype=dtype, device=device, placement=placement)
     else:
-        model, tokenizer = _load_plain(source, torch_dtype, trust_remote_code, placement)
+        model, tokenizer = _load_plain(source, torch_dtype, trust_remote_code, placement, read=dev.type == "cpu")
         if placement is None or not placement.spread:
             model.to(dev)
     model.eval()
@@ -195,7 +195,9 @@ def load_model(
 
 
 def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
-                placement: PlacementConfig | None = None) -> tuple[nn.Module, object]:
+                placement: PlacementConfig | None = None, read: bool = False) -> tuple[nn.Module, object]:
+    """`read`: a local safetensors checkpoint is read into memory (`_local_weights`; for a model that stays on the
+    CPU), not mapped."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = f"model directory {source}" if isinstance(source, Path) else f"model {source!r}"
@@ -213,7 +215,7 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
         if placement is not None and placement.spread:
             model = spread(AutoModelForCausalLM.from_pretrained, placement, pretrained_model_name_or_path=source,
                            dtype=dtype, trust_remote_code=trust_remote_code)
-        elif (weights := _local_weights(source, trust_remote_code)) is not None:
+        elif read and (weights := _local_weights(source, trust_remote_code)) is not None:
             model = _from_weights(source, config, weights, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -232,7 +234,8 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
 
 def _local_weights(source: Path | str, trust_remote_code: bool) -> dict[str, torch.Tensor] | None:
     """A local checkpoint's safetensors weights read into memory (`io.read_safetensors`: freed as pruning replaces
-    them), or None where transformers should read the checkpoint itself (Hub ids, .bin files, remote code)."""
+    them), or None where transformers should read the checkpoint itself (Hub ids, .bin files, remote code). On a
+    GPU the CPU copy is dropped after the move either way, and a mapped file needs no host memory for it."""
     from minillm_core.io import read_safetensors
 
     if not isinstance(source, Path) or trust_remote_code:
