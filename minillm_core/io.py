@@ -171,6 +171,7 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto",
     (with a `placement` device map: accelerate reads them onto the devices, CPU memory and disk it spreads over)."""
     from accelerate import init_empty_weights
     from safetensors import SafetensorError
+    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = user_path(path)
@@ -199,8 +200,10 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto",
                              "minillm") from None
     if placement is not None and placement.spread:
         return _dispatch_pruned(model, path, placement, resolve_dtype(dtype, resolve_device(device))), _tokenizer(path)
+    state_dict = {}
     try:
-        state_dict = read_safetensors(sorted(path.glob("*.safetensors")))
+        for file in sorted(path.glob("*.safetensors")):
+            state_dict.update(load_file(str(file)))
     except (SafetensorError, OSError) as exc:
         raise ModelLoadError(f"cannot read weights in {path}: corrupt or truncated safetensors file ({exc})") from exc
     try:
@@ -216,26 +219,6 @@ def load_pruned(path: str | Path, dtype: str = "auto", device: str = "auto",
     dev = resolve_device(device)
     model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
     return model, _tokenizer(path)
-
-
-def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    """The tensors of `files`, read into this process's memory (safetensors' pread backend), not mapped from them.
-
-    Pruning replaces most weights: a replaced weight that was mapped from its file stays resident as long as any
-    tensor of that file does (the mapping is one per file), so an in-place prune held the dense weights and the
-    pruned ones at once; read weights are freed as they are replaced. A safetensors without the pread backend
-    maps the files."""
-    from safetensors import safe_open
-
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            handle = safe_open(str(file), framework="pt", backend="pread")
-        except TypeError:  # safetensors < 0.8: no backend argument
-            handle = safe_open(str(file), framework="pt")
-        with handle as f:
-            out.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118 (safe_open is not a dict)
-    return out
 
 
 def _tokenizer(path: Path) -> Any:

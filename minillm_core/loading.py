@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -187,7 +186,7 @@ def load_model(
     if isinstance(source, Path) and (source / MANIFEST).is_file():
         model, tokenizer = load_pruned(source, dtype=dtype, device=device, placement=placement)
     else:
-        model, tokenizer = _load_plain(source, torch_dtype, trust_remote_code, placement, read=dev.type == "cpu")
+        model, tokenizer = _load_plain(source, torch_dtype, trust_remote_code, placement)
         if placement is None or not placement.spread:
             model.to(dev)
     model.eval()
@@ -195,9 +194,7 @@ def load_model(
 
 
 def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
-                placement: PlacementConfig | None = None, read: bool = False) -> tuple[nn.Module, object]:
-    """`read`: a local safetensors checkpoint is read into memory (`_local_weights`; for a model that stays on the
-    CPU), not mapped."""
+                placement: PlacementConfig | None = None) -> tuple[nn.Module, object]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     where = f"model directory {source}" if isinstance(source, Path) else f"model {source!r}"
@@ -215,8 +212,6 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
         if placement is not None and placement.spread:
             model = spread(AutoModelForCausalLM.from_pretrained, placement, pretrained_model_name_or_path=source,
                            dtype=dtype, trust_remote_code=trust_remote_code)
-        elif read and (weights := _local_weights(source, trust_remote_code)) is not None:
-            model = _from_weights(source, config, weights, dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
     except MiniLLMError:
@@ -230,33 +225,3 @@ def _load_plain(source: Path | str, dtype: torch.dtype, trust_remote_code: bool,
     if len(tokenizer) < 2:  # transformers builds an empty tokenizer when the files are missing
         raise ModelLoadError(f"{where} has no usable tokenizer (no tokenizer files; vocabulary is empty)")
     return model, tokenizer
-
-
-def _local_weights(source: Path | str, trust_remote_code: bool) -> dict[str, torch.Tensor] | None:
-    """A local checkpoint's safetensors weights read into memory (`io.read_safetensors`: freed as pruning replaces
-    them), or None where transformers should read the checkpoint itself (Hub ids, .bin files, remote code). On a
-    GPU the CPU copy is dropped after the move either way, and a mapped file needs no host memory for it."""
-    from minillm_core.io import read_safetensors
-
-    if not isinstance(source, Path) or trust_remote_code:
-        return None
-    index = source / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted({source / name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
-    elif (source / "model.safetensors").is_file():
-        files = [source / "model.safetensors"]
-    else:
-        return None
-    return read_safetensors(files)
-
-
-def _from_weights(source: Path, config: object, weights: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
-    """`from_pretrained(source)` from weights already in memory (its key conversions, tying and dtype included)."""
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationConfig
-
-    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=weights,
-                                                                       dtype=dtype)
-    model.config._name_or_path = model.name_or_path = str(source)  # from_pretrained(None) wrote "None"
-    if (source / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(source)
-    return model

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 
 import pytest
 import torch
@@ -24,44 +23,6 @@ def test_loads_a_plain_directory_with_tokenizer(tmp_path):
     assert loaded.model.config.model_type == "llama"
     assert loaded.tokenizer("w1 w2").input_ids[-2:] == [4, 5]
     assert loaded.model.dtype == torch.float32 and not loaded.model.training
-
-
-def _mapped(path) -> bool:
-    """Whether this process maps `path` (Linux /proc/self/maps)."""
-    return str(path) in open("/proc/self/maps", encoding="utf-8").read()
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
-@pytest.mark.parametrize(("kind", "shard"), [("llama-gqa", None), ("opt", None), ("bloom", None),
-                                             ("llama-gqa", "40KB")])
-def test_local_weights_are_read_not_mapped_and_load_as_transformers_would(tmp_path, kind, shard):
-    """Pruning frees replaced weights only if they are not mapped from the file (a mapped file stays resident while
-    any of its tensors lives): the same model as `from_pretrained`, its weights in the process's own memory."""
-    from transformers import AutoModelForCausalLM
-
-    path = tmp_path / "m"
-    model = tiny_model(kind)
-    model.generation_config.max_new_tokens = 7  # a setting only generation_config.json carries
-    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
-    tiny_tokenizer().save_pretrained(path)
-    assert (path / "model.safetensors.index.json").is_file() == bool(shard)
-    loaded = load_model(str(path), device="cpu")
-    assert not any(_mapped(f) for f in path.glob("*.safetensors"))
-    reference = AutoModelForCausalLM.from_pretrained(path)
-    ours, theirs = loaded.model.state_dict(), reference.state_dict()
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert loaded.model.config.to_dict() == reference.config.to_dict()  # name_or_path included
-    assert loaded.model.generation_config.max_new_tokens == 7
-    tied = reference.get_output_embeddings().weight is reference.get_input_embeddings().weight
-    assert (loaded.model.get_output_embeddings().weight is loaded.model.get_input_embeddings().weight) == tied
-    assert load_model(str(path), device="cpu", dtype="bfloat16").model.dtype == torch.bfloat16
-
-
-def test_a_pruned_directory_is_read_not_mapped(pruned, tmp_path):
-    model, p = pruned
-    out = save_pruned(model, tiny_tokenizer(), tmp_path / "p", p)
-    load_pruned(out, device="cpu")
-    assert not any(_mapped(f) for f in out.glob("*.safetensors"))
 
 
 def test_unknown_hub_id_offline_names_the_alternatives():
