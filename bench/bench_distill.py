@@ -29,6 +29,7 @@ from bench_ab import MODEL, pruned_dir
 from minillm_core import workflow
 from minillm_core.evaluation.suite import EvalConfig
 from minillm_core.io import load_plan
+from minillm_core.outputs import write_text_atomic
 from minillm_core.recovery import RecoveryConfig, recover
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -179,20 +180,19 @@ def main() -> None:
     for method in args.methods:  # each in its own process: its peak memory is its own
         if args.rerun and method not in args.rerun:
             rows.append(kept[method])
-            continue
-        out = subprocess.run([sys.executable, __file__, *_argv(), "--one", method], check=True,
-                             capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
+        else:
+            out = subprocess.run([sys.executable, __file__, *_argv(), "--one", method], check=True,
+                                 capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print({k: v for k, v in rows[-1].items() if k not in ("losses", "curve")}, file=sys.stderr, flush=True)
         write(rows, args, protocol, full_before)  # after every method: a stopped run keeps what it measured
-    write(rows, args, protocol, full_before)
 
 
 def write(rows: list[dict], args: argparse.Namespace, protocol: str, full_before: float | None) -> None:
     """bench/results/<stem>.json and .md from the rows measured so far."""
     payload = {"protocol": protocol, "ratio": args.ratio, "rows": rows, "ppl_full_before": full_before,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (RESULTS / f"{args.stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    write_text_atomic(RESULTS / f"{args.stem}.json", json.dumps(payload, indent=1))
     budget = f"{args.minutes:g} minutes of training each (local: its passes)" if args.minutes else "equal tokens"
     lines = [f"# Recovery: SFT vs KD, LoRA vs every weight, at {budget} (issue 15)", "", protocol, "",
              "| method | trained params | WikiText-2 before | after | KL to original before -> after | next tokens "
@@ -216,7 +216,7 @@ def write(rows: list[dict], args: argparse.Namespace, protocol: str, full_before
             lines.append(f"| {r['method']} | " + " | ".join(
                 f"{at[s]['ppl/wikitext2']:.1f} ({at[s]['tokens']:,})" if s in at else "-" for s in steps) + " |")
     lines += ["", "The train losses are not comparable across methods (next-token NLL vs KL to the teacher)."]
-    (RESULTS / f"{args.stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(RESULTS / f"{args.stem}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
