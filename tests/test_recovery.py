@@ -417,9 +417,10 @@ def test_kd_alpha_zero_is_the_next_token_loss(text_file):
     assert training_loss(model, teacher, batch, "kd", 1.0, 1.0).item() > 0
 
 
-def test_kd_recovery_lowers_the_kl_to_the_teacher_and_leaves_both_models_alone(text_file, tmp_path):
-    model, p = pruned()
-    teacher = tiny_model("llama-gqa")  # the unpruned original of `pruned()`
+@pytest.mark.parametrize("kind", ["llama-gqa", "opt", "bloom"])
+def test_kd_recovery_lowers_the_kl_to_the_teacher_and_leaves_both_models_alone(kind, text_file, tmp_path):
+    model, p = pruned(kind)
+    teacher = tiny_model(kind)  # the unpruned original of `pruned(kind)`
     tok = tiny_tokenizer()
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
     before_s = {k: v.clone() for k, v in model.state_dict().items()}
